@@ -1,0 +1,72 @@
+# Conveyor — developer entry points. `make run` and `make test` work on a fresh
+# machine: they create the virtualenv, install, start Kafka and Postgres
+# (scripts/services), migrate and create the topics.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SERVICES := scripts/services
+# The services' connection settings (ports are configurable, see scripts/README.md).
+ENV := eval "$$($(SERVICES) env)" &&
+
+.PHONY: help venv services services-stop services-status migrate topics setup run demo \
+        test test-unit lint typecheck soak bench clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP) ## create .venv and install Conveyor with its dev dependencies
+
+services: ## install (if missing) and start Kafka and Postgres on loopback
+	$(SERVICES) start
+
+services-stop: ## stop Kafka and Postgres
+	$(SERVICES) stop
+
+services-status: ## show whether Kafka and Postgres are up
+	$(SERVICES) status
+
+migrate: venv services ## apply SQL migrations
+	$(ENV) $(BIN)/conveyor migrate
+
+topics: venv services ## create the catalog's topics
+	$(ENV) $(BIN)/conveyor topics create
+
+setup: migrate topics ## everything `run` and `test` need
+
+run: setup ## run the worker in the foreground with readable logs
+	$(ENV) CONVEYOR_LOGGING__FORMAT=console CONVEYOR_HTTP__ALLOWED_HOSTS=127.0.0.1 \
+	  $(BIN)/conveyor run
+
+demo: setup ## publish sample jobs (needs `make run` in another terminal)
+	$(ENV) $(BIN)/conveyor demo
+
+lint: venv ## ruff (lint + format check)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv ## mypy strict on streams, handlers, schemas
+	$(BIN)/mypy
+
+test-unit: venv ## unit tests only (no services)
+	$(BIN)/pytest tests/unit -q
+
+test: setup lint typecheck ## the whole suite against the real Kafka and Postgres
+	$(ENV) $(BIN)/pytest -q
+
+soak: setup ## long soak and chaos runs
+	$(ENV) CONVEYOR_SOAK=1 $(BIN)/pytest -q -m soak
+
+bench: setup ## throughput benchmark (see docs/BENCHMARKS.md)
+	$(ENV) $(BIN)/python bench/throughput.py
+
+clean: ## remove the virtualenv and caches (not the services' data)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,0 +1,1 @@
+"""Asset ingestion: fetch, extract, chunk, embed, store."""

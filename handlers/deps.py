@@ -1,0 +1,52 @@
+"""Typed dependencies handed to every handler: built once at start-up, closed at shutdown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+
+from schemas.envelope import JobEnvelope
+
+
+class Embedder(Protocol):
+    """Turns texts into vectors; shared by all jobs of the process."""
+
+    model: str
+    dimensions: int
+
+    async def embed(self, texts: list[str], organization_id: str | None) -> list[list[float]]: ...
+
+
+class JobPublisher(Protocol):
+    """Publishes a follow-up job and waits for the broker's acknowledgement."""
+
+    async def publish(self, envelope: JobEnvelope, *, key: bytes | None = None) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkingPolicy:
+    size: int = 600
+    overlap: int = 120
+
+
+@dataclass(frozen=True, slots=True)
+class FetchPolicy:
+    max_bytes: int = 50 * 1024 * 1024
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 60.0
+    allowed_hosts: tuple[str, ...] = ()
+    auth_header: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Deps:
+    """Everything a handler may touch. ``db`` is an asyncpg pool."""
+
+    db: Any
+    http: aiohttp.ClientSession
+    embedder: Embedder
+    publisher: JobPublisher
+    chunking: ChunkingPolicy
+    fetch: FetchPolicy

@@ -1,0 +1,1 @@
+"""Pydantic models (payloads, envelope, dead-letter record) and the SQL schema."""

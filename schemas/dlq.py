@@ -1,0 +1,38 @@
+"""Header names of retry and dead-letter records, and the stages a job fails in."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+HEADER_PREFIX = "conveyor-"
+
+
+class Stage(StrEnum):
+    """Where a job failed."""
+
+    DECODE = "decode"
+    VALIDATE = "validate"
+    HANDLE = "handle"
+    TIMEOUT = "timeout"
+
+
+class H(StrEnum):
+    """Headers Conveyor adds to retry and dead-letter records."""
+
+    ORIGINAL_TOPIC = "conveyor-original-topic"
+    ORIGINAL_PARTITION = "conveyor-original-partition"
+    ORIGINAL_OFFSET = "conveyor-original-offset"
+    ORIGINAL_TIMESTAMP = "conveyor-original-timestamp"
+    CONSUMER_GROUP = "conveyor-consumer-group"
+    JOB_TYPE = "conveyor-job-type"
+    JOB_ID = "conveyor-job-id"
+    ATTEMPTS = "conveyor-attempts"
+    NOT_BEFORE = "conveyor-not-before"
+    FIRST_FAILURE_AT = "conveyor-first-failure-at"
+    LAST_FAILURE_AT = "conveyor-last-failure-at"
+    ERROR_CLASS = "conveyor-error-class"
+    ERROR_MESSAGE = "conveyor-error-message"
+    ERROR_STACK = "conveyor-error-stack"
+    STAGE = "conveyor-stage"
+    SERVICE_VERSION = "conveyor-service-version"
+    HOST = "conveyor-host"

@@ -1,0 +1,61 @@
+"""One payload model per job type (``extra="forbid"``, versioned)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Payload(BaseModel):
+    """Base of every payload: strict about unknown fields, frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = 1
+
+
+class AssetProcess(Payload):
+    """Turn one uploaded asset into chunks and embeddings."""
+
+    asset_id: str = Field(min_length=1, max_length=200)
+
+
+class KnowledgeGraphExtract(Payload):
+    """Extract entities and relationships from an asset's chunks."""
+
+    asset_id: str = Field(min_length=1, max_length=200)
+
+
+class CrmSyncPipelines(Payload):
+    """Refresh a Kommo connection's pipelines, stages and custom fields."""
+
+    connection_id: str = Field(min_length=1, max_length=200)
+
+
+class CrmWebhook(Payload):
+    """A Kommo webhook delivery, verified and applied once."""
+
+    connection_id: str = Field(min_length=1, max_length=200)
+    event_id: str = Field(min_length=1, max_length=200)
+    signature: str = Field(min_length=1, max_length=200)
+    body: str
+
+
+class MessageSend(Payload):
+    """Post an email or chat note to a Kommo lead, exactly once."""
+
+    connection_id: str = Field(min_length=1, max_length=200)
+    lead_id: int
+    channel: Literal["email", "note"]
+    text: str = Field(min_length=1, max_length=20_000)
+    idempotency_key: str = Field(min_length=1, max_length=200)
+
+
+class Probe(Payload):
+    """A diagnostic job for reliability tests and benchmarks: sleep, then record."""
+
+    sleep_ms: int = Field(0, ge=0, le=600_000)
+    fail: Literal["none", "retryable", "permanent", "hang"] = "none"
+    fail_times: int = Field(0, ge=0, description="fail this many attempts, then succeed")
+    record: bool = True

@@ -1,0 +1,182 @@
+"""The Faust app: one agent per source and retry topic, feeding bounded job pools."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+import structlog
+
+from schemas.dlq import H
+from streams.consumer import TrackedTransport
+from streams.offsets import OffsetTracker
+from streams.pool import JobPool
+from streams.publish import RecordPublisher
+from streams.records import Headers, Record
+from streams.registry import JobSpec, Registry
+from streams.runner import JobRunner
+from streams.runtime import Runtime
+from streams.settings import Settings
+
+log = structlog.get_logger("conveyor.worker")
+
+
+class ConveyorApp(faust.App):
+    """A Faust app whose consumer commits only what Conveyor says is finished."""
+
+    conveyor: Conveyor
+
+    def _new_transport(self) -> Any:
+        return TrackedTransport(self.conf.broker_consumer, self)
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        await self.conveyor.runtime.open()
+
+    async def on_shutdown(self) -> None:
+        await super().on_shutdown()
+        await self.conveyor.runtime.close()
+
+
+class Conveyor:
+    """The worker's moving parts: tracker, pools, runtime, and the drain."""
+
+    def __init__(self, settings: Settings, registry: Registry, app: ConveyorApp) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.app = app
+        self.tracker: OffsetTracker[Any] = OffsetTracker()
+        self.records = RecordPublisher(
+            self._send, group_id=settings.kafka.group_id, dlq_topic=registry.dlq_topic
+        )
+        self.runtime = Runtime(settings, registry, self.records)
+        self.pools: list[JobPool] = []
+        self.draining = asyncio.Event()
+
+    async def _send(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers
+    ) -> None:
+        await self.app.producer.send_and_wait(
+            topic, key, value, partition=None, timestamp=None, headers=list(headers)
+        )
+
+    def add_job_type(self, spec: JobSpec) -> None:
+        runner: JobRunner | None = None
+
+        async def run(record: Record) -> None:
+            nonlocal runner
+            if runner is None:
+                runner = JobRunner(spec, self.registry, self.runtime.deps, self.records)
+            await runner.run(record)
+
+        pool = JobPool(spec.job_type, spec.policy.concurrency, run, self.tracker)
+        self.pools.append(pool)
+        for topic_name, delayed in ((spec.topic, False), (self.registry.retry_topic(spec), True)):
+            topic = self.app.topic(
+                topic_name,
+                key_type=bytes,
+                value_type=bytes,
+                key_serializer="raw",
+                value_serializer="raw",
+                acks=False,
+            )
+            agent = self._agent(pool, delayed)
+            self.app.agent(topic, name=f"conveyor.{topic_name}", concurrency=1)(agent)
+
+    def _agent(self, pool: JobPool, delayed: bool) -> Any:
+        async def agent(stream: Any) -> None:
+            async for event in stream.events():
+                message = event.message
+                record = Record.from_faust(message)
+                if delayed:
+                    await self._wait_until_due(record)
+                await pool.submit(message.tp, record)
+
+        return agent
+
+    async def _wait_until_due(self, record: Record) -> None:
+        value = record.header(H.NOT_BEFORE)
+        if not value:
+            return
+        try:
+            due = datetime.fromisoformat(value)
+        except ValueError:
+            return
+        delay = (due - datetime.now(UTC)).total_seconds()
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.draining.wait(), timeout=delay)
+
+    async def on_revoke(self, revoked: set[Any]) -> None:
+        """Before partitions go: let their jobs finish (bounded), commit, forget."""
+        if not revoked:
+            return
+        timeout = self.settings.worker.rebalance_drain_timeout_s
+        cancelled = sum(await asyncio.gather(*(p.drain(timeout, revoked) for p in self.pools)))
+        offsets = {tp: off for tp in revoked if (off := self.tracker.committable(tp)) is not None}
+        if offsets:
+            await self.app.consumer.commit(revoked)
+        self.tracker.forget(revoked)
+        log.info(
+            "worker.partitions_revoked",
+            partitions=len(revoked),
+            cancelled=cancelled,
+            committed_offsets=len(offsets),
+        )
+
+    async def drain(self) -> None:
+        """Stop taking work, finish what runs (up to the drain timeout), commit."""
+        self.draining.set()
+        for pool in self.pools:
+            pool.accepting = False
+        consumer = self.app.consumer
+        assignment = consumer.assignment()
+        if assignment:
+            consumer.pause_partitions(assignment)
+        in_flight = sum(p.in_flight for p in self.pools)
+        timeout = self.settings.worker.drain_timeout_s
+        log.info("worker.draining", in_flight=in_flight, drain_timeout_s=timeout)
+        cancelled = sum(await asyncio.gather(*(p.drain(timeout) for p in self.pools)))
+        offsets = self.tracker.all_committable()
+        await consumer.commit()
+        log.info(
+            "worker.drained",
+            in_flight=in_flight,
+            finished=in_flight - cancelled,
+            cancelled=cancelled,
+            committed_offsets=len(offsets),
+        )
+
+
+def build_app(settings: Settings, registry: Registry) -> ConveyorApp:
+    kafka = settings.kafka
+    app = ConveyorApp(
+        kafka.group_id,
+        broker=[f"kafka://{hp.strip()}" for hp in kafka.bootstrap_servers.split(",")],
+        autodiscover=False,
+        web_enabled=False,
+        store="memory://",
+        datadir=tempfile.mkdtemp(prefix="conveyor-faust-"),
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        topic_replication_factor=kafka.replication_factor,
+        topic_partitions=kafka.topic_partitions,
+        stream_wait_empty=False,
+        stream_buffer_maxsize=kafka.buffer_per_partition,
+        broker_commit_interval=kafka.commit_interval_s,
+        broker_commit_every=1_000_000_000,
+        broker_session_timeout=kafka.session_timeout_s,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_max_request_size=kafka.max_message_bytes,
+        consumer_max_fetch_size=kafka.max_message_bytes,
+    )
+    conveyor = Conveyor(settings, registry, app)
+    app.conveyor = conveyor
+    for spec in registry.consumed:
+        conveyor.add_job_type(spec)
+    return app

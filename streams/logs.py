@@ -1,0 +1,81 @@
+"""structlog everywhere: JSON lines in production, console in development.
+
+The standard-library loggers of Faust, mode, aiokafka and asyncpg are routed
+through the same processors, and known secret values are masked in every
+event before it is rendered.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+
+import structlog
+
+from streams.settings import LoggingSettings
+
+NOISY = ("aiokafka", "faust", "mode", "asyncio", "kafka")
+MASK = "**********"
+
+
+class SecretMasker:
+    """A processor that replaces known secret values wherever they appear."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+    def mask(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, MASK)
+        return text
+
+    def __call__(
+        self, _: Any, __: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        if not self.secrets:
+            return event
+        for key, value in event.items():
+            if isinstance(value, str):
+                event[key] = self.mask(value)
+        return event
+
+
+def configure(settings: LoggingSettings, secrets: Iterable[str] = ()) -> None:
+    masker = SecretMasker(secrets)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        masker,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if settings.format == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers = [handler]
+    level = getattr(logging, settings.level.upper())
+    root.setLevel(level)
+    for name in NOISY:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))

@@ -1,0 +1,78 @@
+"""Start the worker: logging, Sentry, preflight checks, then Faust."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import structlog
+from confluent_kafka import KafkaException
+
+from streams import alerts, logs
+from streams.app import build_app
+from streams.registry import build_registry
+from streams.settings import Settings
+from streams.topics import missing_topics
+from streams.worker import ConveyorWorker
+
+log = structlog.get_logger("conveyor.worker")
+
+EXIT_PREFLIGHT = 1
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    values = [settings.postgres.dsn.get_secret_value()]
+    for secret in (
+        settings.embedding.api_key,
+        settings.llm.api_key,
+        settings.sentry.dsn,
+        settings.http.storage_auth_header,
+    ):
+        if secret is not None:
+            values.append(secret.get_secret_value())
+    return values
+
+
+def run_worker(settings: Settings) -> int:
+    logs.configure(settings.logging, secrets_of(settings))
+    alerts.init(settings.sentry)
+    registry = build_registry(settings)
+    problem = preflight(settings)
+    if problem:
+        log.error("worker.preflight_failed", reason=problem)
+        return EXIT_PREFLIGHT
+    app = build_app(settings, registry)
+    log.info(
+        "worker.starting",
+        group_id=settings.kafka.group_id,
+        job_types=[s.job_type for s in registry.consumed],
+    )
+    worker = ConveyorWorker(app, settings)
+    worker.execute_from_commandline()
+    return 0  # pragma: no cover - execute_from_commandline exits
+
+
+def preflight(settings: Settings) -> str | None:
+    """A readable reason the worker cannot start, or None."""
+    registry = build_registry(settings)
+    try:
+        missing = missing_topics(settings, registry)
+    except KafkaException as exc:
+        return f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}"
+    if missing:
+        return f"topics missing: {', '.join(missing)}; run `conveyor topics create`"
+    return asyncio.run(_check_postgres(settings))
+
+
+async def _check_postgres(settings: Settings) -> str | None:
+    try:
+        conn = await asyncpg.connect(
+            settings.postgres.dsn.get_secret_value(), timeout=settings.postgres.connect_timeout_s
+        )
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        return f"cannot reach Postgres: {type(exc).__name__}: {exc}"
+    try:
+        exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    finally:
+        await conn.close()
+    return None if exists else "database is not migrated; run `conveyor migrate`"

@@ -1,0 +1,91 @@
+"""The job registry: each job type's topic, payload model, handler and policy, in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from handlers import knowledge_graph, probe
+from handlers.assets import process as asset_process
+from handlers.deps import Deps
+from handlers.types import Job, Outcome
+from schemas import jobs
+from streams.settings import JobPolicy, Settings
+
+Handler = Callable[[Job[Any], Deps], Awaitable[Outcome]]
+GiveUpHook = Callable[[Job[Any], str, Deps], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """Everything the runner needs to know about one job type."""
+
+    job_type: str
+    payload_model: type[BaseModel]
+    policy: JobPolicy
+    handler: Handler | None = None
+    on_give_up: GiveUpHook | None = None
+
+    @property
+    def topic(self) -> str:
+        return self.policy.topic
+
+
+@dataclass(frozen=True, slots=True)
+class Registry:
+    """Job types by name; ``consumed`` are those this worker runs."""
+
+    specs: dict[str, JobSpec]
+    retry_suffix: str
+    dlq_topic: str
+
+    @property
+    def consumed(self) -> list[JobSpec]:
+        return [s for s in self.specs.values() if s.policy.enabled and s.handler is not None]
+
+    def retry_topic(self, spec: JobSpec) -> str:
+        return spec.topic + self.retry_suffix
+
+    def topic_for(self, job_type: str) -> str:
+        spec = self.specs.get(job_type)
+        if spec is None:
+            raise KeyError(f"unknown job type {job_type!r}")
+        return spec.topic
+
+    def all_topics(self) -> list[str]:
+        """Every topic the catalog needs: source and retry per job type, and the DLQ."""
+        topics = [self.dlq_topic]
+        for spec in self.specs.values():
+            topics += [spec.topic, self.retry_topic(spec)]
+        return topics
+
+
+def build_registry(settings: Settings) -> Registry:
+    j = settings.jobs
+    specs = [
+        JobSpec(
+            "asset.process",
+            jobs.AssetProcess,
+            j.asset_process,
+            asset_process.handle,
+            asset_process.on_give_up,
+        ),
+        JobSpec(
+            "knowledge_graph.extract",
+            jobs.KnowledgeGraphExtract,
+            j.knowledge_graph_extract,
+            knowledge_graph.handle,
+        ),
+        JobSpec("crm.sync_pipelines", jobs.CrmSyncPipelines, j.crm_sync_pipelines),
+        JobSpec("crm.webhook", jobs.CrmWebhook, j.crm_webhook),
+        JobSpec("message.send", jobs.MessageSend, j.message_send),
+        JobSpec("probe", jobs.Probe, j.probe, probe.handle),
+    ]
+    return Registry(
+        specs={s.job_type: s for s in specs},
+        retry_suffix=settings.kafka.retry_suffix,
+        dlq_topic=settings.kafka.dlq_topic,
+    )

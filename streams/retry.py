@@ -1,0 +1,65 @@
+"""The retry policy: a pure function of (error, attempt, policy)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from handlers.errors import DeadlineExceeded, JobTimeout, PermanentError, RetryableError
+from schemas.dlq import Stage
+from streams.settings import JobPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class RetryInPlace:
+    delay_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RetryLater:
+    """Hand the job to the retry topic, due after ``delay_s``."""
+
+    delay_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    reason: str
+
+
+Decision = RetryInPlace | RetryLater | DeadLetter
+
+
+def backoff_s(attempt: int, policy: JobPolicy, rand: Callable[[], float] = random.random) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**(attempt-1))]."""
+    ceiling = min(policy.backoff_max_s, policy.backoff_base_s * 2 ** min(attempt - 1, 62))
+    return float(rand() * ceiling)
+
+
+def decide(
+    error: BaseException,
+    attempt: int,
+    policy: JobPolicy,
+    rand: Callable[[], float] = random.random,
+) -> Decision:
+    """What to do after ``attempt`` (1-based) failed with ``error``."""
+    if isinstance(error, PermanentError):
+        return DeadLetter(f"permanent error: {error}")
+    if attempt >= policy.max_attempts:
+        return DeadLetter(f"gave up after {attempt} attempts: {describe(error)}")
+    hinted = error.delay_s if isinstance(error, RetryableError) else None
+    delay = hinted if hinted is not None else backoff_s(attempt, policy, rand)
+    delay = max(0.0, min(delay, policy.backoff_max_s))
+    if delay <= policy.in_place_max_s:
+        return RetryInPlace(delay)
+    return RetryLater(delay)
+
+
+def stage_of(error: BaseException) -> Stage:
+    return Stage.TIMEOUT if isinstance(error, JobTimeout | DeadlineExceeded) else Stage.HANDLE
+
+
+def describe(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -1,0 +1,186 @@
+"""Run one consumed record to its end: decode → validate → bind → timeout → handle → decide.
+
+``run()`` returns only when the record is *finished*: the job succeeded, or
+was handed to the retry topic, or to the dead-letter topic, with the
+broker's acknowledgement. Cancellation (drain, revoke) propagates and leaves
+the record unfinished, so its offset is never committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from pydantic import BaseModel, ValidationError
+
+from handlers.deps import Deps
+from handlers.errors import DeadlineExceeded, JobTimeout, PermanentError
+from handlers.types import Job
+from schemas.dlq import Stage
+from schemas.envelope import JobEnvelope
+from streams import alerts
+from streams.publish import Failure, RecordPublisher
+from streams.records import Record
+from streams.registry import JobSpec, Registry
+from streams.retry import DeadLetter, RetryInPlace, RetryLater, decide, describe, stage_of
+
+log = structlog.get_logger("conveyor.runner")
+
+GIVE_UP_HOOK_ATTEMPTS = 5
+
+
+class JobRunner:
+    """Runs the records of one job type (its source and retry topics)."""
+
+    def __init__(
+        self, spec: JobSpec, registry: Registry, deps: Deps, publisher: RecordPublisher
+    ) -> None:
+        self.spec = spec
+        self.registry = registry
+        self.deps = deps
+        self.publisher = publisher
+
+    async def run(self, record: Record) -> None:
+        with structlog.contextvars.bound_contextvars(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            job_type=self.spec.job_type,
+        ):
+            job = self._decode(record)
+            if isinstance(job, Failure):
+                await self._dead_letter(record, job, None)
+                return
+            with structlog.contextvars.bound_contextvars(job_id=job.id):
+                await self._run_job(record, job)
+
+    def _decode(self, record: Record) -> Job[BaseModel] | Failure:
+        attempts = record.attempts_before + 1
+        if record.value is None:
+            return Failure(Stage.DECODE, PermanentError("message has no value"), attempts)
+        try:
+            envelope = JobEnvelope.model_validate_json(record.value)
+        except ValidationError as exc:
+            stage = Stage.DECODE if _is_json_error(exc) else Stage.VALIDATE
+            reason = "message is not valid JSON" if stage is Stage.DECODE else "invalid envelope"
+            return Failure(stage, PermanentError(f"{reason}: {_summary(exc)}"), attempts)
+        ids = {"job_type": envelope.type, "job_id": envelope.id}
+        if envelope.type != self.spec.job_type:
+            error = PermanentError(
+                f"job type {envelope.type!r} does not belong on topic {record.topic!r}"
+                f" (expected {self.spec.job_type!r})"
+            )
+            return Failure(Stage.VALIDATE, error, attempts, **ids)
+        try:
+            payload = self.spec.payload_model.model_validate(envelope.payload)
+        except ValidationError as exc:
+            error = PermanentError(f"invalid {envelope.type} payload: {_summary(exc)}")
+            return Failure(Stage.VALIDATE, error, attempts, **ids)
+        return Job(
+            envelope.id,
+            envelope.type,
+            attempts,
+            envelope.organization_id,
+            payload,
+            envelope.deadline,
+        )
+
+    async def _run_job(self, record: Record, job: Job[BaseModel]) -> None:
+        deadline = job.deadline.timestamp() if job.deadline else None
+        while True:
+            with structlog.contextvars.bound_contextvars(attempt=job.attempt):
+                error = await self._attempt(job, deadline)
+                if error is None:
+                    return
+                decision = decide(error, job.attempt, self.spec.policy)
+                failure = Failure(stage_of(error), error, job.attempt, job.type, job.id)
+                if isinstance(decision, RetryInPlace):
+                    log.warning(
+                        "job.retrying",
+                        error=describe(error),
+                        delay_s=round(decision.delay_s, 3),
+                        where="in_place",
+                    )
+                    await asyncio.sleep(decision.delay_s)
+                    job = job.next_attempt()
+                    continue
+                if isinstance(decision, RetryLater):
+                    not_before = datetime.now(UTC) + timedelta(seconds=decision.delay_s)
+                    await self.publisher.retry_later(
+                        record, failure, self.registry.retry_topic(self.spec), not_before
+                    )
+                    log.warning(
+                        "job.retrying",
+                        error=describe(error),
+                        delay_s=round(decision.delay_s, 3),
+                        where="retry_topic",
+                    )
+                    return
+                await self._give_up(job, decision)
+                await self._dead_letter(record, failure, decision)
+                return
+
+    async def _attempt(self, job: Job[BaseModel], deadline: float | None) -> BaseException | None:
+        assert self.spec.handler is not None
+        timeout_s = self.spec.policy.timeout_s
+        if deadline is not None:
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                return DeadlineExceeded("the job's deadline passed before it could run")
+            timeout_s = min(timeout_s, remaining)
+        started = time.perf_counter()
+        log.debug("job.started")
+        try:
+            async with asyncio.timeout(timeout_s):
+                outcome = await self.spec.handler(job, self.deps)
+        except TimeoutError:
+            return JobTimeout(f"job ran past its {timeout_s:.1f} s timeout")
+        except Exception as exc:
+            return exc
+        log.info(
+            "job.succeeded",
+            outcome=outcome.value,
+            duration_s=round(time.perf_counter() - started, 4),
+        )
+        return None
+
+    async def _give_up(self, job: Job[BaseModel], decision: DeadLetter) -> None:
+        hook = self.spec.on_give_up
+        if hook is None:
+            return
+        for attempt in range(1, GIVE_UP_HOOK_ATTEMPTS + 1):
+            try:
+                await asyncio.wait_for(hook(job, decision.reason, self.deps), timeout=30)
+                return
+            except Exception as exc:
+                log.warning("job.give_up_hook_failed", error=describe(exc), hook_attempt=attempt)
+                await asyncio.sleep(min(2.0**attempt, 10.0))
+
+    async def _dead_letter(
+        self, record: Record, failure: Failure, decision: DeadLetter | None
+    ) -> None:
+        await self.publisher.dead_letter(record, failure)
+        reason = decision.reason if decision else describe(failure.error)
+        log.error(
+            "job.dead_lettered",
+            stage=failure.stage.value,
+            reason=reason,
+            error_class=type(failure.error).__name__,
+            attempts=failure.attempts,
+        )
+        alerts.dead_lettered(failure)
+
+
+def _is_json_error(exc: ValidationError) -> bool:
+    return any(err["type"] in ("json_invalid", "json_type") for err in exc.errors())
+
+
+def _summary(exc: ValidationError, limit: int = 5) -> str:
+    parts = []
+    for err in exc.errors()[:limit]:
+        where = ".".join(str(p) for p in err["loc"]) or "(root)"
+        parts.append(f"{where}: {err['msg']}")
+    more = exc.error_count() - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")

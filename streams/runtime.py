@@ -1,0 +1,91 @@
+"""Build the handlers' dependencies once at start-up, close them at shutdown."""
+
+from __future__ import annotations
+
+import aiohttp
+import asyncpg
+import structlog
+
+from handlers.assets.embed import HashEmbedder
+from handlers.assets.netguard import Allowlist, guarded_connector_kwargs
+from handlers.deps import ChunkingPolicy, Deps, FetchPolicy
+from schemas.envelope import JobEnvelope
+from streams.publish import RecordPublisher
+from streams.registry import Registry
+from streams.settings import Settings
+
+log = structlog.get_logger("conveyor.runtime")
+
+
+class KafkaJobPublisher:
+    """Publishes follow-up jobs to their job type's topic, awaiting the broker's ack."""
+
+    def __init__(self, registry: Registry, records: RecordPublisher) -> None:
+        self._registry = registry
+        self._records = records
+
+    async def publish(self, envelope: JobEnvelope, *, key: bytes | None = None) -> None:
+        topic = self._registry.topic_for(envelope.type)
+        await self._records.publish_job(topic, envelope, key)
+
+
+async def create_db_pool(settings: Settings) -> asyncpg.Pool:
+    pg = settings.postgres
+    return await asyncpg.create_pool(
+        dsn=pg.dsn.get_secret_value(),
+        min_size=pg.pool_min_size,
+        max_size=pg.pool_max_size,
+        timeout=pg.connect_timeout_s,
+        command_timeout=pg.command_timeout_s,
+    )
+
+
+class Runtime:
+    """Owns the db pool, HTTP session and embedder for the worker's lifetime."""
+
+    def __init__(self, settings: Settings, registry: Registry, records: RecordPublisher) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.records = records
+        self._deps: Deps | None = None
+
+    @property
+    def deps(self) -> Deps:
+        if self._deps is None:
+            raise RuntimeError("runtime is not open")
+        return self._deps
+
+    async def open(self) -> None:
+        if self._deps is not None:
+            return
+        s = self.settings
+        db = await create_db_pool(s)
+        allowlist = Allowlist(s.http.allowed_hosts)
+        http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=100, **guarded_connector_kwargs(allowlist)),
+            headers={"User-Agent": s.http.user_agent},
+        )
+        auth = s.http.storage_auth_header
+        self._deps = Deps(
+            db=db,
+            http=http,
+            embedder=HashEmbedder(s.embedding.dimensions),
+            publisher=KafkaJobPublisher(self.registry, self.records),
+            chunking=ChunkingPolicy(s.chunking.size, s.chunking.overlap),
+            fetch=FetchPolicy(
+                max_bytes=s.http.max_download_bytes,
+                connect_timeout_s=s.http.connect_timeout_s,
+                read_timeout_s=s.http.read_timeout_s,
+                allowed_hosts=tuple(s.http.allowed_hosts),
+                auth_header=auth.get_secret_value() if auth else None,
+            ),
+        )
+        log.info("runtime.opened", db_pool_max=s.postgres.pool_max_size)
+
+    async def close(self) -> None:
+        deps, self._deps = self._deps, None
+        if deps is None:
+            return
+        await deps.http.close()
+        await deps.db.close()
+        log.info("runtime.closed")

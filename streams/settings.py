@@ -1,0 +1,217 @@
+"""The one settings object: every default lives here and only here.
+
+Environment variables use the prefix ``CONVEYOR_`` and ``__`` between nested
+groups, e.g. ``CONVEYOR_KAFKA__BOOTSTRAP_SERVERS`` or
+``CONVEYOR_JOBS__ASSET_PROCESS__CONCURRENCY``. Helm values map to these 1:1.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
+
+ENV_PREFIX = "CONVEYOR_"
+ENV_NESTED_DELIMITER = "__"
+
+
+class _Group(BaseModel):
+    """A nested settings group: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Group):
+    """Broker connection, consumer group and topic layout."""
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="host:port[,host:port]")
+    group_id: str = Field("conveyor", description="consumer group (also the Faust app id)")
+    topic_partitions: int = Field(6, ge=1, description="partitions for topics we create")
+    replication_factor: int = Field(1, ge=1, description="replication for topics we create")
+    dlq_topic: str = Field("jobs.dlq", min_length=1)
+    retry_suffix: str = Field(".retry", min_length=1)
+    commit_interval_s: float = Field(0.5, gt=0, le=60)
+    session_timeout_s: float = Field(30.0, gt=0)
+    buffer_per_partition: int = Field(64, ge=1, description="prefetched messages per partition")
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+
+
+class PostgresSettings(_Group):
+    """Database connection and pool."""
+
+    dsn: SecretStr = SecretStr("postgresql://conveyor:conveyor@127.0.0.1:5432/conveyor")
+    pool_min_size: int = Field(1, ge=0)
+    pool_max_size: int = Field(10, ge=1)
+    connect_timeout_s: float = Field(10.0, gt=0)
+    command_timeout_s: float = Field(60.0, gt=0)
+
+
+class JobPolicy(_Group):
+    """Per-job-type policy: where it comes from and how hard to try."""
+
+    topic: str = Field(min_length=1)
+    enabled: bool = True
+    concurrency: int = Field(4, ge=1, le=1024)
+    timeout_s: float = Field(60.0, gt=0)
+    max_attempts: int = Field(5, ge=1)
+    backoff_base_s: float = Field(1.0, gt=0)
+    backoff_max_s: float = Field(300.0, gt=0)
+    in_place_max_s: float = Field(5.0, ge=0, description="waits up to this long retry in place")
+
+
+class JobsSettings(_Group):
+    """One policy per job type of the catalog."""
+
+    asset_process: JobPolicy = JobPolicy(topic="jobs.asset.process", timeout_s=300.0)
+    knowledge_graph_extract: JobPolicy = JobPolicy(topic="jobs.knowledge_graph.extract")
+    crm_sync_pipelines: JobPolicy = JobPolicy(topic="jobs.crm.sync_pipelines", concurrency=2)
+    crm_webhook: JobPolicy = JobPolicy(topic="jobs.crm.webhook")
+    message_send: JobPolicy = JobPolicy(topic="jobs.message.send")
+    dlq_mirror: JobPolicy = JobPolicy(
+        topic="jobs.dlq",
+        concurrency=1,
+        max_attempts=1_000_000,
+        backoff_max_s=30.0,
+        in_place_max_s=30.0,
+    )
+    probe: JobPolicy = JobPolicy(topic="jobs.probe", enabled=False, concurrency=8, timeout_s=10.0)
+
+
+class WorkerSettings(_Group):
+    """Process-level behaviour: shutdown and rebalance bounds."""
+
+    drain_timeout_s: float = Field(25.0, gt=0, description="< Helm terminationGracePeriodSeconds")
+    hard_exit_after_s: float = Field(10.0, gt=0, description="extra time after the drain")
+    rebalance_drain_timeout_s: float = Field(10.0, ge=0)
+    service_name: str = "conveyor"
+    metrics_port: int = Field(0, ge=0, le=65535, description="0 disables /metrics")
+
+
+class HttpSettings(_Group):
+    """Outbound HTTP (asset storage and other plain fetches)."""
+
+    connect_timeout_s: float = Field(10.0, gt=0)
+    read_timeout_s: float = Field(60.0, gt=0)
+    max_download_bytes: int = Field(50 * 1024 * 1024, ge=1)
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="hosts/CIDRs allowed despite the SSRF guard (e.g. 127.0.0.1)",
+    )
+    storage_auth_header: SecretStr | None = None
+    user_agent: str = "conveyor/0.1"
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_csv(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+class EmbeddingSettings(_Group):
+    """Embedding provider: ``hash`` (local, lexical) or ``openai`` (HTTP)."""
+
+    provider: Literal["hash", "openai"] = "hash"
+    base_url: str = "https://openrouter.ai/api/v1"
+    api_key: SecretStr | None = None
+    model: str = "openai/text-embedding-3-small"
+    dimensions: int = Field(256, ge=8, le=8192)
+    batch_size: int = Field(64, ge=1, le=2048)
+    requests_per_minute: int = Field(600, ge=1)
+    tokens_per_minute: int = Field(1_000_000, ge=1)
+    org_requests_per_minute: int = Field(120, ge=1)
+    timeout_s: float = Field(30.0, gt=0)
+
+
+class LlmSettings(_Group):
+    """Chat-completions provider for knowledge-graph extraction (off when no key)."""
+
+    base_url: str = "https://openrouter.ai/api/v1"
+    api_key: SecretStr | None = None
+    model: str = "openai/gpt-4o-mini"
+    requests_per_minute: int = Field(60, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+
+
+class ChunkingSettings(_Group):
+    """Chunk size and overlap, in characters."""
+
+    size: int = Field(600, ge=50)
+    overlap: int = Field(120, ge=0)
+
+
+class SentrySettings(_Group):
+    """Sentry alerting; disabled unless a DSN is set."""
+
+    dsn: SecretStr | None = None
+    environment: str = "development"
+
+
+class LoggingSettings(_Group):
+    """structlog output."""
+
+    format: Literal["json", "console"] = "json"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(BaseSettings):
+    """Every configurable value of the worker."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        extra="forbid",
+        frozen=True,
+        nested_model_default_partial_update=True,
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    postgres: PostgresSettings = PostgresSettings()
+    jobs: JobsSettings = JobsSettings()
+    worker: WorkerSettings = WorkerSettings()
+    http: HttpSettings = HttpSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    llm: LlmSettings = LlmSettings()
+    chunking: ChunkingSettings = ChunkingSettings()
+    sentry: SentrySettings = SentrySettings()
+    logging: LoggingSettings = LoggingSettings()
+
+
+class ConfigError(Exception):
+    """Invalid configuration; ``lines`` name each bad variable and what is wrong."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def env_name(loc: tuple[int | str, ...]) -> str:
+    """The environment variable that sets the field at ``loc``."""
+    return ENV_PREFIX + ENV_NESTED_DELIMITER.join(str(part).upper() for part in loc)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment; raise ConfigError with one line per problem."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = [f"{env_name(err['loc'])}: {err['msg']}" for err in exc.errors()]
+        raise ConfigError(lines) from None
+    except SettingsError as exc:
+        raise ConfigError([str(exc)]) from None
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The effective configuration with secrets masked, for ``conveyor config``."""
+    dumped: dict[str, Any] = json.loads(settings.model_dump_json())
+    return dumped
+
+
+def iter_policies(settings: Settings) -> Iterator[tuple[str, JobPolicy]]:
+    """(field name, policy) for every job type."""
+    for name in JobsSettings.model_fields:
+        yield name, getattr(settings.jobs, name)

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from streams.settings import ConfigError, load_settings, masked
+from tests.support.stack import patched_env
+
+
+def test_defaults_are_documented_values() -> None:
+    with patched_env({}):
+        s = load_settings()
+    assert s.chunking.size == 600 and s.chunking.overlap == 120
+    assert s.jobs.asset_process.timeout_s == 300
+    assert s.jobs.message_send.timeout_s == 60
+    assert s.worker.drain_timeout_s == 25
+    assert s.kafka.commit_interval_s <= 1
+
+
+def test_one_nested_field_overrides_without_losing_the_others() -> None:
+    with patched_env({"CONVEYOR_JOBS__ASSET_PROCESS__CONCURRENCY": "7"}):
+        s = load_settings()
+    assert s.jobs.asset_process.concurrency == 7
+    assert s.jobs.asset_process.topic == "jobs.asset.process"
+
+
+def test_every_bad_variable_gets_its_own_line() -> None:
+    env = {
+        "CONVEYOR_JOBS__ASSET_PROCESS__CONCURRENCY": "many",
+        "CONVEYOR_KAFKA__COMMIT_INTERVAL_S": "-1",
+        "CONVEYOR_KAFKA__NO_SUCH_THING": "1",
+    }
+    with patched_env(env), pytest.raises(ConfigError) as caught:
+        load_settings()
+    lines = caught.value.lines
+    assert len(lines) == 3
+    for name in env:
+        assert any(line.startswith(name + ":") for line in lines), (name, lines)
+
+
+def test_allowed_hosts_accepts_a_comma_list() -> None:
+    with patched_env({"CONVEYOR_HTTP__ALLOWED_HOSTS": "127.0.0.1, files.internal"}):
+        assert load_settings().http.allowed_hosts == ["127.0.0.1", "files.internal"]
+
+
+def test_secrets_are_masked_in_config_output() -> None:
+    env = {
+        "CONVEYOR_POSTGRES__DSN": "postgresql://u:hunter2-secret@db/x",
+        "CONVEYOR_EMBEDDING__API_KEY": "sk-very-secret",
+    }
+    with patched_env(env):
+        dumped = json.dumps(masked(load_settings()))
+    assert "hunter2-secret" not in dumped and "sk-very-secret" not in dumped
+    assert "**********" in dumped
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_invalid_configuration_exits_2_before_connecting() -> None:
+    result = _cli(
+        "run",
+        env={
+            "CONVEYOR_WORKER__DRAIN_TIMEOUT_S": "soon",
+            "CONVEYOR_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        },
+    )
+    assert result.returncode == 2
+    assert "CONVEYOR_WORKER__DRAIN_TIMEOUT_S" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_command_prints_effective_json() -> None:
+    result = _cli("config", env={"CONVEYOR_KAFKA__GROUP_ID": "g-from-env"})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["kafka"]["group_id"] == "g-from-env"
