@@ -115,6 +115,7 @@ class Conveyor:
         """Before partitions go: let their jobs finish (bounded), commit, forget."""
         if not revoked:
             return
+        self.tracker.revoke(revoked)  # nothing new starts on them from here on
         timeout = self.settings.worker.rebalance_drain_timeout_s
         cancelled = sum(await asyncio.gather(*(p.drain(timeout, revoked) for p in self.pools)))
         offsets = {tp: off for tp in revoked if (off := self.tracker.committable(tp)) is not None}

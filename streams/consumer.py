@@ -61,6 +61,7 @@ class TrackedConsumer(faust_aiokafka.Consumer):
         return did_commit
 
     async def on_partitions_assigned(self, assigned: set[Any], generation_id: int = 0) -> None:
+        self._conveyor.tracker.assign(assigned)
         await super().on_partitions_assigned(assigned, generation_id)
         log.info("worker.partitions_assigned", partitions=len(assigned), generation=generation_id)
 

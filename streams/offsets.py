@@ -59,8 +59,28 @@ class OffsetTracker(Generic[TP]):
 
     def __init__(self) -> None:
         self._partitions: dict[TP, PartitionOffsets] = {}
+        self._assigned: set[TP] = set()
 
-    def start(self, tp: TP, offset: int) -> Ticket:
+    def assign(self, tps: Iterable[TP]) -> None:
+        """Partitions handed to this worker: their offsets start fresh."""
+        for tp in tps:
+            self._assigned.add(tp)
+            old = self._partitions.pop(tp, None)
+            if old is not None:
+                old.revoked = True
+
+    def revoke(self, tps: Iterable[TP]) -> None:
+        """Partitions being taken away: no new offset starts; running ones may still finish."""
+        for tp in tps:
+            self._assigned.discard(tp)
+            part = self._partitions.get(tp)
+            if part is not None:
+                part.revoked = True
+
+    def start(self, tp: TP, offset: int) -> Ticket | None:
+        """Start ``offset``; None when ``tp`` is not (or no longer) assigned here."""
+        if tp not in self._assigned:
+            return None
         part = self._partitions.get(tp)
         if part is None:
             part = self._partitions[tp] = PartitionOffsets()
@@ -93,11 +113,10 @@ class OffsetTracker(Generic[TP]):
         return 0 if part is None else len(part.pending)
 
     def forget(self, tps: Iterable[TP]) -> None:
-        """Drop revoked partitions; tickets still held for them become no-ops."""
+        """Drop revoked partitions once their finished work is committed."""
+        self.revoke(tps)
         for tp in tps:
-            part = self._partitions.pop(tp, None)
-            if part is not None:
-                part.revoked = True
+            self._partitions.pop(tp, None)
 
     def partitions(self) -> Iterator[TP]:
         return iter(list(self._partitions))

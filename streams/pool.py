@@ -41,6 +41,8 @@ class JobPool:
         if not self.accepting:
             return
         ticket = self._tracker.start(tp, record.offset)
+        if ticket is None:
+            return  # the partition was revoked: its new owner will run the record
         await self._slots.acquire()
         if not self.accepting or ticket.revoked:
             self._slots.release()

@@ -1,17 +1,30 @@
 from __future__ import annotations
 
-from streams.offsets import OffsetTracker
+from streams.offsets import OffsetTracker, Ticket
 
 TP = ("jobs", 0)
+OTHER = ("jobs", 1)
+
+
+def tracker() -> OffsetTracker[tuple[str, int]]:
+    t: OffsetTracker[tuple[str, int]] = OffsetTracker()
+    t.assign([TP, OTHER])
+    return t
+
+
+def start(t: OffsetTracker[tuple[str, int]], tp: tuple[str, int], offset: int) -> Ticket:
+    ticket = t.start(tp, offset)
+    assert ticket is not None
+    return ticket
 
 
 def test_nothing_started_nothing_to_commit() -> None:
-    assert OffsetTracker[tuple[str, int]]().committable(TP) is None
+    assert tracker().committable(TP) is None
 
 
 def test_out_of_order_completion_commits_only_the_contiguous_run() -> None:
-    t: OffsetTracker[tuple[str, int]] = OffsetTracker()
-    tickets = [t.start(TP, o) for o in range(10, 15)]
+    t = tracker()
+    tickets = [start(t, TP, o) for o in range(10, 15)]
     tickets[2].finish()
     tickets[4].finish()
     assert t.committable(TP) is None  # offset 10 is still running
@@ -25,56 +38,73 @@ def test_out_of_order_completion_commits_only_the_contiguous_run() -> None:
 
 def test_the_head_of_a_fresh_partition_in_flight_blocks_everything() -> None:
     # faust-streaming #606: later offsets finishing first must not be committed.
-    t: OffsetTracker[tuple[str, int]] = OffsetTracker()
-    head = t.start(TP, 0)
+    t = tracker()
+    head = start(t, TP, 0)
     for o in range(1, 8):
-        t.start(TP, o).finish()
+        start(t, TP, o).finish()
     assert t.committable(TP) is None
     head.finish()
     assert t.committable(TP) == 8
 
 
 def test_gaps_in_offsets_are_fine() -> None:
-    t: OffsetTracker[tuple[str, int]] = OffsetTracker()
+    t = tracker()
     for o in (3, 7, 20):
-        t.start(TP, o).finish()
+        start(t, TP, o).finish()
     assert t.committable(TP) == 21
 
 
 def test_a_cancelled_job_is_never_committed_past() -> None:
-    t: OffsetTracker[tuple[str, int]] = OffsetTracker()
-    t.start(TP, 0).finish()
-    t.start(TP, 1)  # cancelled: never finished
-    t.start(TP, 2).finish()
+    t = tracker()
+    start(t, TP, 0).finish()
+    start(t, TP, 1)  # cancelled: never finished
+    start(t, TP, 2).finish()
     assert t.committable(TP) == 1
 
 
 def test_committed_offsets_are_not_offered_again() -> None:
-    t: OffsetTracker[tuple[str, int]] = OffsetTracker()
-    t.start(TP, 0).finish()
+    t = tracker()
+    start(t, TP, 0).finish()
     t.mark_committed({TP: 1})
     assert t.committable(TP) is None
     assert t.all_committable() == {}
-    t.start(TP, 1).finish()
+    start(t, TP, 1).finish()
     assert t.all_committable() == {TP: 2}
 
 
-def test_revoke_forgets_and_late_finishes_are_harmless() -> None:
-    t: OffsetTracker[tuple[str, int]] = OffsetTracker()
-    ticket = t.start(TP, 5)
+def test_revoke_stops_new_starts_but_counts_running_jobs_that_finish() -> None:
+    t = tracker()
+    start(t, TP, 5).finish()
+    running = start(t, TP, 6)
+    t.revoke([TP])
+    assert running.revoked
+    assert t.start(TP, 7) is None, "nothing new starts on a revoked partition"
+    running.finish()
+    assert t.committable(TP) == 7, "work that finished during the revoke is committed"
     t.forget([TP])
-    assert ticket.revoked
-    ticket.finish()
     assert t.committable(TP) is None
     assert list(t.partitions()) == []
-    t.start(TP, 9).finish()  # reassigned later: starts fresh
-    assert t.committable(TP) == 10
+
+
+def test_unassigned_partitions_never_start() -> None:
+    t = tracker()
+    assert t.start(("elsewhere", 0), 1) is None
+
+
+def test_reassignment_starts_fresh() -> None:
+    t = tracker()
+    stale = start(t, TP, 5)
+    t.assign([TP])
+    stale.finish()
+    assert t.committable(TP) is None
+    start(t, TP, 3).finish()
+    assert t.committable(TP) == 4
 
 
 def test_partitions_are_independent() -> None:
-    t: OffsetTracker[tuple[str, int]] = OffsetTracker()
-    other = ("jobs", 1)
-    t.start(TP, 0)
-    t.start(other, 0).finish()
+    t = tracker()
+    other = OTHER
+    start(t, TP, 0)
+    start(t, other, 0).finish()
     assert t.all_committable() == {other: 1}
     assert t.pending(TP) == 1 and t.pending(other) == 0

@@ -1,0 +1,71 @@
+"""A second worker joins the group mid-load, then leaves: nothing lost, nothing twice."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.support.probe import PROBE_ENV, effects, probe_jobs
+from tests.support.stack import Stack
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.e2e
+
+JOBS = 2000
+ENV = {**PROBE_ENV, "CONVEYOR_JOBS__PROBE__CONCURRENCY": "8"}
+
+
+async def test_worker_joining_and_leaving_mid_load(
+    stack: Stack, db: asyncpg.Pool, worker_factory: Any
+) -> None:
+    jobs = probe_jobs(JOBS, seed=3)
+    first = worker_factory(stack, **ENV)
+    first.wait_ready()
+    stack.publish(jobs)
+    await eventually(
+        lambda: effects(db, jobs),
+        lambda c: c.distinct >= JOBS * 0.25,
+        timeout_s=120,
+        what="a quarter done",
+    )
+
+    second = worker_factory(stack, **ENV)
+    second.wait_ready()
+    first.wait_for(lambda e: e.get("event") == "worker.partitions_revoked", timeout_s=60)
+    await eventually(
+        lambda: effects(db, jobs),
+        lambda c: c.distinct >= JOBS * 0.6,
+        timeout_s=120,
+        what="60 % done with two workers",
+    )
+    assert second.count("job.succeeded") > 0, "the joining worker took a share"
+
+    second.signal(signal.SIGTERM)
+    assert second.wait_exit(timeout_s=40) == 0, second.tail()
+    final = await eventually(
+        lambda: effects(db, jobs),
+        lambda c: c.distinct == JOBS,
+        timeout_s=180,
+        what="every job done",
+    )
+    skipped = sum(
+        1
+        for w in (first, second)
+        for e in w.events
+        if e.get("event") == "job.succeeded" and e.get("outcome") == "skipped"
+    )
+    revokes = [
+        e
+        for w in (first, second)
+        for e in w.events
+        if e.get("event") == "worker.partitions_revoked"
+    ]
+    print(
+        f"\n[rebalance] jobs={JOBS} effects={final.total} duplicates={final.duplicated} "
+        f"revocations={len(revokes)} cancelled_on_revoke={sum(e['cancelled'] for e in revokes)}"
+        f" redelivered_and_skipped={skipped}"
+    )
+    assert final.total == JOBS and final.duplicated == 0
