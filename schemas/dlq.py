@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
 
 HEADER_PREFIX = "conveyor-"
 
@@ -36,3 +39,34 @@ class H(StrEnum):
     STAGE = "conveyor-stage"
     SERVICE_VERSION = "conveyor-service-version"
     HOST = "conveyor-host"
+
+
+class DeadLetterRecord(BaseModel):
+    """A record read back from the dead-letter topic, as mirrored into ``worker_dlq``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dlq_topic: str
+    dlq_partition: int
+    dlq_offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, str]
+
+    def header(self, name: H) -> str | None:
+        value = self.headers.get(name.value)
+        return value if value else None
+
+    def header_int(self, name: H) -> int | None:
+        value = self.header(name)
+        try:
+            return int(value) if value is not None else None
+        except ValueError:
+            return None
+
+    def header_time(self, name: H) -> datetime | None:
+        value = self.header(name)
+        try:
+            return datetime.fromisoformat(value) if value else None
+        except ValueError:
+            return None

@@ -13,6 +13,8 @@ import structlog
 
 from schemas.dlq import H
 from streams.consumer import TrackedTransport
+from streams.logs import SecretMasker
+from streams.mirror import MirrorRunner
 from streams.offsets import OffsetTracker
 from streams.pool import JobPool
 from streams.publish import RecordPublisher
@@ -20,7 +22,7 @@ from streams.records import Headers, Record
 from streams.registry import JobSpec, Registry
 from streams.runner import JobRunner
 from streams.runtime import Runtime
-from streams.settings import Settings
+from streams.settings import Settings, secret_values
 
 log = structlog.get_logger("conveyor.worker")
 
@@ -51,7 +53,10 @@ class Conveyor:
         self.app = app
         self.tracker: OffsetTracker[Any] = OffsetTracker()
         self.records = RecordPublisher(
-            self._send, group_id=settings.kafka.group_id, dlq_topic=registry.dlq_topic
+            self._send,
+            group_id=settings.kafka.group_id,
+            dlq_topic=registry.dlq_topic,
+            mask=SecretMasker(secret_values(settings)).mask,
         )
         self.runtime = Runtime(settings, registry, self.records)
         self.pools: list[JobPool] = []
@@ -70,22 +75,44 @@ class Conveyor:
         async def run(record: Record) -> None:
             nonlocal runner
             if runner is None:
-                runner = JobRunner(spec, self.registry, self.runtime.deps, self.records)
+                runner = JobRunner(
+                    spec,
+                    self.registry,
+                    self.runtime.deps,
+                    self.records,
+                    self.settings.kafka.max_job_bytes,
+                )
             await runner.run(record)
 
         pool = JobPool(spec.job_type, spec.policy.concurrency, run, self.tracker)
         self.pools.append(pool)
-        for topic_name, delayed in ((spec.topic, False), (self.registry.retry_topic(spec), True)):
-            topic = self.app.topic(
-                topic_name,
-                key_type=bytes,
-                value_type=bytes,
-                key_serializer="raw",
-                value_serializer="raw",
-                acks=False,
-            )
-            agent = self._agent(pool, delayed)
-            self.app.agent(topic, name=f"conveyor.{topic_name}", concurrency=1)(agent)
+        self._subscribe(spec.topic, pool, delayed=False)
+        self._subscribe(self.registry.retry_topic(spec), pool, delayed=True)
+
+    def add_dlq_mirror(self) -> None:
+        runner: MirrorRunner | None = None
+
+        async def run(record: Record) -> None:
+            nonlocal runner
+            if runner is None:
+                runner = MirrorRunner(self.runtime.deps, self.settings.dlq_mirror)
+            await runner.run(record)
+
+        pool = JobPool("dlq_mirror", 1, run, self.tracker)
+        self.pools.append(pool)
+        self._subscribe(self.registry.dlq_topic, pool, delayed=False)
+
+    def _subscribe(self, topic_name: str, pool: JobPool, delayed: bool) -> None:
+        topic = self.app.topic(
+            topic_name,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            acks=False,
+        )
+        agent = self._agent(pool, delayed)
+        self.app.agent(topic, name=f"conveyor.{topic_name}", concurrency=1)(agent)
 
     def _agent(self, pool: JobPool, delayed: bool) -> Any:
         async def agent(stream: Any) -> None:
@@ -180,4 +207,6 @@ def build_app(settings: Settings, registry: Registry) -> ConveyorApp:
     app.conveyor = conveyor
     for spec in registry.consumed:
         conveyor.add_job_type(spec)
+    if settings.dlq_mirror.enabled:
+        conveyor.add_dlq_mirror()
     return app

@@ -11,7 +11,7 @@ from confluent_kafka import KafkaException
 from streams import alerts, logs
 from streams.app import build_app
 from streams.registry import build_registry
-from streams.settings import Settings
+from streams.settings import Settings, secret_values
 from streams.topics import missing_topics
 from streams.worker import ConveyorWorker
 
@@ -20,21 +20,8 @@ log = structlog.get_logger("conveyor.worker")
 EXIT_PREFLIGHT = 1
 
 
-def secrets_of(settings: Settings) -> list[str]:
-    values = [settings.postgres.dsn.get_secret_value()]
-    for secret in (
-        settings.embedding.api_key,
-        settings.llm.api_key,
-        settings.sentry.dsn,
-        settings.http.storage_auth_header,
-    ):
-        if secret is not None:
-            values.append(secret.get_secret_value())
-    return values
-
-
 def run_worker(settings: Settings) -> int:
-    logs.configure(settings.logging, secrets_of(settings))
+    logs.configure(settings.logging, secret_values(settings))
     alerts.init(settings.sentry)
     registry = build_registry(settings)
     problem = preflight(settings)

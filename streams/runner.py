@@ -35,8 +35,14 @@ class JobRunner:
     """Runs the records of one job type (its source and retry topics)."""
 
     def __init__(
-        self, spec: JobSpec, registry: Registry, deps: Deps, publisher: RecordPublisher
+        self,
+        spec: JobSpec,
+        registry: Registry,
+        deps: Deps,
+        publisher: RecordPublisher,
+        max_job_bytes: int = 1024 * 1024,
     ) -> None:
+        self.max_job_bytes = max_job_bytes
         self.spec = spec
         self.registry = registry
         self.deps = deps
@@ -60,6 +66,12 @@ class JobRunner:
         attempts = record.attempts_before + 1
         if record.value is None:
             return Failure(Stage.DECODE, PermanentError("message has no value"), attempts)
+        if len(record.value) > self.max_job_bytes:
+            error = PermanentError(
+                f"message is {len(record.value) / 2**20:.1f} MB; "
+                f"the limit for a job is {self.max_job_bytes / 2**20:.1f} MB"
+            )
+            return Failure(Stage.DECODE, error, attempts)
         try:
             envelope = JobEnvelope.model_validate_json(record.value)
         except ValidationError as exc:

@@ -37,7 +37,8 @@ class KafkaSettings(_Group):
     commit_interval_s: float = Field(0.5, gt=0, le=60)
     session_timeout_s: float = Field(30.0, gt=0)
     buffer_per_partition: int = Field(64, ge=1, description="prefetched messages per partition")
-    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="broker/topic limit")
+    max_job_bytes: int = Field(1024 * 1024, ge=1024, description="larger jobs are dead-lettered")
 
 
 class PostgresSettings(_Group):
@@ -71,14 +72,15 @@ class JobsSettings(_Group):
     crm_sync_pipelines: JobPolicy = JobPolicy(topic="jobs.crm.sync_pipelines", concurrency=2)
     crm_webhook: JobPolicy = JobPolicy(topic="jobs.crm.webhook")
     message_send: JobPolicy = JobPolicy(topic="jobs.message.send")
-    dlq_mirror: JobPolicy = JobPolicy(
-        topic="jobs.dlq",
-        concurrency=1,
-        max_attempts=1_000_000,
-        backoff_max_s=30.0,
-        in_place_max_s=30.0,
-    )
     probe: JobPolicy = JobPolicy(topic="jobs.probe", enabled=False, concurrency=8, timeout_s=10.0)
+
+
+class DlqMirrorSettings(_Group):
+    """The agent that mirrors the dead-letter topic into Postgres ``worker_dlq``."""
+
+    enabled: bool = True
+    backoff_base_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(30.0, gt=0, description="cap while Postgres is unreachable")
 
 
 class WorkerSettings(_Group):
@@ -173,6 +175,7 @@ class Settings(BaseSettings):
     postgres: PostgresSettings = PostgresSettings()
     jobs: JobsSettings = JobsSettings()
     worker: WorkerSettings = WorkerSettings()
+    dlq_mirror: DlqMirrorSettings = DlqMirrorSettings()
     http: HttpSettings = HttpSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
     llm: LlmSettings = LlmSettings()
@@ -209,6 +212,22 @@ def masked(settings: Settings) -> dict[str, Any]:
     """The effective configuration with secrets masked, for ``conveyor config``."""
     dumped: dict[str, Any] = json.loads(settings.model_dump_json())
     return dumped
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """Every configured secret, so logs and dead-letter records can mask them."""
+    found: list[str] = []
+
+    def walk(model: BaseModel) -> None:
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            if isinstance(value, SecretStr):
+                found.append(value.get_secret_value())
+            elif isinstance(value, BaseModel):
+                walk(value)
+
+    walk(settings)
+    return found
 
 
 def iter_policies(settings: Settings) -> Iterator[tuple[str, JobPolicy]]:
