@@ -1,0 +1,51 @@
+{{/*
+A Job run as a pre-install/pre-upgrade hook with the worker's image, config and
+secrets. Input: dict "root" $ "name" <suffix> "args" <list> "weight" <string>.
+Kept after a failure for inspection; replaced on the next attempt.
+*/}}
+{{- define "conveyor.hookJob" -}}
+{{- $root := .root -}}
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {{ include "conveyor.fullname" $root }}-{{ .name }}
+  labels:
+    {{- include "conveyor.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: {{ .name }}
+  annotations:
+    "helm.sh/hook": pre-install,pre-upgrade
+    "helm.sh/hook-weight": {{ .weight | quote }}
+    "helm.sh/hook-delete-policy": before-hook-creation,hook-succeeded
+spec:
+  backoffLimit: {{ $root.Values.hooks.backoffLimit }}
+  activeDeadlineSeconds: {{ $root.Values.hooks.activeDeadlineSeconds }}
+  template:
+    metadata:
+      labels:
+        {{- include "conveyor.labels" $root | nindent 8 }}
+        app.kubernetes.io/component: {{ .name }}
+    spec:
+      restartPolicy: Never
+      {{- with $root.Values.hooks.serviceAccountName }}
+      serviceAccountName: {{ . }}
+      {{- end }}
+      automountServiceAccountToken: false
+      {{- include "conveyor.podCommon" $root | trim | nindent 6 }}
+      containers:
+        - name: {{ .name }}
+          image: {{ include "conveyor.image" $root | quote }}
+          imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          args: {{ toJson .args }}
+          env:
+            {{- include "conveyor.env" $root | trim | nindent 12 }}
+          securityContext:
+            {{- toYaml $root.Values.securityContext | nindent 12 }}
+          resources:
+            {{- toYaml $root.Values.hooks.resources | nindent 12 }}
+          volumeMounts:
+            - name: tmp
+              mountPath: /tmp
+      volumes:
+        - name: tmp
+          emptyDir: {}
+{{- end }}
