@@ -19,6 +19,16 @@ class Embedder(Protocol):
     async def embed(self, texts: list[str], organization_id: str | None) -> list[list[float]]: ...
 
 
+class ChatModel(Protocol):
+    """An LLM answering chat messages with one JSON object (as text); shared by all jobs."""
+
+    model: str
+
+    async def complete_json(
+        self, messages: list[dict[str, str]], organization_id: str | None
+    ) -> str: ...
+
+
 class JobPublisher(Protocol):
     """Publishes a follow-up job and waits for the broker's acknowledgement."""
 
@@ -41,6 +51,14 @@ class FetchPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class KnowledgeGraphPolicy:
+    """How knowledge-graph extraction batches chunks and retries unusable LLM output."""
+
+    batch_chars: int = 12_000
+    output_attempts: int = 3
+
+
+@dataclass(frozen=True, slots=True)
 class Deps:
     """Everything a handler may touch. ``db`` is an asyncpg pool."""
 
@@ -50,3 +68,5 @@ class Deps:
     publisher: JobPublisher
     chunking: ChunkingPolicy
     fetch: FetchPolicy
+    llm: ChatModel | None = None
+    knowledge_graph: KnowledgeGraphPolicy = KnowledgeGraphPolicy()

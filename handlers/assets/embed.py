@@ -1,10 +1,22 @@
-"""Embedding providers. ``HashEmbedder`` is local and lexical (not semantic)."""
+"""Embedding providers (the ``Embedder`` Protocol of ``handlers.deps``).
+
+``HashEmbedder`` is local and lexical, not semantic: for development and
+tests. ``OpenAIEmbedder`` calls an OpenAI-compatible embeddings API.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import math
 import re
+from functools import partial
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from handlers.errors import PermanentError
+from handlers.limits import estimate_tokens
+from handlers.openai_api import ApiClient, InvalidResponse
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -31,3 +43,59 @@ class HashEmbedder:
             values[bucket] += 1.0 if digest[4] & 1 else -1.0
         norm = math.sqrt(sum(v * v for v in values))
         return [v / norm for v in values] if norm else values
+
+
+class _Embedding(BaseModel):
+    index: int = Field(ge=0)
+    embedding: list[float]
+
+
+class _EmbeddingResponse(BaseModel):
+    data: list[_Embedding]
+
+
+class OpenAIEmbedder:
+    """OpenAI-compatible ``POST {base_url}/embeddings`` (OpenRouter by default), batched.
+
+    Each batch is one request through the shared limits (``ApiClient``); the
+    answer is validated and put back in input order by ``index``.
+    """
+
+    def __init__(self, client: ApiClient, dimensions: int, batch_size: int) -> None:
+        self.model = client.config.model
+        self.dimensions = dimensions
+        self.batch_size = batch_size
+        self._client = client
+
+    async def embed(self, texts: list[str], organization_id: str | None) -> list[list[float]]:
+        vectors: list[list[float]] = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = texts[start : start + self.batch_size]
+            body = {"model": self.model, "input": batch, "dimensions": self.dimensions}
+            parse = partial(parse_embeddings, count=len(batch), dimensions=self.dimensions)
+            vectors += await self._client.post(
+                "/embeddings", body, organization_id, estimate_tokens(batch), parse
+            )
+        return vectors
+
+
+def parse_embeddings(answer: Any, *, count: int, dimensions: int) -> list[list[float]]:
+    """Validate an embeddings answer: one vector per input, in input order, of ``dimensions``."""
+    try:
+        data = _EmbeddingResponse.model_validate(answer).data
+    except ValidationError as exc:
+        raise InvalidResponse(
+            f"embeddings answer does not match the schema: {exc.error_count()} error(s)"
+        ) from None
+    ordered = sorted(data, key=lambda item: item.index)
+    if [item.index for item in ordered] != list(range(count)):
+        raise InvalidResponse(
+            f"expected {count} embeddings indexed 0..{count - 1}, got {len(data)}"
+        )
+    for item in ordered:
+        if len(item.embedding) != dimensions:
+            raise PermanentError(
+                f"embedding model returned {len(item.embedding)} dimensions, configured"
+                f" {dimensions}: set the embedding dimensions to what the model supports"
+            )
+    return [item.embedding for item in ordered]

@@ -1,0 +1,195 @@
+"""One call to an OpenAI-compatible HTTP API: limited, timed out, retried, classified.
+
+Shared by the embedding provider and the chat model. The base URL is set by
+the operator, so these calls use their own session rather than the
+SSRF-guarded one meant for user-supplied asset URLs.
+
+Failure handling, in one place:
+
+- 429: the ``Retry-After`` wait (``retry-after-ms``, seconds or an HTTP date)
+  pauses the shared gate, so every concurrent job backs off together;
+  without one, exponential backoff with full jitter.
+- 408, 5xx, timeouts, connection errors, unreadable answers: backoff and retry.
+- Retries are bounded (``max_retries``); then ``RetryableError`` carrying the
+  server's wait when known, so the runner's policy takes over. A wait longer
+  than ``backoff_max_s`` is not spent inside the job: it is handed to the
+  runner at once.
+- Any other 4xx: ``PermanentError`` with the provider's reason.
+
+Neither the API key nor the Authorization header ever appears in an error or
+a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
+
+import aiohttp
+import structlog
+from pydantic import SecretStr
+
+from handlers.errors import PermanentError, RetryableError
+from handlers.limits import RateLimits, backoff_s, retry_after_s
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
+MAX_PAUSE_S = 300.0
+DETAIL_CHARS = 200
+
+
+class InvalidResponse(ValueError):
+    """The provider answered 2xx with something we cannot use; worth another try."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    """Where and how to call the provider; ``name`` appears in error messages."""
+
+    base_url: str
+    api_key: SecretStr | None
+    model: str
+    timeout_s: float
+    max_retries: int = 4
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 20.0
+    name: str = "provider"
+
+
+class _Transient(Exception):
+    """A failure worth another try; ``retry_after_s`` is the server's wait when it gave one."""
+
+    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+class ApiClient:
+    """POSTs JSON through the shared limits and turns failures into the error taxonomy."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        config: ApiConfig,
+        limits: RateLimits,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self.limits = limits
+        self._session = session
+        self._rand = rand
+        self._url = config.base_url.rstrip("/")
+        key = config.api_key.get_secret_value() if config.api_key else ""
+        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+
+    async def post(
+        self,
+        path: str,
+        body: dict[str, Any],
+        organization_id: str | None,
+        tokens: int,
+        parse: Callable[[Any], T],
+    ) -> T:
+        """POST ``body`` to ``path``; ``parse`` turns the JSON answer into a value.
+
+        ``parse`` raises InvalidResponse for a malformed answer (retried) or
+        PermanentError when retrying cannot help.
+        """
+        cfg = self.config
+        attempt = 0
+        while True:
+            attempt += 1
+            await self.limits.acquire(organization_id, tokens)
+            try:
+                return parse(await self._once(path, body))
+            except InvalidResponse as exc:
+                failure = _Transient(f"unusable answer: {exc}")
+            except _Transient as exc:
+                failure = exc
+            delay = self._next_delay(failure, attempt)
+            log.warning(
+                "provider.retrying",
+                api=cfg.name,
+                path=path,
+                reason=failure.reason,
+                attempt=attempt,
+                delay_s=round(delay, 3),
+            )
+            await asyncio.sleep(delay)
+
+    def _next_delay(self, failure: _Transient, attempt: int) -> float:
+        """The wait before the next try, or raise RetryableError when the job should yield."""
+        cfg = self.config
+        hinted = failure.retry_after_s
+        message = f"{cfg.name}: {failure.reason} (after {attempt} attempt(s))"
+        if attempt > cfg.max_retries or (hinted is not None and hinted > cfg.backoff_max_s):
+            raise RetryableError(message, delay_s=hinted)
+        if hinted is not None:
+            return hinted
+        return backoff_s(attempt, cfg.backoff_base_s, cfg.backoff_max_s, self._rand)
+
+    async def _once(self, path: str, body: dict[str, Any]) -> Any:
+        timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
+        try:
+            async with self._session.post(
+                self._url + path, json=body, headers=self._headers, timeout=timeout
+            ) as response:
+                if 200 <= response.status < 300:
+                    return _decode(await response.read())
+                await self._refuse(response)
+        except TimeoutError:
+            raise _Transient(f"no answer within {self.config.timeout_s:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise _Transient(f"connection failed ({type(exc).__name__})") from None
+
+    async def _refuse(self, response: aiohttp.ClientResponse) -> NoReturn:
+        """Raise the right error for a non-2xx answer."""
+        status = response.status
+        detail = self._scrub(await _detail(response))
+        if status == 429:
+            wait_s = retry_after_s(response.headers)
+            if wait_s is not None:
+                self.limits.gate.pause(min(wait_s, MAX_PAUSE_S))
+                log.warning("provider.rate_limited", api=self.config.name, retry_after_s=wait_s)
+            raise _Transient(f"rate limited (HTTP 429){detail}", wait_s)
+        if status in RETRYABLE_STATUS or status >= 500:
+            raise _Transient(f"HTTP {status}{detail}")
+        hint = " — check the API key" if status in (401, 403) else ""
+        raise PermanentError(f"{self.config.name} refused the request: HTTP {status}{detail}{hint}")
+
+    def _scrub(self, text: str) -> str:
+        key = self.config.api_key.get_secret_value() if self.config.api_key else ""
+        return text.replace(key, "***") if key else text
+
+
+def _decode(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise InvalidResponse(f"not JSON ({len(raw)} bytes)") from None
+
+
+async def _detail(response: aiohttp.ClientResponse) -> str:
+    """The provider's own reason, trimmed: ``{"error": {"message": ...}}`` or the text."""
+    try:
+        text = (await response.text(errors="replace")).strip()
+    except (aiohttp.ClientError, TimeoutError):
+        return ""
+    try:
+        parsed = json.loads(text)
+        error = parsed.get("error") if isinstance(parsed, dict) else None
+        message = error.get("message") if isinstance(error, dict) else error
+        if isinstance(message, str):
+            text = message
+    except ValueError:
+        pass
+    text = " ".join(text.split())[:DETAIL_CHARS]
+    return f": {text}" if text else ""
