@@ -6,10 +6,10 @@ import aiohttp
 import asyncpg
 import structlog
 
-from handlers.assets.embed import HashEmbedder
 from handlers.assets.netguard import Allowlist, guarded_connector_kwargs
 from handlers.deps import ChunkingPolicy, Deps, FetchPolicy
 from schemas.envelope import JobEnvelope
+from streams.providers import Providers, open_providers
 from streams.publish import RecordPublisher
 from streams.registry import Registry
 from streams.settings import Settings
@@ -48,6 +48,7 @@ class Runtime:
         self.registry = registry
         self.records = records
         self._deps: Deps | None = None
+        self._providers: Providers | None = None
 
     @property
     def deps(self) -> Deps:
@@ -66,10 +67,11 @@ class Runtime:
             headers={"User-Agent": s.http.user_agent},
         )
         auth = s.http.storage_auth_header
+        providers = self._providers = open_providers(s)
         self._deps = Deps(
             db=db,
             http=http,
-            embedder=HashEmbedder(s.embedding.dimensions),
+            embedder=providers.embedder,
             publisher=KafkaJobPublisher(self.registry, self.records),
             chunking=ChunkingPolicy(s.chunking.size, s.chunking.overlap),
             fetch=FetchPolicy(
@@ -79,6 +81,8 @@ class Runtime:
                 allowed_hosts=tuple(s.http.allowed_hosts),
                 auth_header=auth.get_secret_value() if auth else None,
             ),
+            llm=providers.llm,
+            knowledge_graph=providers.knowledge_graph,
         )
         log.info("runtime.opened", db_pool_max=s.postgres.pool_max_size)
 
@@ -87,5 +91,8 @@ class Runtime:
         if deps is None:
             return
         await deps.http.close()
+        if self._providers is not None:
+            await self._providers.close()
+            self._providers = None
         await deps.db.close()
         log.info("runtime.closed")

@@ -126,7 +126,11 @@ class EmbeddingSettings(_Group):
     requests_per_minute: int = Field(600, ge=1)
     tokens_per_minute: int = Field(1_000_000, ge=1)
     org_requests_per_minute: int = Field(120, ge=1)
-    timeout_s: float = Field(30.0, gt=0)
+    org_tokens_per_minute: int = Field(200_000, ge=1)
+    timeout_s: float = Field(30.0, gt=0, description="per HTTP request; a timeout is retried")
+    max_retries: int = Field(4, ge=0, description="in-job retries of a request, then retryable")
+    backoff_base_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(20.0, gt=0, description="longer waits go back to the runner")
 
 
 class LlmSettings(_Group):
@@ -136,7 +140,12 @@ class LlmSettings(_Group):
     api_key: SecretStr | None = None
     model: str = "openai/gpt-4o-mini"
     requests_per_minute: int = Field(60, ge=1)
-    timeout_s: float = Field(60.0, gt=0)
+    timeout_s: float = Field(60.0, gt=0, description="per HTTP request; a timeout is retried")
+    max_retries: int = Field(3, ge=0, description="in-job retries of a request, then retryable")
+    backoff_base_s: float = Field(1.0, gt=0)
+    backoff_max_s: float = Field(20.0, gt=0, description="longer waits go back to the runner")
+    batch_chars: int = Field(12_000, ge=500, description="chunk text sent per extraction call")
+    output_attempts: int = Field(3, ge=1, description="asks per batch before invalid output fails")
 
 
 class ChunkingSettings(_Group):

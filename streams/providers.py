@@ -1,0 +1,90 @@
+"""Build the embedding provider and the chat model from settings, with their shared limits.
+
+They get their own HTTP session, not the SSRF-guarded one: their base URLs
+are set by the operator, not by users, and may well be on a private network.
+Limits are built once here, so every job of the process shares them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+
+from handlers.assets.embed import HashEmbedder, OpenAIEmbedder
+from handlers.deps import ChatModel, Embedder, KnowledgeGraphPolicy
+from handlers.limits import Budget, RateLimits
+from handlers.llm import OpenAIChat
+from handlers.openai_api import ApiClient, ApiConfig
+from streams.settings import EmbeddingSettings, LlmSettings, Settings
+
+MAX_CONNECTIONS = 64
+
+
+@dataclass
+class Providers:
+    """The embedder, the optional LLM and the session they share; close at shutdown."""
+
+    embedder: Embedder
+    llm: ChatModel | None
+    knowledge_graph: KnowledgeGraphPolicy
+    session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+
+def open_providers(settings: Settings) -> Providers:
+    """Call from a running event loop (the session binds to it)."""
+    emb, llm = settings.embedding, settings.llm
+    session = None
+    if emb.provider == "openai" or llm.api_key is not None:
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
+            headers={"User-Agent": settings.http.user_agent},
+        )
+    embedder: Embedder = HashEmbedder(emb.dimensions)
+    if emb.provider == "openai":
+        assert session is not None
+        embedder = OpenAIEmbedder(embedding_client(session, emb), emb.dimensions, emb.batch_size)
+    chat = None
+    if llm.api_key is not None:
+        assert session is not None
+        chat = OpenAIChat(llm_client(session, llm))
+    policy = KnowledgeGraphPolicy(batch_chars=llm.batch_chars, output_attempts=llm.output_attempts)
+    return Providers(embedder, chat, policy, session)
+
+
+def embedding_client(session: aiohttp.ClientSession, s: EmbeddingSettings) -> ApiClient:
+    budget = Budget(
+        requests_per_minute=s.requests_per_minute,
+        tokens_per_minute=s.tokens_per_minute,
+        org_requests_per_minute=s.org_requests_per_minute,
+        org_tokens_per_minute=s.org_tokens_per_minute,
+    )
+    config = ApiConfig(
+        base_url=s.base_url,
+        api_key=s.api_key,
+        model=s.model,
+        timeout_s=s.timeout_s,
+        max_retries=s.max_retries,
+        backoff_base_s=s.backoff_base_s,
+        backoff_max_s=s.backoff_max_s,
+        name="embedding API",
+    )
+    return ApiClient(session, config, RateLimits(budget))
+
+
+def llm_client(session: aiohttp.ClientSession, s: LlmSettings) -> ApiClient:
+    config = ApiConfig(
+        base_url=s.base_url,
+        api_key=s.api_key,
+        model=s.model,
+        timeout_s=s.timeout_s,
+        max_retries=s.max_retries,
+        backoff_base_s=s.backoff_base_s,
+        backoff_max_s=s.backoff_max_s,
+        name="LLM API",
+    )
+    return ApiClient(session, config, RateLimits(Budget(s.requests_per_minute)))
