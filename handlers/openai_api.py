@@ -10,10 +10,12 @@ Failure handling, in one place:
   pauses the shared gate, so every concurrent job backs off together;
   without one, exponential backoff with full jitter.
 - 408, 5xx, timeouts, connection errors, unreadable answers: backoff and retry.
-- Retries are bounded (``max_retries``); then ``RetryableError`` carrying the
-  server's wait when known, so the runner's policy takes over. A wait longer
-  than ``backoff_max_s`` is not spent inside the job: it is handed to the
-  runner at once.
+- Retries are bounded: ``max_retries`` for faults, and ``rate_limit_wait_s``
+  of total waiting for 429s that say how long to wait (flow control rather
+  than a fault). Then ``RetryableError`` carrying the server's wait when
+  known, so the runner's policy takes over. A single wait longer than
+  ``backoff_max_s`` is not spent inside the job: it is handed to the runner
+  at once.
 - Any other 4xx: ``PermanentError`` with the provider's reason.
 
 Neither the API key nor the Authorization header ever appears in an error or
@@ -60,16 +62,29 @@ class ApiConfig:
     max_retries: int = 4
     backoff_base_s: float = 0.5
     backoff_max_s: float = 20.0
+    rate_limit_wait_s: float = 60.0
     name: str = "provider"
 
 
 class _Transient(Exception):
     """A failure worth another try; ``retry_after_s`` is the server's wait when it gave one."""
 
-    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, reason: str, retry_after_s: float | None = None, *, rate_limited: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after_s = retry_after_s
+        self.rate_limited = rate_limited
+
+
+@dataclass
+class _Tries:
+    """What one call has spent so far."""
+
+    attempts: int = 0
+    errors: int = 0
+    rate_limit_wait_s: float = 0.0
 
 
 class ApiClient:
@@ -103,10 +118,8 @@ class ApiClient:
         ``parse`` raises InvalidResponse for a malformed answer (retried) or
         PermanentError when retrying cannot help.
         """
-        cfg = self.config
-        attempt = 0
+        state = _Tries()
         while True:
-            attempt += 1
             await self.limits.acquire(organization_id, tokens)
             try:
                 return parse(await self._once(path, body))
@@ -114,27 +127,44 @@ class ApiClient:
                 failure = _Transient(f"unusable answer: {exc}")
             except _Transient as exc:
                 failure = exc
-            delay = self._next_delay(failure, attempt)
-            log.warning(
-                "provider.retrying",
-                api=cfg.name,
-                path=path,
-                reason=failure.reason,
-                attempt=attempt,
-                delay_s=round(delay, 3),
-            )
+            delay = self._next_delay(failure, state)
+            self._log_retry(path, failure, state, delay)
             await asyncio.sleep(delay)
 
-    def _next_delay(self, failure: _Transient, attempt: int) -> float:
-        """The wait before the next try, or raise RetryableError when the job should yield."""
+    def _next_delay(self, failure: _Transient, state: _Tries) -> float:
+        """The wait before the next try, or raise RetryableError when the job should yield.
+
+        A 429 that says how long to wait is flow control, not a fault: it
+        spends the rate-limit wait budget rather than ``max_retries``.
+        """
         cfg = self.config
         hinted = failure.retry_after_s
-        message = f"{cfg.name}: {failure.reason} (after {attempt} attempt(s))"
-        if attempt > cfg.max_retries or (hinted is not None and hinted > cfg.backoff_max_s):
+        state.attempts += 1
+        message = f"{cfg.name}: {failure.reason} (after {state.attempts} attempt(s))"
+        if hinted is not None and hinted > cfg.backoff_max_s:
+            raise RetryableError(message, delay_s=hinted)
+        if failure.rate_limited and hinted is not None:
+            state.rate_limit_wait_s += hinted
+            if state.rate_limit_wait_s > cfg.rate_limit_wait_s:
+                raise RetryableError(message, delay_s=hinted)
+            return hinted
+        state.errors += 1
+        if state.errors > cfg.max_retries:
             raise RetryableError(message, delay_s=hinted)
         if hinted is not None:
             return hinted
-        return backoff_s(attempt, cfg.backoff_base_s, cfg.backoff_max_s, self._rand)
+        return backoff_s(state.errors, cfg.backoff_base_s, cfg.backoff_max_s, self._rand)
+
+    def _log_retry(self, path: str, failure: _Transient, state: _Tries, delay: float) -> None:
+        event = "provider.rate_limited" if failure.rate_limited else "provider.retrying"
+        (log.info if failure.rate_limited else log.warning)(
+            event,
+            api=self.config.name,
+            path=path,
+            reason=failure.reason,
+            attempt=state.attempts,
+            delay_s=round(delay, 3),
+        )
 
     async def _once(self, path: str, body: dict[str, Any]) -> Any:
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
@@ -158,8 +188,7 @@ class ApiClient:
             wait_s = retry_after_s(response.headers)
             if wait_s is not None:
                 self.limits.gate.pause(min(wait_s, MAX_PAUSE_S))
-                log.warning("provider.rate_limited", api=self.config.name, retry_after_s=wait_s)
-            raise _Transient(f"rate limited (HTTP 429){detail}", wait_s)
+            raise _Transient(f"rate limited (HTTP 429){detail}", wait_s, rate_limited=True)
         if status in RETRYABLE_STATUS or status >= 500:
             raise _Transient(f"HTTP {status}{detail}")
         hint = " — check the API key" if status in (401, 403) else ""

@@ -2,7 +2,9 @@
 
 They get their own HTTP session, not the SSRF-guarded one: their base URLs
 are set by the operator, not by users, and may well be on a private network.
-Limits are built once here, so every job of the process shares them.
+Limits are built once here, so every job of the process shares them. A job
+spends at most half its timeout waiting out 429s before it hands the wait
+back to the runner.
 """
 
 from __future__ import annotations
@@ -47,16 +49,21 @@ def open_providers(settings: Settings) -> Providers:
     embedder: Embedder = HashEmbedder(emb.dimensions)
     if emb.provider == "openai":
         assert session is not None
-        embedder = OpenAIEmbedder(embedding_client(session, emb), emb.dimensions, emb.batch_size)
+        wait_s = settings.jobs.asset_process.timeout_s / 2
+        client = embedding_client(session, emb, wait_s)
+        embedder = OpenAIEmbedder(client, emb.dimensions, emb.batch_size)
     chat = None
     if llm.api_key is not None:
         assert session is not None
-        chat = OpenAIChat(llm_client(session, llm))
+        wait_s = settings.jobs.knowledge_graph_extract.timeout_s / 2
+        chat = OpenAIChat(llm_client(session, llm, wait_s))
     policy = KnowledgeGraphPolicy(batch_chars=llm.batch_chars, output_attempts=llm.output_attempts)
     return Providers(embedder, chat, policy, session)
 
 
-def embedding_client(session: aiohttp.ClientSession, s: EmbeddingSettings) -> ApiClient:
+def embedding_client(
+    session: aiohttp.ClientSession, s: EmbeddingSettings, rate_limit_wait_s: float
+) -> ApiClient:
     budget = Budget(
         requests_per_minute=s.requests_per_minute,
         tokens_per_minute=s.tokens_per_minute,
@@ -71,12 +78,15 @@ def embedding_client(session: aiohttp.ClientSession, s: EmbeddingSettings) -> Ap
         max_retries=s.max_retries,
         backoff_base_s=s.backoff_base_s,
         backoff_max_s=s.backoff_max_s,
+        rate_limit_wait_s=rate_limit_wait_s,
         name="embedding API",
     )
     return ApiClient(session, config, RateLimits(budget))
 
 
-def llm_client(session: aiohttp.ClientSession, s: LlmSettings) -> ApiClient:
+def llm_client(
+    session: aiohttp.ClientSession, s: LlmSettings, rate_limit_wait_s: float
+) -> ApiClient:
     config = ApiConfig(
         base_url=s.base_url,
         api_key=s.api_key,
@@ -85,6 +95,7 @@ def llm_client(session: aiohttp.ClientSession, s: LlmSettings) -> ApiClient:
         max_retries=s.max_retries,
         backoff_base_s=s.backoff_base_s,
         backoff_max_s=s.backoff_max_s,
+        rate_limit_wait_s=rate_limit_wait_s,
         name="LLM API",
     )
     return ApiClient(session, config, RateLimits(Budget(s.requests_per_minute)))

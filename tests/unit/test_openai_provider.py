@@ -160,6 +160,21 @@ async def test_429_without_retry_after_backs_off_and_succeeds(
     assert api.limits.gate.remaining_s() == 0
 
 
+async def test_429s_with_retry_after_spend_a_wait_budget_not_the_retry_count(
+    server: OpenAIServer, session: aiohttp.ClientSession
+) -> None:
+    server.faults.extend([Fault.rate_limited("0.05")] * 6)
+    api = client(server, session, max_retries=1, rate_limit_wait_s=1.0)
+    assert len(await embedder(api).embed(["x"], None)) == 1  # six 429s > max_retries
+    assert server.statuses() == [429] * 6 + [200]
+
+    server.faults.extend([Fault.rate_limited("0.3")] * 4)
+    with pytest.raises(RetryableError, match="429") as caught:
+        await embedder(client(server, session, rate_limit_wait_s=0.5)).embed(["x"], None)
+    assert caught.value.delay_s == pytest.approx(0.3)
+    assert server.statuses()[7:] == [429, 429]  # 0.3 s waited; another 0.3 s is over budget
+
+
 async def test_unusable_answers_are_retried_then_yield_retryable(
     server: OpenAIServer, session: aiohttp.ClientSession
 ) -> None:
@@ -189,7 +204,8 @@ async def test_no_secret_in_logs_while_retrying(
     server.faults.extend([Fault.rate_limited("0"), Fault("status", 502)])
     with capture_logs() as logs:
         await embedder(client(server, session)).embed(["x"], None)
-    assert [e["event"] for e in logs].count("provider.retrying") == 2
+    events = [e["event"] for e in logs]
+    assert events.count("provider.rate_limited") == 1 and events.count("provider.retrying") == 1
     assert API_KEY not in json.dumps(logs, default=str)
 
 
