@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import aiohttp
+import structlog
 
 from handlers.assets.embed import HashEmbedder, OpenAIEmbedder
 from handlers.deps import ChatModel, Embedder, KnowledgeGraphPolicy
@@ -19,6 +20,8 @@ from handlers.limits import Budget, RateLimits
 from handlers.llm import OpenAIChat
 from handlers.openai_api import ApiClient, ApiConfig
 from streams.settings import EmbeddingSettings, LlmSettings, Settings
+
+log = structlog.get_logger("conveyor.providers")
 
 MAX_CONNECTIONS = 64
 
@@ -58,6 +61,12 @@ def open_providers(settings: Settings) -> Providers:
         wait_s = settings.jobs.knowledge_graph_extract.timeout_s / 2
         chat = OpenAIChat(llm_client(session, llm, wait_s))
     policy = KnowledgeGraphPolicy(batch_chars=llm.batch_chars, output_attempts=llm.output_attempts)
+    log.info(
+        "providers.opened",
+        embedding_provider=emb.provider,
+        embedding_model=embedder.model,
+        llm_model=chat.model if chat else None,
+    )
     return Providers(embedder, chat, policy, session)
 
 

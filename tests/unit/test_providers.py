@@ -1,0 +1,39 @@
+"""The embedding provider and the LLM are chosen by settings alone."""
+
+from __future__ import annotations
+
+from handlers.assets.embed import HashEmbedder, OpenAIEmbedder
+from handlers.llm import OpenAIChat
+from streams.providers import open_providers
+from streams.settings import load_settings
+from tests.support.stack import patched_env
+
+
+async def test_defaults_are_the_local_hash_embedder_and_no_llm() -> None:
+    with patched_env({}):
+        providers = open_providers(load_settings())
+    assert isinstance(providers.embedder, HashEmbedder)
+    assert providers.llm is None and providers.session is None
+    await providers.close()
+
+
+async def test_openai_provider_and_llm_share_one_session_of_their_own() -> None:
+    env = {
+        "CONVEYOR_EMBEDDING__PROVIDER": "openai",
+        "CONVEYOR_EMBEDDING__DIMENSIONS": "512",
+        "CONVEYOR_EMBEDDING__BATCH_SIZE": "16",
+        "CONVEYOR_LLM__API_KEY": "sk-x",
+        "CONVEYOR_LLM__BATCH_CHARS": "5000",
+    }
+    with patched_env(env):
+        providers = open_providers(load_settings())
+    try:
+        embedder, llm = providers.embedder, providers.llm
+        assert isinstance(embedder, OpenAIEmbedder) and isinstance(llm, OpenAIChat)
+        assert (embedder.dimensions, embedder.batch_size) == (512, 16)
+        assert embedder.model == "openai/text-embedding-3-small"
+        assert providers.knowledge_graph.batch_chars == 5000
+        assert providers.session is not None and not providers.session.closed
+    finally:
+        await providers.close()
+    assert providers.session.closed
