@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -84,10 +84,17 @@ class Conveyor:
                 )
             await runner.run(record)
 
-        pool = JobPool(spec.job_type, spec.policy.concurrency, run, self.tracker)
+        topics = (spec.topic, self.registry.retry_topic(spec))
+        pool = JobPool(
+            spec.job_type,
+            spec.policy.concurrency,
+            run,
+            self.tracker,
+            flow=self._flow_control(topics),
+        )
         self.pools.append(pool)
-        self._subscribe(spec.topic, pool, delayed=False)
-        self._subscribe(self.registry.retry_topic(spec), pool, delayed=True)
+        self._subscribe(topics[0], pool, delayed=False)
+        self._subscribe(topics[1], pool, delayed=True)
 
     def add_dlq_mirror(self) -> None:
         runner: MirrorRunner | None = None
@@ -98,9 +105,33 @@ class Conveyor:
                 runner = MirrorRunner(self.runtime.deps, self.settings.dlq_mirror)
             await runner.run(record)
 
-        pool = JobPool("dlq_mirror", 1, run, self.tracker)
+        pool = JobPool(
+            "dlq_mirror", 1, run, self.tracker, flow=self._flow_control((self.registry.dlq_topic,))
+        )
         self.pools.append(pool)
         self._subscribe(self.registry.dlq_topic, pool, delayed=False)
+
+    def _flow_control(self, topics: tuple[str, ...]) -> Callable[[bool], None]:
+        """Stop or restart fetching this worker's partitions of ``topics`` (back-pressure).
+
+        Uses Faust's buffer-full mechanism, not ``pause_partitions``: Faust's
+        fetch loop silently drops the rest of an already-fetched batch for a
+        partition that was paused meanwhile (its position has moved on), which
+        would lose those records until the next rebalance. A "buffered"
+        partition is no longer fetched, but its batch is still delivered.
+        """
+
+        def flow(pause: bool) -> None:
+            consumer = self.app.consumer
+            for tp in consumer.assignment():
+                if tp.topic not in topics:
+                    continue
+                if pause:
+                    consumer.on_buffer_full(tp)
+                elif not self.draining.is_set():
+                    consumer.on_buffer_drop(tp)
+
+        return flow
 
     def _subscribe(self, topic_name: str, pool: JobPool, delayed: bool) -> None:
         topic = self.app.topic(
@@ -119,24 +150,9 @@ class Conveyor:
             async for event in stream.events():
                 message = event.message
                 record = Record.from_faust(message)
-                if delayed:
-                    await self._wait_until_due(record)
-                await pool.submit(message.tp, record)
+                pool.submit(message.tp, record, _due_in_s(record) if delayed else 0.0)
 
         return agent
-
-    async def _wait_until_due(self, record: Record) -> None:
-        value = record.header(H.NOT_BEFORE)
-        if not value:
-            return
-        try:
-            due = datetime.fromisoformat(value)
-        except ValueError:
-            return
-        delay = (due - datetime.now(UTC)).total_seconds()
-        if delay > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.draining.wait(), timeout=delay)
 
     async def on_revoke(self, revoked: set[Any]) -> None:
         """Before partitions go: let their jobs finish (bounded), commit, forget."""
@@ -178,6 +194,18 @@ class Conveyor:
             cancelled=cancelled,
             committed_offsets=len(offsets),
         )
+
+
+def _due_in_s(record: Record) -> float:
+    """Seconds until a retry record's not-before time (0 when due or unreadable)."""
+    value = record.header(H.NOT_BEFORE)
+    if not value:
+        return 0.0
+    try:
+        due = datetime.fromisoformat(value)
+    except ValueError:
+        return 0.0
+    return max(0.0, (due - datetime.now(UTC)).total_seconds())
 
 
 def build_app(settings: Settings, registry: Registry) -> ConveyorApp:

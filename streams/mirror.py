@@ -19,6 +19,8 @@ from streams.settings import DlqMirrorSettings
 
 log = structlog.get_logger("conveyor.dlq_mirror")
 
+MIRROR_WRITE_TIMEOUT_S = 10.0
+
 
 def dead_letter_record(record: Record) -> DeadLetterRecord:
     return DeadLetterRecord(
@@ -41,7 +43,8 @@ class MirrorRunner:
         delay = self.settings.backoff_base_s
         while True:
             try:
-                await mirror(row, self.deps)
+                async with asyncio.timeout(MIRROR_WRITE_TIMEOUT_S):
+                    await mirror(row, self.deps)
                 log.info(
                     "dlq.mirrored",
                     partition=record.partition,

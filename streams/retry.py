@@ -6,6 +6,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import asyncpg
+
 from handlers.errors import DeadlineExceeded, JobTimeout, PermanentError, RetryableError
 from schemas.dlq import Stage
 from streams.settings import JobPolicy
@@ -54,6 +56,33 @@ def decide(
     if delay <= policy.in_place_max_s:
         return RetryInPlace(delay)
     return RetryLater(delay)
+
+
+# Errors that mean "Postgres is unreachable right now", not "this job is bad".
+_OUTAGES: tuple[type[BaseException], ...] = (
+    ConnectionError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+OUTAGE_BACKOFF_MAX_S = 10.0
+
+
+def is_outage(error: BaseException) -> bool:
+    """A shared dependency is down: wait for it without spending the job's attempts.
+
+    Retrying such a job is certain to fail the same way until the dependency
+    returns, so counting it would dead-letter healthy jobs during an outage.
+    """
+    return isinstance(error, _OUTAGES)
+
+
+def outage_wait_s(streak: int, rand: Callable[[], float] = random.random) -> float:
+    """Backoff while waiting out an outage: capped exponential, half jitter."""
+    ceiling = min(OUTAGE_BACKOFF_MAX_S, 0.25 * 2 ** min(streak, 16))
+    return float(ceiling / 2 + rand() * ceiling / 2)
 
 
 def stage_of(error: BaseException) -> Stage:

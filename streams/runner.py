@@ -24,7 +24,16 @@ from streams import alerts
 from streams.publish import Failure, RecordPublisher
 from streams.records import Record
 from streams.registry import JobSpec, Registry
-from streams.retry import DeadLetter, RetryInPlace, RetryLater, decide, describe, stage_of
+from streams.retry import (
+    DeadLetter,
+    RetryInPlace,
+    RetryLater,
+    decide,
+    describe,
+    is_outage,
+    outage_wait_s,
+    stage_of,
+)
 
 log = structlog.get_logger("conveyor.runner")
 
@@ -101,11 +110,24 @@ class JobRunner:
 
     async def _run_job(self, record: Record, job: Job[BaseModel]) -> None:
         deadline = job.deadline.timestamp() if job.deadline else None
+        outages = 0
         while True:
             with structlog.contextvars.bound_contextvars(attempt=job.attempt):
                 error = await self._attempt(job, deadline)
                 if error is None:
                     return
+                if is_outage(error):
+                    outages += 1
+                    wait_s = outage_wait_s(outages)
+                    log.warning(
+                        "job.waiting_for_dependency",
+                        error=describe(error),
+                        delay_s=round(wait_s, 3),
+                        streak=outages,
+                    )
+                    await asyncio.sleep(wait_s)
+                    continue
+                outages = 0
                 decision = decide(error, job.attempt, self.spec.policy)
                 failure = Failure(stage_of(error), error, job.attempt, job.type, job.id)
                 if isinstance(decision, RetryInPlace):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -14,36 +15,31 @@ from tests.support.services import Endpoints, endpoints
 from tests.support.stack import Stack
 from tests.support.worker import WorkerProcess
 
-TEST_DB = "conveyor_test"
+# One database per test session, so two sessions on one machine never share rows.
+TEST_DB = f"conveyor_test_{uuid.uuid4().hex[:8]}"
 
 
-def _test_dsn(dsn: str) -> str:
+def _with_database(dsn: str, name: str) -> str:
     base, _, _ = dsn.rpartition("/")
-    return f"{base}/{TEST_DB}"
+    return f"{base}/{name}"
 
 
-async def _reset_database(admin_dsn: str, dsn: str) -> None:
+async def _admin(admin_dsn: str, sql: str) -> None:
     conn = await asyncpg.connect(admin_dsn)
     try:
-        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", TEST_DB)
-        if not exists:
-            await conn.execute(f"CREATE DATABASE {TEST_DB}")
+        await conn.execute(sql)
     finally:
         await conn.close()
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
-    finally:
-        await conn.close()
-    await migrate(dsn)
 
 
 @pytest.fixture(scope="session")
-def services() -> Endpoints:
+def services() -> Iterator[Endpoints]:
     found = endpoints()
-    dsn = _test_dsn(found.dsn)
-    asyncio.run(_reset_database(found.dsn, dsn))
-    return Endpoints(found.bootstrap, dsn)
+    dsn = _with_database(found.dsn, TEST_DB)
+    asyncio.run(_admin(found.dsn, f"CREATE DATABASE {TEST_DB}"))
+    asyncio.run(migrate(dsn))
+    yield Endpoints(found.bootstrap, dsn)
+    asyncio.run(_admin(found.dsn, f"DROP DATABASE IF EXISTS {TEST_DB} WITH (FORCE)"))
 
 
 @pytest.fixture
