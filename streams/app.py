@@ -51,7 +51,7 @@ class Conveyor:
         self.settings = settings
         self.registry = registry
         self.app = app
-        self.tracker: OffsetTracker[Any] = OffsetTracker()
+        self.tracker: OffsetTracker[Any] = OffsetTracker(on_gap=self._seek_back)
         self.records = RecordPublisher(
             self._send,
             group_id=settings.kafka.group_id,
@@ -61,6 +61,11 @@ class Conveyor:
         self.runtime = Runtime(settings, registry, self.records)
         self.pools: list[JobPool] = []
         self.draining = asyncio.Event()
+
+    def _seek_back(self, tp: Any, offset: int) -> None:
+        """Re-read a partition from ``offset``: the transport skipped records there."""
+        task = asyncio.ensure_future(self.app.consumer.seek(tp, offset))
+        task.add_done_callback(_log_seek_failure)
 
     async def _send(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers
@@ -196,6 +201,11 @@ class Conveyor:
         )
 
 
+def _log_seek_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("offsets.seek_failed", error=repr(task.exception()))
+
+
 def _due_in_s(record: Record) -> float:
     """Seconds until a retry record's not-before time (0 when due or unreadable)."""
     value = record.header(H.NOT_BEFORE)
@@ -223,6 +233,8 @@ def build_app(settings: Settings, registry: Registry) -> ConveyorApp:
         topic_partitions=kafka.topic_partitions,
         stream_wait_empty=False,
         stream_buffer_maxsize=kafka.buffer_per_partition,
+        # Small deliveries keep the pools' backlogs short and fair across partitions.
+        broker_max_poll_records=kafka.buffer_per_partition,
         broker_commit_interval=kafka.commit_interval_s,
         broker_commit_every=1_000_000_000,
         broker_session_timeout=kafka.session_timeout_s,

@@ -9,6 +9,8 @@ Overrides (see docs/RELIABILITY.md for why each is needed):
   the broker accepted the commit.
 - ``on_partitions_revoked``: finished work of revoked partitions is
   committed *before* Faust forgets their offsets (faust-streaming #502).
+- ``perform_seek``: the committed positions the consumer resumes from become
+  the tracker's first expected offsets, so records Faust skips are noticed.
 """
 
 from __future__ import annotations
@@ -63,7 +65,23 @@ class TrackedConsumer(faust_aiokafka.Consumer):
     async def on_partitions_assigned(self, assigned: set[Any], generation_id: int = 0) -> None:
         self._conveyor.tracker.assign(assigned)
         await super().on_partitions_assigned(assigned, generation_id)
-        log.info("worker.partitions_assigned", partitions=len(assigned), generation=generation_id)
+        log.info(
+            "worker.partitions_assigned",
+            partitions=len(assigned),
+            generation=generation_id,
+            assigned=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)[:200],
+        )
+
+    async def perform_seek(self) -> None:
+        await super().perform_seek()
+        assignment = self.assignment()
+        self._conveyor.tracker.set_positions(
+            {
+                tp: off
+                for tp, off in self._committed_offset.items()
+                if off is not None and tp in assignment
+            }
+        )
 
     async def on_partitions_revoked(self, revoked: set[Any]) -> None:
         await self._conveyor.on_revoke(set(revoked))

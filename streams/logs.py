@@ -77,5 +77,6 @@ def configure(settings: LoggingSettings, secrets: Iterable[str] = ()) -> None:
     root.handlers = [handler]
     level = getattr(logging, settings.level.upper())
     root.setLevel(level)
+    library_level = getattr(logging, settings.library_level.upper())
     for name in NOISY:
-        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+        logging.getLogger(name).setLevel(library_level)

@@ -4,19 +4,36 @@ Faust's own acking commits offsets of events whose agent raised or was
 cancelled, can commit past an in-flight message at concurrency > 1
 (faust-streaming #606) and drops finished-but-uncommitted offsets of revoked
 partitions (#502). Conveyor tracks offsets itself: an offset is *started*
-when the agent takes the message, in partition order, and *finished* only
-when its job succeeded or was handed to a retry or dead-letter topic with
-the broker's acknowledgement. The committable offset of a partition is the
-smallest unfinished offset, or one past the highest finished one.
+when the agent takes the message, and *finished* only when its job succeeded
+or was handed to a retry or dead-letter topic with the broker's
+acknowledgement. The committable offset of a partition is the smallest
+unfinished offset, or one past the highest finished one.
+
+Offsets are also accepted strictly in sequence, starting at the committed
+position. Faust can skip records without telling its agents: a read-offset
+it restores after a rebalance, or a delivery cut short when flow is
+suspended, makes it drop the records below that offset. A tracker that only
+counted what it was given would then commit past jobs nobody ran. So a
+record beyond the next expected offset is refused and a seek back to the
+expected offset is requested; only if the gap survives several seeks (a
+transactional producer's control records, say) is it accepted as real.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Iterator
+import time
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+import structlog
+
 TP = TypeVar("TP", bound=Hashable)
+
+log = structlog.get_logger("conveyor.offsets")
+
+GAP_GRACE_S = 5.0
+GAP_SEEKS = 3
 
 
 @dataclass(slots=True)
@@ -26,8 +43,12 @@ class PartitionOffsets:
     pending: set[int] = field(default_factory=set)
     first: int = -1
     highest: int = -1
+    expected: int | None = None
     committed: int | None = None
     revoked: bool = False
+    gap_at: int | None = None
+    gap_seeks: int = 0
+    gap_since: float = 0.0
 
     def committable(self) -> int | None:
         """The offset to commit (next to read), or None when nothing new finished."""
@@ -57,9 +78,15 @@ class Ticket:
 class OffsetTracker(Generic[TP]):
     """Started and finished offsets of every assigned partition."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        on_gap: Callable[[TP, int], None] = lambda tp, offset: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._partitions: dict[TP, PartitionOffsets] = {}
         self._assigned: set[TP] = set()
+        self._on_gap = on_gap
+        self._clock = clock
 
     def assign(self, tps: Iterable[TP]) -> None:
         """Partitions handed to this worker: their offsets start fresh."""
@@ -68,6 +95,14 @@ class OffsetTracker(Generic[TP]):
             old = self._partitions.pop(tp, None)
             if old is not None:
                 old.revoked = True
+
+    def set_positions(self, positions: dict[TP, int]) -> None:
+        """The committed positions the consumer resumed from: the first expected offsets."""
+        for tp, offset in positions.items():
+            if tp in self._assigned:
+                part = self._partitions.setdefault(tp, PartitionOffsets())
+                if part.highest < 0:
+                    part.expected = offset
 
     def revoke(self, tps: Iterable[TP]) -> None:
         """Partitions being taken away: no new offset starts; running ones may still finish."""
@@ -78,17 +113,52 @@ class OffsetTracker(Generic[TP]):
                 part.revoked = True
 
     def start(self, tp: TP, offset: int) -> Ticket | None:
-        """Start ``offset``; None when ``tp`` is not (or no longer) assigned here."""
+        """Start ``offset``; None when it must not run now (see the module docstring)."""
         if tp not in self._assigned:
-            return None
-        part = self._partitions.get(tp)
-        if part is None:
-            part = self._partitions[tp] = PartitionOffsets()
+            return None  # revoked: the partition's new owner runs it
+        part = self._partitions.setdefault(tp, PartitionOffsets())
+        if part.expected is not None and offset != part.expected:
+            if offset < part.expected:
+                return None  # a redelivery of an offset already started here
+            if not self._accept_gap(tp, part, offset):
+                return None
+        part.gap_at = None
+        part.gap_seeks = 0
+        part.expected = offset + 1
         if part.first < 0:
             part.first = offset
         part.pending.add(offset)
         part.highest = max(part.highest, offset)
         return Ticket(part, offset)
+
+    def _accept_gap(self, tp: TP, part: PartitionOffsets, offset: int) -> bool:
+        expected = part.expected
+        assert expected is not None
+        now = self._clock()
+        if part.gap_at != expected:
+            part.gap_at, part.gap_seeks, part.gap_since = expected, 0, now
+        elif now - part.gap_since < GAP_GRACE_S:
+            return False  # a seek back is under way
+        if part.gap_seeks >= GAP_SEEKS:
+            log.warning(
+                "offsets.gap_accepted",
+                partition=str(tp),
+                missing_from=expected,
+                missing_to=offset - 1,
+                seeks=part.gap_seeks,
+            )
+            return True
+        part.gap_seeks += 1
+        part.gap_since = now
+        log.warning(
+            "offsets.gap_detected",
+            partition=str(tp),
+            expected=expected,
+            got=offset,
+            seek=part.gap_seeks,
+        )
+        self._on_gap(tp, expected)
+        return False
 
     def committable(self, tp: TP) -> int | None:
         part = self._partitions.get(tp)
@@ -114,6 +184,7 @@ class OffsetTracker(Generic[TP]):
 
     def forget(self, tps: Iterable[TP]) -> None:
         """Drop revoked partitions once their finished work is committed."""
+        tps = list(tps)
         self.revoke(tps)
         for tp in tps:
             self._partitions.pop(tp, None)

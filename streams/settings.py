@@ -167,6 +167,9 @@ class LoggingSettings(_Group):
 
     format: Literal["json", "console"] = "json"
     level: Literal["debug", "info", "warning", "error"] = "info"
+    library_level: Literal["debug", "info", "warning", "error"] = Field(
+        "warning", description="floor for Faust, mode and aiokafka loggers"
+    )
 
 
 class Settings(BaseSettings):

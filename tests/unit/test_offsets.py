@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from streams.offsets import OffsetTracker, Ticket
+from streams.offsets import GAP_GRACE_S, GAP_SEEKS, OffsetTracker, Ticket
 
 TP = ("jobs", 0)
 OTHER = ("jobs", 1)
@@ -47,11 +47,47 @@ def test_the_head_of_a_fresh_partition_in_flight_blocks_everything() -> None:
     assert t.committable(TP) == 8
 
 
-def test_gaps_in_offsets_are_fine() -> None:
-    t = tracker()
-    for o in (3, 7, 20):
-        start(t, TP, o).finish()
-    assert t.committable(TP) == 21
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_records_the_transport_skipped_are_sought_back_not_committed_past() -> None:
+    seeks: list[tuple[tuple[str, int], int]] = []
+    clock = Clock()
+    t: OffsetTracker[tuple[str, int]] = OffsetTracker(
+        on_gap=lambda tp, off: seeks.append((tp, off)), clock=clock
+    )
+    t.assign([TP])
+    t.set_positions({TP: 235})
+    assert t.start(TP, 559) is None, "a record past a hole is refused"
+    assert seeks == [(TP, 235)]
+    assert t.start(TP, 560) is None
+    assert seeks == [(TP, 235)], "one seek per hole while it is under way"
+    assert t.committable(TP) is None
+    for offset in range(235, 240):  # the seek brings the skipped records back
+        start(t, TP, offset).finish()
+    assert t.committable(TP) == 240
+    assert t.start(TP, 238) is None, "an offset already started is not run twice"
+
+
+def test_a_real_gap_is_accepted_after_repeated_seeks() -> None:
+    seeks: list[int] = []
+    clock = Clock()
+    t: OffsetTracker[tuple[str, int]] = OffsetTracker(
+        on_gap=lambda tp, off: seeks.append(off), clock=clock
+    )
+    t.assign([TP])
+    start(t, TP, 3).finish()
+    for _ in range(GAP_SEEKS):
+        assert t.start(TP, 7) is None
+        clock.now += GAP_GRACE_S + 0.1
+    assert seeks == [4] * GAP_SEEKS
+    start(t, TP, 7).finish()  # offsets 4-6 never existed (e.g. transaction markers)
+    assert t.committable(TP) == 8
 
 
 def test_a_cancelled_job_is_never_committed_past() -> None:
