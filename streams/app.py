@@ -96,6 +96,8 @@ class Conveyor:
             run,
             self.tracker,
             flow=self._flow_control(topics),
+            high_water=max(self.settings.kafka.backlog_records, 2 * spec.policy.concurrency),
+            high_water_bytes=self.settings.kafka.backlog_bytes,
         )
         self.pools.append(pool)
         self._subscribe(topics[0], pool, delayed=False)
@@ -111,7 +113,13 @@ class Conveyor:
             await runner.run(record)
 
         pool = JobPool(
-            "dlq_mirror", 1, run, self.tracker, flow=self._flow_control((self.registry.dlq_topic,))
+            "dlq_mirror",
+            1,
+            run,
+            self.tracker,
+            flow=self._flow_control((self.registry.dlq_topic,)),
+            high_water=self.settings.kafka.backlog_records,
+            high_water_bytes=self.settings.kafka.backlog_bytes,
         )
         self.pools.append(pool)
         self._subscribe(self.registry.dlq_topic, pool, delayed=False)
@@ -152,7 +160,10 @@ class Conveyor:
 
     def _agent(self, pool: JobPool, delayed: bool) -> Any:
         async def agent(stream: Any) -> None:
-            async for event in stream.events():
+            # The stream's channel, not ``stream.events()``: Conveyor tracks
+            # offsets itself, so Faust's per-event acking, sensors and
+            # task-per-step iteration are cost without use here.
+            async for event in stream.channel:
                 message = event.message
                 record = Record.from_faust(message)
                 pool.submit(message.tp, record, _due_in_s(record) if delayed else 0.0)
@@ -233,8 +244,8 @@ def build_app(settings: Settings, registry: Registry) -> ConveyorApp:
         topic_partitions=kafka.topic_partitions,
         stream_wait_empty=False,
         stream_buffer_maxsize=kafka.buffer_per_partition,
-        # Small deliveries keep the pools' backlogs short and fair across partitions.
-        broker_max_poll_records=kafka.buffer_per_partition,
+        # Bounded deliveries keep the pools' backlogs short and fair across partitions.
+        broker_max_poll_records=kafka.max_poll_records,
         broker_commit_interval=kafka.commit_interval_s,
         broker_commit_every=1_000_000_000,
         broker_session_timeout=kafka.session_timeout_s,

@@ -44,6 +44,7 @@ class SecretMasker:
 
 def configure(settings: LoggingSettings, secrets: Iterable[str] = ()) -> None:
     masker = SecretMasker(secrets)
+    level = getattr(logging, settings.level.upper())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -59,12 +60,12 @@ def configure(settings: LoggingSettings, secrets: Iterable[str] = ()) -> None:
     )
     structlog.configure(
         processors=[
-            structlog.stdlib.filter_by_level,
             *shared,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        # Calls below the level return at once, before any processor runs.
+        wrapper_class=structlog.make_filtering_bound_logger(level),
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
@@ -75,7 +76,6 @@ def configure(settings: LoggingSettings, secrets: Iterable[str] = ()) -> None:
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers = [handler]
-    level = getattr(logging, settings.level.upper())
     root.setLevel(level)
     library_level = getattr(logging, settings.library_level.upper())
     for name in NOISY:

@@ -58,18 +58,22 @@ class JobRunner:
         self.publisher = publisher
 
     async def run(self, record: Record) -> None:
-        with structlog.contextvars.bound_contextvars(
+        # Each pool worker is its own task with its own context: bind, then clear.
+        structlog.contextvars.bind_contextvars(
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
             job_type=self.spec.job_type,
-        ):
+        )
+        try:
             job = self._decode(record)
             if isinstance(job, Failure):
                 await self._dead_letter(record, job, None)
                 return
-            with structlog.contextvars.bound_contextvars(job_id=job.id):
-                await self._run_job(record, job)
+            structlog.contextvars.bind_contextvars(job_id=job.id)
+            await self._run_job(record, job)
+        finally:
+            structlog.contextvars.clear_contextvars()
 
     def _decode(self, record: Record) -> Job[BaseModel] | Failure:
         attempts = record.attempts_before + 1
@@ -112,49 +116,49 @@ class JobRunner:
         deadline = job.deadline.timestamp() if job.deadline else None
         outages = 0
         while True:
-            with structlog.contextvars.bound_contextvars(attempt=job.attempt):
-                error = await self._attempt(job, deadline)
-                if error is None:
-                    return
-                if is_outage(error):
-                    outages += 1
-                    wait_s = outage_wait_s(outages)
-                    log.warning(
-                        "job.waiting_for_dependency",
-                        error=describe(error),
-                        delay_s=round(wait_s, 3),
-                        streak=outages,
-                    )
-                    await asyncio.sleep(wait_s)
-                    continue
-                outages = 0
-                decision = decide(error, job.attempt, self.spec.policy)
-                failure = Failure(stage_of(error), error, job.attempt, job.type, job.id)
-                if isinstance(decision, RetryInPlace):
-                    log.warning(
-                        "job.retrying",
-                        error=describe(error),
-                        delay_s=round(decision.delay_s, 3),
-                        where="in_place",
-                    )
-                    await asyncio.sleep(decision.delay_s)
-                    job = job.next_attempt()
-                    continue
-                if isinstance(decision, RetryLater):
-                    not_before = datetime.now(UTC) + timedelta(seconds=decision.delay_s)
-                    await self.publisher.retry_later(
-                        record, failure, self.registry.retry_topic(self.spec), not_before
-                    )
-                    log.warning(
-                        "job.retrying",
-                        error=describe(error),
-                        delay_s=round(decision.delay_s, 3),
-                        where="retry_topic",
-                    )
-                    return
-                await self._give_up(job, decision)
-                await self._dead_letter(record, failure, decision)
+            structlog.contextvars.bind_contextvars(attempt=job.attempt)
+            error = await self._attempt(job, deadline)
+            if error is None:
                 return
+            if is_outage(error):
+                outages += 1
+                wait_s = outage_wait_s(outages)
+                log.warning(
+                    "job.waiting_for_dependency",
+                    error=describe(error),
+                    delay_s=round(wait_s, 3),
+                    streak=outages,
+                )
+                await asyncio.sleep(wait_s)
+                continue
+            outages = 0
+            decision = decide(error, job.attempt, self.spec.policy)
+            failure = Failure(stage_of(error), error, job.attempt, job.type, job.id)
+            if isinstance(decision, RetryInPlace):
+                log.warning(
+                    "job.retrying",
+                    error=describe(error),
+                    delay_s=round(decision.delay_s, 3),
+                    where="in_place",
+                )
+                await asyncio.sleep(decision.delay_s)
+                job = job.next_attempt()
+                continue
+            if isinstance(decision, RetryLater):
+                not_before = datetime.now(UTC) + timedelta(seconds=decision.delay_s)
+                await self.publisher.retry_later(
+                    record, failure, self.registry.retry_topic(self.spec), not_before
+                )
+                log.warning(
+                    "job.retrying",
+                    error=describe(error),
+                    delay_s=round(decision.delay_s, 3),
+                    where="retry_topic",
+                )
+                return
+            await self._give_up(job, decision)
+            await self._dead_letter(record, failure, decision)
+            return
 
     async def _attempt(self, job: Job[BaseModel], deadline: float | None) -> BaseException | None:
         assert self.spec.handler is not None
@@ -165,7 +169,6 @@ class JobRunner:
                 return DeadlineExceeded("the job's deadline passed before it could run")
             timeout_s = min(timeout_s, remaining)
         started = time.perf_counter()
-        log.debug("job.started")
         try:
             async with asyncio.timeout(timeout_s):
                 outcome = await self.spec.handler(job, self.deps)

@@ -37,6 +37,13 @@ class KafkaSettings(_Group):
     commit_interval_s: float = Field(0.5, gt=0, le=60)
     session_timeout_s: float = Field(30.0, gt=0)
     buffer_per_partition: int = Field(64, ge=1, description="prefetched messages per partition")
+    max_poll_records: int = Field(500, ge=1, description="records handed over per fetch")
+    backlog_records: int = Field(
+        1000, ge=1, description="records a job type holds before its partitions pause"
+    )
+    backlog_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="bytes a job type holds before its partitions pause"
+    )
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="broker/topic limit")
     max_job_bytes: int = Field(1024 * 1024, ge=1024, description="larger jobs are dead-lettered")
 
