@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, create_model
 
 from handlers.deps import Deps
 from handlers.errors import DeadlineExceeded, JobTimeout, PermanentError
@@ -21,6 +22,7 @@ from handlers.types import Job
 from schemas.dlq import Stage
 from schemas.envelope import JobEnvelope
 from streams import alerts
+from streams.logs import JOB_CONTEXT, bind_job
 from streams.publish import Failure, RecordPublisher
 from streams.records import Record
 from streams.registry import JobSpec, Registry
@@ -52,28 +54,51 @@ class JobRunner:
         max_job_bytes: int = 1024 * 1024,
     ) -> None:
         self.max_job_bytes = max_job_bytes
+        self._typed = typed_envelope(spec.payload_model)
         self.spec = spec
         self.registry = registry
         self.deps = deps
         self.publisher = publisher
 
     async def run(self, record: Record) -> None:
-        # Each pool worker is its own task with its own context: bind, then clear.
-        structlog.contextvars.bind_contextvars(
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            job_type=self.spec.job_type,
+        token = JOB_CONTEXT.set(
+            {
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "job_type": self.spec.job_type,
+            }
         )
         try:
             job = self._decode(record)
             if isinstance(job, Failure):
                 await self._dead_letter(record, job, None)
                 return
-            structlog.contextvars.bind_contextvars(job_id=job.id)
+            bind_job(job_id=job.id)
             await self._run_job(record, job)
         finally:
-            structlog.contextvars.clear_contextvars()
+            JOB_CONTEXT.reset(token)
+
+    def _decode_typed(self, value: bytes, attempts: int) -> Job[BaseModel] | None:
+        """One-pass validation of envelope and payload; None sends the caller the slow way.
+
+        The slow way validates envelope and payload separately so that a bad
+        message gets the precise reason.
+        """
+        try:
+            envelope = self._typed.model_validate_json(value)
+        except ValidationError:
+            return None
+        if envelope.type != self.spec.job_type:
+            return None
+        return Job(
+            envelope.id,
+            envelope.type,
+            attempts,
+            envelope.organization_id,
+            envelope.payload,
+            envelope.deadline,
+        )
 
     def _decode(self, record: Record) -> Job[BaseModel] | Failure:
         attempts = record.attempts_before + 1
@@ -85,6 +110,9 @@ class JobRunner:
                 f"the limit for a job is {self.max_job_bytes / 2**20:.1f} MB"
             )
             return Failure(Stage.DECODE, error, attempts)
+        fast = self._decode_typed(record.value, attempts)
+        if fast is not None:
+            return fast
         try:
             envelope = JobEnvelope.model_validate_json(record.value)
         except ValidationError as exc:
@@ -116,7 +144,7 @@ class JobRunner:
         deadline = job.deadline.timestamp() if job.deadline else None
         outages = 0
         while True:
-            structlog.contextvars.bind_contextvars(attempt=job.attempt)
+            bind_job(attempt=job.attempt)
             error = await self._attempt(job, deadline)
             if error is None:
                 return
@@ -221,3 +249,17 @@ def _summary(exc: ValidationError, limit: int = 5) -> str:
         parts.append(f"{where}: {err['msg']}")
     more = exc.error_count() - limit
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def typed_envelope(payload_model: type[BaseModel]) -> type[TypedEnvelope]:
+    """The envelope model with ``payload`` typed as the job type's payload model."""
+    model: type[TypedEnvelope] = create_model(
+        f"{payload_model.__name__}Envelope",
+        __base__=TypedEnvelope,
+        payload=(payload_model, ...),
+    )
+    return model
+
+
+class TypedEnvelope(JobEnvelope):
+    payload: Any  # narrowed per job type by ``typed_envelope``
