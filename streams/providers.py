@@ -79,24 +79,25 @@ def embedding_client(
         org_requests_per_minute=s.org_requests_per_minute,
         org_tokens_per_minute=s.org_tokens_per_minute,
     )
-    config = ApiConfig(
-        base_url=s.base_url,
-        api_key=s.api_key,
-        model=s.model,
-        timeout_s=s.timeout_s,
-        max_retries=s.max_retries,
-        backoff_base_s=s.backoff_base_s,
-        backoff_max_s=s.backoff_max_s,
-        rate_limit_wait_s=rate_limit_wait_s,
-        name="embedding API",
+    return ApiClient(
+        session, _api_config(s, rate_limit_wait_s, "embedding API"), RateLimits(budget)
     )
-    return ApiClient(session, config, RateLimits(budget))
 
 
 def llm_client(
     session: aiohttp.ClientSession, s: LlmSettings, rate_limit_wait_s: float
 ) -> ApiClient:
-    config = ApiConfig(
+    return ApiClient(
+        session,
+        _api_config(s, rate_limit_wait_s, "LLM API"),
+        RateLimits(Budget(s.requests_per_minute)),
+    )
+
+
+def _api_config(
+    s: EmbeddingSettings | LlmSettings, rate_limit_wait_s: float, name: str
+) -> ApiConfig:
+    return ApiConfig(
         base_url=s.base_url,
         api_key=s.api_key,
         model=s.model,
@@ -105,6 +106,5 @@ def llm_client(
         backoff_base_s=s.backoff_base_s,
         backoff_max_s=s.backoff_max_s,
         rate_limit_wait_s=rate_limit_wait_s,
-        name="LLM API",
+        name=name,
     )
-    return ApiClient(session, config, RateLimits(Budget(s.requests_per_minute)))

@@ -42,16 +42,23 @@ class FileServer:
 
 
 @asynccontextmanager
+async def serve(app: web.Application, host: str = "127.0.0.1") -> AsyncIterator[int]:
+    """Run ``app`` on an ephemeral loopback port; yields the port."""
+    runner = web.AppRunner(app, shutdown_timeout=0.5, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, host, 0)
+    await site.start()
+    try:
+        yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
 async def file_server() -> AsyncIterator[FileServer]:
     server = FileServer()
     app = web.Application()
     app.router.add_get("/{name}", server._handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, server.host, 0)
-    await site.start()
-    server.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with serve(app, server.host) as port:
+        server.port = port
         yield server
-    finally:
-        await runner.cleanup()

@@ -25,6 +25,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.support.http import serve
+
 API_KEY = "sk-test-local-key"
 
 
@@ -219,12 +221,6 @@ async def openai_server(**options: Any) -> AsyncIterator[OpenAIServer]:
     server = OpenAIServer(**options)
     app = web.Application()
     app.router.add_post("/v1/{endpoint:.+}", server.handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.5, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, server.host, 0)
-    await site.start()
-    server.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with serve(app, server.host) as port:
+        server.port = port
         yield server
-    finally:
-        await runner.cleanup()
