@@ -3,12 +3,17 @@
 Sizes are in characters, not tokens: characters are model-independent and
 cheap to count, and 600 characters (~150 tokens of English) stays well
 inside every embedding model's input limit.
+
+``Chunker`` works incrementally: pages are fed one at a time and only the
+unchunked tail of the text is held, so a 1000-page document never sits in
+memory whole. ``chunk_pages`` is the same algorithm over a finished list and
+gives exactly the chunks the incremental form gives.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 
@@ -33,38 +38,83 @@ PAGE_SEPARATOR = "\n\n"
 
 def chunk_pages(pages: Iterable[Page], size: int = 600, overlap: int = 120) -> list[Chunk]:
     """Split the pages' text into overlapping chunks of at most ``size`` characters."""
-    if size <= 0 or not 0 <= overlap < size:
-        raise ValueError(f"need 0 <= overlap < size, got size={size} overlap={overlap}")
-    text, starts, numbers = _join(pages)
-    chunks: list[Chunk] = []
-    start = _skip_space(text, 0)
-    while start < len(text):
-        end = _break_before(text, start, min(start + size, len(text)))
-        body = text[start:end].strip()
-        if body:
-            first = numbers[bisect.bisect_right(starts, start) - 1] if starts else None
-            last = numbers[bisect.bisect_right(starts, end - 1) - 1] if starts else None
-            chunks.append(Chunk(len(chunks), body, start, end, first, last))
-        if end >= len(text):
-            break
-        start = _skip_space(text, _next_start(text, start, end, overlap))
-    return chunks
+    return list(iter_chunks(pages, size, overlap))
 
 
-def _join(pages: Iterable[Page]) -> tuple[str, list[int], list[int | None]]:
-    parts: list[str] = []
-    starts: list[int] = []
-    numbers: list[int | None] = []
-    offset = 0
+def iter_chunks(pages: Iterable[Page], size: int = 600, overlap: int = 120) -> Iterator[Chunk]:
+    """``chunk_pages`` as a generator: chunks come out as soon as the text allows."""
+    chunker = Chunker(size, overlap)
     for page in pages:
-        if parts:
-            parts.append(PAGE_SEPARATOR)
+        yield from chunker.feed(page)
+    yield from chunker.finish()
+
+
+class Chunker:
+    """Incremental chunking: ``feed`` pages in order, then ``finish``.
+
+    Offsets are positions in the text of all pages joined by
+    ``PAGE_SEPARATOR``. A chunk is cut only once the text reaches past its
+    size limit, so every decision sees the same characters as it would with
+    the whole text at hand; the output does not depend on how the text was
+    split into pages.
+    """
+
+    def __init__(self, size: int = 600, overlap: int = 120) -> None:
+        if size <= 0 or not 0 <= overlap < size:
+            raise ValueError(f"need 0 <= overlap < size, got size={size} overlap={overlap}")
+        self.size = size
+        self.overlap = overlap
+        self._buffer = ""  # the joined text from ``_base`` on
+        self._base = 0
+        self._start = 0  # next chunk's start (absolute), not yet past leading space
+        self._starts: list[int] = []
+        self._numbers: list[int | None] = []
+        self._count = 0
+        self._done = False
+
+    def feed(self, page: Page) -> list[Chunk]:
+        """Add the next page; return the chunks that are now complete."""
+        if self._done:
+            raise RuntimeError("chunker already finished")
+        offset = self._base + len(self._buffer)
+        if self._starts:
+            self._buffer += PAGE_SEPARATOR
             offset += len(PAGE_SEPARATOR)
-        starts.append(offset)
-        numbers.append(page.number)
-        parts.append(page.text)
-        offset += len(page.text)
-    return "".join(parts), starts, numbers
+        self._starts.append(offset)
+        self._numbers.append(page.number)
+        self._buffer += page.text
+        return self._cut(final=False)
+
+    def finish(self) -> list[Chunk]:
+        """No more pages: return the remaining chunks."""
+        chunks = self._cut(final=True)
+        self._done = True
+        return chunks
+
+    def _cut(self, final: bool) -> list[Chunk]:
+        text, base = self._buffer, self._base
+        chunks: list[Chunk] = []
+        start = _skip_space(text, self._start - base)
+        while start < len(text):
+            limit = start + self.size
+            if not final and limit >= len(text):
+                break  # the cut needs the character at ``limit``: wait for more text
+            end = _break_before(text, start, min(limit, len(text)))
+            body = text[start:end].strip()
+            if body:
+                first, last = self._page_at(base + start), self._page_at(base + end - 1)
+                chunks.append(Chunk(self._count, body, base + start, base + end, first, last))
+                self._count += 1
+            if end >= len(text):
+                start = len(text)
+                break
+            start = _skip_space(text, _next_start(text, start, end, self.overlap))
+        self._start = base + start
+        self._buffer, self._base = text[start:], base + start
+        return chunks
+
+    def _page_at(self, pos: int) -> int | None:
+        return self._numbers[bisect.bisect_right(self._starts, pos) - 1]
 
 
 def _break_before(text: str, start: int, limit: int) -> int:
