@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
 from schemas.envelope import JobEnvelope
+
+A = TypeVar("A")
+R = TypeVar("R")
 
 
 class Embedder(Protocol):
@@ -29,6 +33,17 @@ class ChatModel(Protocol):
     ) -> str: ...
 
 
+class CpuPool(Protocol):
+    """Runs CPU-heavy work in other processes, off the event loop; shared by all jobs.
+
+    ``fn`` and ``arg`` must be picklable. When the work is still running
+    ``timeout_s`` plus a grace period after it started, its process is
+    killed and replaced, so a hung parse never holds a slot for good.
+    """
+
+    async def run(self, fn: Callable[[A], R], arg: A, *, timeout_s: float) -> R: ...
+
+
 class JobPublisher(Protocol):
     """Publishes a follow-up job and waits for the broker's acknowledgement."""
 
@@ -37,8 +52,21 @@ class JobPublisher(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ChunkingPolicy:
+    """Chunk size and overlap (characters); chunks are embedded and stored in batches."""
+
     size: int = 600
     overlap: int = 120
+    batch_size: int = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractPolicy:
+    """Guards of text extraction, enforced per document in the extraction process."""
+
+    max_pages: int = 2000
+    max_unpacked_bytes: int = 200 * 1024 * 1024
+    max_compression_ratio: float = 100.0
+    time_limit_s: float = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,3 +98,5 @@ class Deps:
     fetch: FetchPolicy
     llm: ChatModel | None = None
     knowledge_graph: KnowledgeGraphPolicy = KnowledgeGraphPolicy()
+    cpu: CpuPool | None = None
+    extract: ExtractPolicy = ExtractPolicy()

@@ -1,39 +1,130 @@
-"""Turn a downloaded file into pages of text.
+"""Turn a downloaded file into chunks on disk, inside an extraction process.
 
-Only plain text and markdown so far; PDF, DOCX, HTML, CSV and JSON arrive
-with the ingestion issue.
+``extract_to_file`` is what the CPU pool runs: open the document (type
+checked against its bytes, guards applied), read it page by page, chunk
+incrementally and write each chunk as one JSON line. The event loop then
+reads ready chunks in batches, so neither process holds the whole text and
+the parsing never runs on the loop.
+
+The time limit is enforced here, in the extraction process, with an
+interval timer whose exception derives from BaseException so that the
+parsers' ``except Exception`` cannot swallow it. The pool kills the process
+as a backstop if even that does not end the work.
 """
 
 from __future__ import annotations
 
+import json
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
+from typing import TextIO
 
-from handlers.assets.chunking import Page
+from handlers.assets.chunking import PAGE_SEPARATOR, Chunk, Chunker
+from handlers.assets.formats import Document, open_document
+from handlers.assets.formats.sniff import Kind
+from handlers.deps import ExtractPolicy
 from handlers.errors import PermanentError
 
-TEXT_TYPES = frozenset({"text/plain", "text/markdown"})
+
+@dataclass(frozen=True, slots=True)
+class ExtractRequest:
+    path: str
+    mime_type: str
+    out_path: str
+    policy: ExtractPolicy
+    chunk_size: int = 600
+    chunk_overlap: int = 120
 
 
-def base_type(mime_type: str) -> str:
-    return mime_type.split(";", 1)[0].strip().lower()
+@dataclass(frozen=True, slots=True)
+class ExtractSummary:
+    """What extraction produced; ``chars`` is the length of the whole text."""
+
+    kind: str
+    page_count: int | None
+    chunks: int
+    chars: int
+    unreadable_pages: tuple[int, ...] = ()
 
 
-def extract_pages(path: Path, mime_type: str) -> list[Page]:
-    """Extract the file's text; PermanentError when the type or content is unusable."""
-    kind = base_type(mime_type)
-    if kind in TEXT_TYPES:
-        return _text(path)
-    raise PermanentError(f"unsupported file type {kind!r}")
+class _TimeUp(BaseException):
+    """Raised by the timer inside the parser; BaseException so no ``except Exception`` eats it."""
 
 
-def _text(path: Path) -> list[Page]:
-    raw = path.read_bytes()
-    if b"\x00" in raw[:8192]:
-        raise PermanentError("file declared as text contains binary data")
+def extract_to_file(request: ExtractRequest) -> ExtractSummary:
+    """Extract and chunk ``request.path`` into JSON lines at ``request.out_path``."""
+    with time_limit(request.policy.time_limit_s):
+        document = open_document(Path(request.path), request.mime_type, request.policy)
+        return _write_chunks(document, request)
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """PermanentError when the block runs longer than ``seconds`` (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: FrameType | None) -> None:
+        raise _TimeUp
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
-    if not text.strip():
-        raise PermanentError("file is empty: no text to index")
-    return [Page(None, text)]
+        yield
+    except _TimeUp:
+        raise PermanentError(
+            f"extracting the text took longer than the {seconds:g} s limit;"
+            " the file may be damaged or too complex"
+        ) from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _write_chunks(document: Document, request: ExtractRequest) -> ExtractSummary:
+    chunker = Chunker(request.chunk_size, request.chunk_overlap)
+    count = chars = pages = 0
+    with open(request.out_path, "w", encoding="utf-8") as out:
+        for page in document.pages:
+            chars += len(page.text) + (len(PAGE_SEPARATOR) if pages else 0)
+            pages += 1
+            count += _write(out, chunker.feed(page))
+        count += _write(out, chunker.finish())
+    unreadable = tuple(document.unreadable_pages)
+    if count == 0:
+        raise PermanentError(_no_text(document, unreadable))
+    return ExtractSummary(document.kind.value, document.page_count, count, chars, unreadable)
+
+
+def _write(out: TextIO, chunks: list[Chunk]) -> int:
+    for c in chunks:
+        line = [c.index, c.text, c.char_start, c.char_end, c.page_start, c.page_end]
+        out.write(json.dumps(line, ensure_ascii=False) + "\n")
+    return len(chunks)
+
+
+def _no_text(document: Document, unreadable: tuple[int, ...]) -> str:
+    if document.kind is not Kind.PDF:
+        return "file has no text to index"
+    if unreadable and len(unreadable) == document.page_count:
+        return f"PDF is damaged: none of its {document.page_count} pages can be read"
+    return "PDF has no extractable text: it may be scanned images, and OCR is not supported"
+
+
+def read_chunks(path: Path, batch_size: int) -> Iterator[list[Chunk]]:
+    """The chunks written by ``extract_to_file``, ``batch_size`` at a time."""
+    batch: list[Chunk] = []
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            batch.append(Chunk(*json.loads(line)))
+            if len(batch) >= batch_size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch

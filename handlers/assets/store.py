@@ -24,6 +24,8 @@ WHERE id = $1
 
 DELETE_CHUNKS = "DELETE FROM asset_chunks WHERE asset_id = $1"
 
+COUNT_CHUNKS = "SELECT count(*) FROM asset_chunks WHERE asset_id = $1"
+
 CHUNK_COLUMNS = (
     "asset_id",
     "chunk_index",
@@ -70,7 +72,16 @@ async def set_status(conn: Any, asset_id: str, update: AssetStatusUpdate) -> Non
     )
 
 
-async def replace_chunks(
+async def count_chunks(conn: Any, asset_id: str) -> int:
+    return int(await conn.fetchval(COUNT_CHUNKS, asset_id))
+
+
+async def delete_chunks(conn: Any, asset_id: str) -> None:
+    """Drop the asset's chunks (first step of replacing them, in the job's transaction)."""
+    await conn.execute(DELETE_CHUNKS, asset_id)
+
+
+async def insert_chunks(
     conn: Any,
     asset: AssetRow,
     chunks: list[Chunk],
@@ -78,8 +89,7 @@ async def replace_chunks(
     model: str,
     dims: int,
 ) -> None:
-    """Replace the asset's chunks (call inside the job's transaction)."""
-    await conn.execute(DELETE_CHUNKS, asset.id)
+    """Insert one batch of chunks with their embeddings (COPY; in the job's transaction)."""
     records = [
         (
             asset.id,

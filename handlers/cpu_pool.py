@@ -1,0 +1,160 @@
+"""A process pool for CPU-heavy work (text extraction), off the event loop.
+
+Each slot is a one-process ``ProcessPoolExecutor``, so a stuck or crashed
+task costs only its own process: the slot kills it and starts a fresh one,
+and the other slots keep working. Work normally ends itself (extraction has
+its own time limit inside the process); the kill is the backstop for work
+stuck where no Python signal handler can run. Processes come from a
+forkserver, never from forking the worker's threaded, event-loop-running
+process, and are replaced after ``recycle_after`` tasks so memory a parser
+kept does not accumulate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
+from functools import partial
+from typing import Any, TypeVar
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+A = TypeVar("A")
+R = TypeVar("R")
+
+
+class CpuTimeout(Exception):
+    """The work ran past its time limit and grace; its process was killed."""
+
+
+class CpuWorkerLost(Exception):
+    """The process running the work died (crash, out of memory) or was stopped."""
+
+
+def _pid(_: object) -> int:
+    return os.getpid()
+
+
+def _init_child() -> None:
+    # Only the worker decides when to stop; a terminal's Ctrl-C must not break the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in ("pypdf", "mammoth"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _notify(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
+    """Hand a finished future back to the loop's thread (unless the loop is gone)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback, *args)
+
+
+class _Slot:
+    def __init__(self, index: int, context: Any) -> None:
+        self.index = index
+        self._context = context
+        self.tasks = 0
+        self.executor = self._new()
+
+    def _new(self) -> concurrent.futures.ProcessPoolExecutor:
+        self.tasks = 0
+        return concurrent.futures.ProcessPoolExecutor(
+            max_workers=1, mp_context=self._context, initializer=_init_child
+        )
+
+    def kill(self) -> None:
+        processes = getattr(self.executor, "_processes", None) or {}
+        for process in list(processes.values()):
+            if process.is_alive():
+                process.kill()
+
+    def renew(self) -> None:
+        old, self.executor = self.executor, self._new()
+        old.shutdown(wait=False, cancel_futures=True)
+
+
+class ProcessCpuPool:
+    """``CpuPool`` (handlers.deps) over ``workers`` single-process slots."""
+
+    def __init__(
+        self,
+        workers: int,
+        *,
+        grace_s: float = 10.0,
+        recycle_after: int = 50,
+        preload: Sequence[str] = (),
+    ) -> None:
+        context = multiprocessing.get_context("forkserver")
+        if preload:
+            context.set_forkserver_preload(list(preload))
+        self.workers = workers
+        self.grace_s = grace_s
+        self.recycle_after = recycle_after
+        self._slots = [_Slot(i, context) for i in range(workers)]
+        self._free: asyncio.Queue[_Slot] = asyncio.Queue()
+        for slot in self._slots:
+            self._free.put_nowait(slot)
+        self._closed = False
+
+    async def start(self) -> None:
+        """Start every process now, so the first job does not pay for it."""
+        await asyncio.gather(*(self.run(_pid, None, timeout_s=60) for _ in self._slots))
+
+    async def run(self, fn: Callable[[A], R], arg: A, *, timeout_s: float) -> R:
+        if self._closed:
+            raise CpuWorkerLost("the process pool is shut down")
+        slot = await self._free.get()
+        loop = asyncio.get_running_loop()
+        try:
+            future = slot.executor.submit(fn, arg)
+        except BaseException:
+            self._release(slot, None)
+            raise
+        slot.tasks += 1
+        killer = loop.call_later(timeout_s + self.grace_s, self._kill, slot, future)
+        future.add_done_callback(partial(_notify, loop, self._finished, slot, killer))
+        try:
+            return await asyncio.shield(asyncio.wrap_future(future))
+        except BrokenProcessPool:
+            if getattr(future, "conveyor_killed", False):
+                raise CpuTimeout(f"still running {timeout_s + self.grace_s:g} s later") from None
+            raise CpuWorkerLost("the process died while working (out of memory?)") from None
+
+    def _kill(self, slot: _Slot, future: concurrent.futures.Future[Any]) -> None:
+        if future.done():
+            return
+        future.conveyor_killed = True  # type: ignore[attr-defined]
+        log.warning("cpu_pool.killed", slot=slot.index, reason="past its time limit")
+        slot.kill()
+
+    def _finished(
+        self,
+        slot: _Slot,
+        killer: asyncio.TimerHandle,
+        future: concurrent.futures.Future[Any],
+    ) -> None:
+        killer.cancel()
+        broken = not future.cancelled() and isinstance(future.exception(), BrokenProcessPool)
+        self._release(slot, broken)
+
+    def _release(self, slot: _Slot, broken: bool | None) -> None:
+        if self._closed:
+            return
+        if broken or slot.tasks >= self.recycle_after:
+            slot.renew()
+        self._free.put_nowait(slot)
+
+    def shutdown(self) -> None:
+        """Stop every process now; running work is abandoned (the drain came first)."""
+        self._closed = True
+        for slot in self._slots:
+            slot.kill()
+            slot.executor.shutdown(wait=False, cancel_futures=True)
