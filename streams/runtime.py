@@ -7,7 +7,8 @@ import asyncpg
 import structlog
 
 from handlers.assets.netguard import Allowlist, guarded_connector_kwargs
-from handlers.deps import ChunkingPolicy, Deps, FetchPolicy
+from handlers.cpu_pool import ProcessCpuPool
+from handlers.deps import ChunkingPolicy, Deps, ExtractPolicy, FetchPolicy
 from schemas.envelope import JobEnvelope
 from streams.providers import Providers, open_providers
 from streams.publish import RecordPublisher
@@ -49,6 +50,7 @@ class Runtime:
         self.records = records
         self._deps: Deps | None = None
         self._providers: Providers | None = None
+        self._cpu: ProcessCpuPool | None = None
 
     @property
     def deps(self) -> Deps:
@@ -68,12 +70,14 @@ class Runtime:
         )
         auth = s.http.storage_auth_header
         providers = self._providers = open_providers(s)
+        cpu = self._cpu = ProcessCpuPool(s.extract.workers, preload=["handlers.assets.extract"])
+        await cpu.start()
         self._deps = Deps(
             db=db,
             http=http,
             embedder=providers.embedder,
             publisher=KafkaJobPublisher(self.registry, self.records),
-            chunking=ChunkingPolicy(s.chunking.size, s.chunking.overlap),
+            chunking=ChunkingPolicy(s.chunking.size, s.chunking.overlap, s.embedding.batch_size),
             fetch=FetchPolicy(
                 max_bytes=s.http.max_download_bytes,
                 connect_timeout_s=s.http.connect_timeout_s,
@@ -83,6 +87,13 @@ class Runtime:
             ),
             llm=providers.llm,
             knowledge_graph=providers.knowledge_graph,
+            cpu=cpu,
+            extract=ExtractPolicy(
+                max_pages=s.extract.max_pages,
+                max_unpacked_bytes=s.extract.max_unpacked_bytes,
+                max_compression_ratio=s.extract.max_compression_ratio,
+                time_limit_s=s.extract.time_limit_s,
+            ),
         )
         log.info("runtime.opened", db_pool_max=s.postgres.pool_max_size)
 
@@ -91,6 +102,9 @@ class Runtime:
         if deps is None:
             return
         await deps.http.close()
+        if self._cpu is not None:
+            self._cpu.shutdown()
+            self._cpu = None
         if self._providers is not None:
             await self._providers.close()
             self._providers = None

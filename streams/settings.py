@@ -162,6 +162,20 @@ class ChunkingSettings(_Group):
     overlap: int = Field(120, ge=0)
 
 
+class ExtractSettings(_Group):
+    """Text extraction: its process pool and the guards applied to every document."""
+
+    workers: int = Field(2, ge=1, le=64, description="extraction processes (about one per core)")
+    time_limit_s: float = Field(
+        120.0, gt=0, description="per document; keep below the asset.process timeout"
+    )
+    max_pages: int = Field(2000, ge=1, description="longer PDFs are refused")
+    max_unpacked_bytes: int = Field(
+        200 * 1024 * 1024, ge=1024 * 1024, description="DOCX size once decompressed"
+    )
+    max_compression_ratio: float = Field(100.0, ge=2, description="per DOCX part of 1 MiB or more")
+
+
 class SentrySettings(_Group):
     """Sentry alerting; disabled unless a DSN is set."""
 
@@ -199,6 +213,7 @@ class Settings(BaseSettings):
     embedding: EmbeddingSettings = EmbeddingSettings()
     llm: LlmSettings = LlmSettings()
     chunking: ChunkingSettings = ChunkingSettings()
+    extract: ExtractSettings = ExtractSettings()
     sentry: SentrySettings = SentrySettings()
     logging: LoggingSettings = LoggingSettings()
 
