@@ -144,6 +144,9 @@ class HtmlText(HTMLParser):
             self._pre = max(self._pre - 1, 0)
         if tag in ("ul", "ol") and self._lists:
             self._lists.pop()
+            if self._lists:
+                self._want_break(1)
+                return
         if tag in PARAGRAPHS:
             self._want_break(2)
         elif tag in LINES:
@@ -168,7 +171,9 @@ class HtmlText(HTMLParser):
         return text
 
     def _open_block(self, tag: str) -> None:
-        if tag in PARAGRAPHS:
+        if tag in ("ul", "ol") and self._lists:
+            self._want_break(1)  # a nested list continues its parent item
+        elif tag in PARAGRAPHS:
             self._want_break(2)
         elif tag in LINES:
             self._want_break(1 if tag != "br" else self._break + 1)

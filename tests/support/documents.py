@@ -1,0 +1,93 @@
+"""Test documents generated on the fly (fpdf2, python-docx, zipfile): no binary fixtures."""
+
+from __future__ import annotations
+
+import io
+import random
+import zipfile
+
+import docx
+from fpdf import FPDF
+
+DOCX_MIME = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+
+
+def words(n: int, seed: int = 1, prefix: str = "w") -> str:
+    rnd = random.Random(seed)
+    return " ".join(f"{prefix}{rnd.randint(0, 99_999)}" for _ in range(n))
+
+
+def pdf_bytes(
+    pages: int,
+    words_per_page: int = 120,
+    *,
+    blank: bool = False,
+    owner_password: str | None = None,
+    user_password: str | None = None,
+) -> bytes:
+    """A PDF whose page N starts with ``page N marker``; ``blank`` pages carry no text."""
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=10)
+    if owner_password is not None:
+        pdf.set_encryption(owner_password=owner_password, user_password=user_password)
+    for number in range(1, pages + 1):
+        pdf.add_page()
+        if not blank:
+            text = f"page {number} marker. " + words(words_per_page, seed=number)
+            pdf.multi_cell(0, 5, text)
+    return bytes(pdf.output())
+
+
+def docx_bytes(paragraphs: int = 12, words_per_paragraph: int = 60) -> bytes:
+    """A DOCX with a title heading, a subheading, a bullet list and body paragraphs."""
+    document = docx.Document()
+    document.add_heading("Quarterly Report", level=1)
+    document.add_paragraph("Intro paragraph about the report.")
+    document.add_heading("Findings", level=2)
+    for item in ("first finding", "second finding"):
+        document.add_paragraph(item, style="List Bullet")
+    for i in range(paragraphs):
+        document.add_paragraph(f"body{i} " + words(words_per_paragraph, seed=i))
+    out = io.BytesIO()
+    document.save(out)
+    return out.getvalue()
+
+
+def docx_words(total_words: int, seed: int = 1) -> bytes:
+    """A long DOCX of ~``total_words`` words: sections of headings, paragraphs and lists."""
+    document = docx.Document()
+    written = i = 0
+    while written < total_words:
+        if i % 20 == 0:
+            document.add_heading(f"Section {i // 20}", level=1)
+        elif i % 7 == 0:
+            document.add_paragraph(words(12, seed=seed + i), style="List Bullet")
+            written += 12
+        else:
+            document.add_paragraph(words(100, seed=seed + i))
+            written += 100
+        i += 1
+    out = io.BytesIO()
+    document.save(out)
+    return out.getvalue()
+
+
+def zip_bomb_docx(member_bytes: int, *, compressible: bool = True) -> bytes:
+    """A zip with word/document.xml and one extra member of ``member_bytes`` bytes.
+
+    Compressible members (zeros) shrink about 1000:1; incompressible ones
+    (random bytes) keep their size.
+    """
+    out = io.BytesIO()
+    rnd = random.Random(7)
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("[Content_Types].xml", "<Types/>")
+        archive.writestr("word/document.xml", "<w:document/>")
+        with archive.open("word/media/blob.bin", "w", force_zip64=True) as member:
+            block = 1024 * 1024
+            left = member_bytes
+            while left > 0:
+                size = min(block, left)
+                member.write(bytes(size) if compressible else rnd.randbytes(size))
+                left -= size
+    return out.getvalue()

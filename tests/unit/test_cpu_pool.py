@@ -1,0 +1,100 @@
+"""The extraction process pool: off the loop, time limits that free the process, crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from handlers.assets.extract import ExtractRequest, extract_to_file
+from handlers.cpu_pool import CpuTimeout, CpuWorkerLost, ProcessCpuPool
+from handlers.deps import ExtractPolicy
+from handlers.errors import PermanentError
+from tests.support import cpu_tasks
+from tests.support.documents import pdf_bytes
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[ProcessCpuPool]:
+    cpu = ProcessCpuPool(2, grace_s=0.5, preload=["tests.support.cpu_tasks"])
+    await cpu.start()
+    try:
+        yield cpu
+    finally:
+        cpu.shutdown()
+
+
+async def test_work_runs_in_other_processes_and_the_loop_keeps_ticking(
+    pool: ProcessCpuPool,
+) -> None:
+    lags: list[float] = []
+
+    async def probe() -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(0.01)
+            lags.append(time.perf_counter() - before - 0.01)
+
+    ticker = asyncio.create_task(probe())
+    pids = await asyncio.gather(*(pool.run(cpu_tasks.busy, 0.4, timeout_s=10) for _ in range(2)))
+    ticker.cancel()
+    assert os.getpid() not in pids and len(set(pids)) == 2
+    assert max(lags) < 0.1, f"event loop stalled {max(lags):.3f} s"
+
+
+async def test_the_time_limit_inside_the_process_ends_work_that_swallows_exceptions(
+    pool: ProcessCpuPool,
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(PermanentError, match=r"longer than the 0\.3 s limit"):
+        await pool.run(cpu_tasks.spin_swallowing_errors, 0.3, timeout_s=10)
+    assert time.monotonic() - started < 5
+    assert await pool.run(cpu_tasks.pid, None, timeout_s=10) > 0
+
+
+async def test_work_deaf_to_the_timer_is_killed_and_its_slot_replaced(
+    pool: ProcessCpuPool,
+) -> None:
+    before = set(await asyncio.gather(*(pool.run(cpu_tasks.pid, None, timeout_s=5) for _ in "ab")))
+    started = time.monotonic()
+    with pytest.raises(CpuTimeout):
+        await pool.run(cpu_tasks.hang_deaf, None, timeout_s=0.5)
+    assert time.monotonic() - started < 5
+    after = set(await asyncio.gather(*(pool.run(cpu_tasks.pid, None, timeout_s=5) for _ in "ab")))
+    assert len(after) == 2 and after != before, "the killed process was replaced"
+
+
+async def test_the_kill_happens_even_when_nobody_waits_any_more(pool: ProcessCpuPool) -> None:
+    task = asyncio.create_task(pool.run(cpu_tasks.hang_deaf, None, timeout_s=0.3))
+    await asyncio.sleep(0.1)
+    task.cancel()  # the job timed out: its coroutine is gone, the process is still hung
+    results = await asyncio.wait_for(
+        asyncio.gather(*(pool.run(cpu_tasks.pid, None, timeout_s=5) for _ in "abc")), timeout=10
+    )
+    assert len(results) == 3
+
+
+async def test_a_crashed_process_is_reported_and_replaced(pool: ProcessCpuPool) -> None:
+    with pytest.raises(CpuWorkerLost):
+        await pool.run(cpu_tasks.crash, None, timeout_s=5)
+    assert await pool.run(cpu_tasks.pid, None, timeout_s=5) > 0
+
+
+async def test_a_document_over_the_extraction_time_limit_is_refused(
+    pool: ProcessCpuPool, tmp_path: Path
+) -> None:
+    source = tmp_path / "long.pdf"
+    source.write_bytes(pdf_bytes(40))
+    request = ExtractRequest(
+        str(source),
+        "application/pdf",
+        str(tmp_path / "out.jsonl"),
+        ExtractPolicy(time_limit_s=0.001),
+    )
+    with pytest.raises(PermanentError, match=r"took longer than the 0\.001 s limit"):
+        await pool.run(extract_to_file, request, timeout_s=10)
+    assert await pool.run(cpu_tasks.pid, None, timeout_s=5) > 0

@@ -1,0 +1,128 @@
+"""Every extraction guard ends in a PermanentError a person can act on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from handlers.assets.formats import open_document
+from handlers.deps import ExtractPolicy
+from handlers.errors import PermanentError
+from tests.support.documents import DOCX_MIME, docx_bytes, pdf_bytes, zip_bomb_docx
+from tests.unit.test_extract_formats import extract
+
+PDF = "application/pdf"
+
+
+def _open(tmp_path: Path, body: bytes, mime: str, **policy: float) -> list[str]:
+    path = tmp_path / "file"
+    path.write_bytes(body)
+    return [p.text for p in open_document(path, mime, ExtractPolicy(**policy)).pages]
+
+
+def _refused(tmp_path: Path, body: bytes, mime: str, **policy: float) -> str:
+    with pytest.raises(PermanentError) as caught:
+        _open(tmp_path, body, mime, **policy)
+    message = str(caught.value)
+    assert "Traceback" not in message and "\n" not in message
+    return message
+
+
+def test_a_pdf_needing_a_password_is_refused(tmp_path: Path) -> None:
+    body = pdf_bytes(2, owner_password="owner", user_password="reader")
+    assert _refused(tmp_path, body, PDF).startswith("PDF is encrypted")
+
+
+def test_a_damaged_pdf_is_refused(tmp_path: Path) -> None:
+    body = b"%PDF-1.7\n" + bytes(range(256)) * 20
+    assert _refused(tmp_path, body, PDF).startswith("PDF is damaged and cannot be read")
+
+
+def test_a_truncated_pdf_is_refused_or_read_without_crashing(tmp_path: Path) -> None:
+    body = pdf_bytes(3)
+    try:
+        _open(tmp_path, body[: len(body) // 2], PDF)
+    except PermanentError as exc:
+        assert "PDF" in str(exc)
+
+
+def test_a_pdf_over_the_page_cap_is_refused(tmp_path: Path) -> None:
+    assert _refused(tmp_path, pdf_bytes(5), PDF, max_pages=3) == "PDF has 5 pages; limit is 3"
+
+
+def test_a_pdf_without_text_is_refused_when_extracted(tmp_path: Path) -> None:
+    path = tmp_path / "scan.pdf"
+    path.write_bytes(pdf_bytes(2, blank=True))
+    with pytest.raises(PermanentError, match=r"no extractable text.*OCR is not supported"):
+        extract(tmp_path, path, PDF)
+
+
+@pytest.mark.parametrize("mime", [PDF, "text/plain", DOCX_MIME, "application/json"])
+def test_an_empty_file_is_refused(tmp_path: Path, mime: str) -> None:
+    assert _refused(tmp_path, b"", mime) == "file is empty: no text to index"
+
+
+@pytest.mark.parametrize(
+    ("body", "mime", "message"),
+    [
+        (b"just text", PDF, "file declared as application/pdf is not a PDF"),
+        (b"PK\x03\x04zip", PDF, "file declared as application/pdf is not a PDF; it looks like"),
+        (b"%PDF-1.4 ...", "text/plain", "file declared as text/plain is a PDF, not text"),
+        (b"%PDF-1.4 ...", DOCX_MIME, f"file declared as {DOCX_MIME} is not a Word document"),
+        (b"\x89PNG\r\n", "text/csv", "file declared as text/csv is a PNG image, not text"),
+        (b"abc\x00\x01def", "text/markdown", "contains binary data, not text"),
+    ],
+)
+def test_bytes_contradicting_the_declared_type_are_refused(
+    tmp_path: Path, body: bytes, mime: str, message: str
+) -> None:
+    assert message in _refused(tmp_path, body, mime)
+
+
+def test_a_password_protected_docx_is_recognised(tmp_path: Path) -> None:
+    ole = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(100)
+    assert _refused(tmp_path, ole, DOCX_MIME).startswith("DOCX is password-protected")
+
+
+@pytest.mark.parametrize(
+    ("mime", "message"),
+    [
+        ("image/png", "unsupported file type 'image/png'"),
+        ("application/msword", "legacy Word .doc files are not supported"),
+    ],
+)
+def test_unsupported_types_are_refused(tmp_path: Path, mime: str, message: str) -> None:
+    assert _refused(tmp_path, b"data", mime).startswith(message)
+
+
+def test_a_highly_compressed_docx_part_is_refused_as_a_bomb(tmp_path: Path) -> None:
+    message = _refused(tmp_path, zip_bomb_docx(8 * 2**20), DOCX_MIME)
+    assert message.startswith("DOCX part word/media/blob.bin is compressed")
+    assert "limit is 100:1 (a decompression bomb?)" in message
+
+
+def test_a_docx_expanding_past_the_size_limit_is_refused(tmp_path: Path) -> None:
+    body = zip_bomb_docx(3 * 2**20, compressible=False)
+    message = _refused(tmp_path, body, DOCX_MIME, max_unpacked_bytes=2**20)
+    assert message == "DOCX expands to 3 MB; limit is 1 MB"
+
+
+def test_a_zip_that_is_not_a_word_document_is_refused(tmp_path: Path) -> None:
+    import io
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        archive.writestr("readme.txt", "hello")
+    assert "has no word/document.xml" in _refused(tmp_path, out.getvalue(), DOCX_MIME)
+
+
+def test_a_damaged_docx_is_refused(tmp_path: Path) -> None:
+    body = docx_bytes(2)
+    assert _refused(tmp_path, body[:200], DOCX_MIME).startswith("DOCX is damaged")
+
+
+def test_invalid_json_says_where(tmp_path: Path) -> None:
+    message = _refused(tmp_path, b'{"a": 1,\n "b": }', "application/json")
+    assert message.startswith("JSON is invalid at line 2, column 7")
