@@ -10,6 +10,7 @@ from handlers.assets.netguard import Allowlist, guarded_connector_kwargs
 from handlers.cpu_pool import ProcessCpuPool
 from handlers.deps import ChunkingPolicy, Deps, ExtractPolicy, FetchPolicy
 from schemas.envelope import JobEnvelope
+from streams.looplag import LoopLagMonitor
 from streams.providers import Providers, open_providers
 from streams.publish import RecordPublisher
 from streams.registry import Registry
@@ -51,6 +52,7 @@ class Runtime:
         self._deps: Deps | None = None
         self._providers: Providers | None = None
         self._cpu: ProcessCpuPool | None = None
+        self._loop_lag = LoopLagMonitor()
 
     @property
     def deps(self) -> Deps:
@@ -95,12 +97,14 @@ class Runtime:
                 time_limit_s=s.extract.time_limit_s,
             ),
         )
+        self._loop_lag.start()
         log.info("runtime.opened", db_pool_max=s.postgres.pool_max_size)
 
     async def close(self) -> None:
         deps, self._deps = self._deps, None
         if deps is None:
             return
+        await self._loop_lag.stop()
         await deps.http.close()
         if self._cpu is not None:
             self._cpu.shutdown()
