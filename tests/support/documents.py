@@ -8,6 +8,7 @@ import zipfile
 
 import docx
 from fpdf import FPDF
+from fpdf.enums import EncryptionMethod
 
 DOCX_MIME = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 
@@ -24,12 +25,16 @@ def pdf_bytes(
     blank: bool = False,
     owner_password: str | None = None,
     user_password: str | None = None,
+    aes: bool = False,
 ) -> bytes:
     """A PDF whose page N starts with ``page N marker``; ``blank`` pages carry no text."""
     pdf = FPDF()
     pdf.set_font("helvetica", size=10)
     if owner_password is not None:
-        pdf.set_encryption(owner_password=owner_password, user_password=user_password)
+        method = EncryptionMethod.AES_256 if aes else EncryptionMethod.RC4
+        pdf.set_encryption(
+            owner_password=owner_password, user_password=user_password, encryption_method=method
+        )
     for number in range(1, pages + 1):
         pdf.add_page()
         if not blank:

@@ -46,8 +46,9 @@ def test_pdf_is_read_page_by_page_with_page_numbers(tmp_path: Path) -> None:
     assert all(f"page {p.number} marker" in p.text for p in pages)
 
 
-def test_pdf_with_only_an_owner_password_opens_without_one(tmp_path: Path) -> None:
-    body = pdf_bytes(2, owner_password="owner-secret")
+@pytest.mark.parametrize("aes", [False, True], ids=["rc4", "aes256"])
+def test_pdf_with_only_an_owner_password_opens_without_one(tmp_path: Path, aes: bool) -> None:
+    body = pdf_bytes(2, owner_password="owner-secret", aes=aes)
     assert "page 2 marker" in _text(_write(tmp_path, "a.pdf", body), "application/pdf")
 
 
