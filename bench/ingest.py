@@ -296,71 +296,17 @@ async def report(
     workdir: Path,
     worker_pid: int,
 ) -> None:
-    print("\none asset at a time, publish → completed:")
     first_event = len(bench.worker.events)
-    for pages, body in pdfs.items():
-        if pages == 1000:
-            events_before = len(bench.worker.events)
-            with TreeMemory(worker_pid) as memory:
-                elapsed = await bench.ingest([(f"pdf{pages}", body, PDF)])
-            lag_1000 = bench.lag_windows(events_before)
-        else:
-            elapsed = await bench.ingest([(f"pdf{pages}", body, PDF)])
-        words = pages * WORDS_PER_PAGE
-        print(
-            f"  PDF {pages:5d} pages  {elapsed:7.2f} s  {pages / elapsed:7.1f} pages/s"
-            f"  {words / elapsed:9.0f} words/s  ({len(body) / 2**20:.1f} MB file)"
-        )
-    for words, body in docxs.items():
-        elapsed = await bench.ingest([(f"docx{words}", body, DOCX_MIME)])
-        print(
-            f"  DOCX {words:8d} words  {elapsed:7.2f} s  {words / elapsed:9.0f} words/s"
-            f"  ({len(body) / 2**20:.1f} MB file)"
-        )
-
-    print("\npeak memory while ingesting the 1000-page PDF:")
-    others = {pid: hwm for pid, hwm in memory.hwm.items() if pid != worker_pid}
-    print(f"  sum of VmRSS over worker + extraction processes: {mb(memory.peak_sum)}")
-    print(
-        f"  VmHWM worker: {mb(memory.hwm.get(worker_pid, 0))};"
-        f" children: {', '.join(mb(v) for v in sorted(others.values(), reverse=True))}"
-    )
-
-    many = [(f"many{i}", pdfs[100], PDF) for i in range(args.many)]
+    lag_1000 = await one_at_a_time(bench, pdfs, docxs, worker_pid)
     events_before = len(bench.worker.events)
-    cpu_before = cpu_snapshot(worker_pid)
-    elapsed = await bench.ingest(many)
-    split = cpu_split(cpu_before, cpu_snapshot(worker_pid))
+    await many_at_once(bench, pdfs[100], args.many, workdir, worker_pid)
     lag_many = bench.lag_windows(events_before)
-    rate = args.many * 100 / elapsed
-    alone, _ = pypdf_alone([pdfs[100]] * args.many, workdir)
-    print(f"\n{args.many} x 100-page PDFs at once: {elapsed:.2f} s, {rate:.1f} pages/s")
-    print(f"  pypdf extract_text alone, one process, same pages: {alone:.1f} pages/s")
-    print(f"  ratio worker / pypdf alone: {rate / alone:.2f}")
-    pages = args.many * 100
-    per_page = [v / pages * 1000 for v in (split.worker, split.extraction, split.rest_of_machine)]
-    print(
-        f"  CPU per page: worker process (event loop: embed, insert) {per_page[0]:.2f} ms,"
-        f" extraction processes {per_page[1]:.2f} ms, rest of the machine"
-        f" (Postgres, Kafka, others) {per_page[2]:.2f} ms; pypdf alone {1000 / alone:.2f} ms"
-    )
-    ceiling = os.cpu_count() or 1
-    print(
-        f"  ceiling on {ceiling} cores at that CPU cost: {ceiling / sum(per_page) * 1000:.1f}"
-        f" pages/s = {ceiling / sum(per_page) * 1000 / alone:.2f} x pypdf alone"
-    )
-    pool_rate = await pool_alone([pdfs[100]] * args.many, workdir)
-    print(
-        f"  extraction stage alone (ProcessCpuPool, 2 processes, this process as parent):"
-        f" {pool_rate:.1f} pages/s = {pool_rate / alone:.2f} x pypdf alone"
-    )
-
-    windows = bench.lag_windows(first_event)
     print(
         "\nevent-loop lag while ingesting (the worker's 10 s worker.loop_lag windows from the"
         f" first job to the end of the many-PDF run; {len(lag_1000)} ended during the"
         f" 1000-page PDF, {len(lag_many)} during the many-PDF run):"
     )
+    windows = bench.lag_windows(first_event)
     if windows:
         p99s = [w["p99_ms"] for w in windows]
         print(
@@ -370,6 +316,74 @@ async def report(
         )
     stalls = [e for e in bench.worker.events if e.get("event") == "worker.loop_stalled"]
     print(f"  stalls over 100 ms during the whole run: {len(stalls)}")
+
+
+async def one_at_a_time(
+    bench: Bench, pdfs: dict[int, bytes], docxs: dict[int, bytes], worker_pid: int
+) -> list[dict[str, float]]:
+    """Each document alone; memory sampled during the 1000-page PDF, whose lag windows return."""
+    print("\none asset at a time, publish → completed:")
+    lag_1000: list[dict[str, float]] = []
+    memory = TreeMemory(worker_pid)
+    for pages, body in pdfs.items():
+        events_before = len(bench.worker.events)
+        if pages == 1000:
+            with memory:
+                elapsed = await bench.ingest([(f"pdf{pages}", body, PDF)])
+            lag_1000 = bench.lag_windows(events_before)
+        else:
+            elapsed = await bench.ingest([(f"pdf{pages}", body, PDF)])
+        words = pages * WORDS_PER_PAGE
+        print(
+            f"  PDF {pages:5d} pages  {elapsed:7.2f} s  {pages / elapsed:7.1f} pages/s"
+            f"  {words / elapsed:9.0f} words/s  ({len(body) / 2**20:.2f} MB file)"
+        )
+    for words, body in docxs.items():
+        elapsed = await bench.ingest([(f"docx{words}", body, DOCX_MIME)])
+        print(
+            f"  DOCX {words:8d} words  {elapsed:7.2f} s  {words / elapsed:9.0f} words/s"
+            f"  ({len(body) / 2**20:.2f} MB file)"
+        )
+    print("\npeak memory while ingesting the 1000-page PDF:")
+    others = {pid: hwm for pid, hwm in memory.hwm.items() if pid != worker_pid}
+    print(f"  sum of VmRSS over worker + extraction processes: {mb(memory.peak_sum)}")
+    print(
+        f"  VmHWM worker: {mb(memory.hwm.get(worker_pid, 0))};"
+        f" children: {', '.join(mb(v) for v in sorted(others.values(), reverse=True))}"
+    )
+    return lag_1000
+
+
+async def many_at_once(
+    bench: Bench, body: bytes, count: int, workdir: Path, worker_pid: int
+) -> None:
+    """``count`` 100-page PDFs at once against pypdf alone, with where the CPU went."""
+    cpu_before = cpu_snapshot(worker_pid)
+    elapsed = await bench.ingest([(f"many{i}", body, PDF) for i in range(count)])
+    split = cpu_split(cpu_before, cpu_snapshot(worker_pid))
+    pages = count * 100
+    rate = pages / elapsed
+    alone, _ = pypdf_alone([body] * count, workdir)
+    print(f"\n{count} x 100-page PDFs at once: {elapsed:.2f} s, {rate:.1f} pages/s")
+    print(f"  pypdf extract_text alone, one process, same pages: {alone:.1f} pages/s")
+    print(f"  ratio worker / pypdf alone: {rate / alone:.2f}")
+    per_page = [v / pages * 1000 for v in (split.worker, split.extraction, split.rest_of_machine)]
+    print(
+        f"  CPU per page: worker process (event loop: embed, insert) {per_page[0]:.2f} ms,"
+        f" extraction processes {per_page[1]:.2f} ms, rest of the machine"
+        f" (Postgres, Kafka, others) {per_page[2]:.2f} ms; pypdf alone {1000 / alone:.2f} ms"
+    )
+    cores = os.cpu_count() or 1
+    ceiling = cores / sum(per_page) * 1000
+    print(
+        f"  ceiling on {cores} cores at that CPU cost: {ceiling:.1f} pages/s"
+        f" = {ceiling / alone:.2f} x pypdf alone"
+    )
+    pool_rate = await pool_alone([body] * count, workdir)
+    print(
+        f"  extraction stage alone (ProcessCpuPool, 2 processes, this process as parent):"
+        f" {pool_rate:.1f} pages/s = {pool_rate / alone:.2f} x pypdf alone"
+    )
 
 
 def main() -> int:
