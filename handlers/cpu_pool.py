@@ -4,10 +4,12 @@ Each slot is a one-process ``ProcessPoolExecutor``, so a stuck or crashed
 task costs only its own process: the slot kills it and starts a fresh one,
 and the other slots keep working. Work normally ends itself (extraction has
 its own time limit inside the process); the kill is the backstop for work
-stuck where no Python signal handler can run. Processes come from a
-forkserver, never from forking the worker's threaded, event-loop-running
-process, and are replaced after ``recycle_after`` tasks so memory a parser
-kept does not accumulate.
+stuck where no Python signal handler can run. Processes are spawned (a
+fresh interpreter), never forked from the worker's threaded,
+event-loop-running process; each asks the kernel to kill it when the worker
+dies, so a SIGKILLed worker leaves no orphans behind (a forkserver would
+outlive it). They are replaced after ``recycle_after`` tasks so memory a
+parser kept does not accumulate.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
 import signal
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from typing import Any, TypeVar
@@ -44,11 +48,25 @@ def _pid(_: object) -> int:
     return os.getpid()
 
 
-def _init_child() -> None:
+PR_SET_PDEATHSIG = 1
+
+
+def _init_child(parent_pid: int) -> None:
+    _die_with_parent(parent_pid)
     # Only the worker decides when to stop; a terminal's Ctrl-C must not break the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in ("pypdf", "mammoth"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: SIGKILL this process when the worker dies (no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the worker died before the request took effect
+        os._exit(1)
 
 
 def _notify(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
@@ -67,7 +85,10 @@ class _Slot:
     def _new(self) -> concurrent.futures.ProcessPoolExecutor:
         self.tasks = 0
         return concurrent.futures.ProcessPoolExecutor(
-            max_workers=1, mp_context=self._context, initializer=_init_child
+            max_workers=1,
+            mp_context=self._context,
+            initializer=_init_child,
+            initargs=(os.getpid(),),
         )
 
     def kill(self) -> None:
@@ -90,11 +111,8 @@ class ProcessCpuPool:
         *,
         grace_s: float = 10.0,
         recycle_after: int = 50,
-        preload: Sequence[str] = (),
     ) -> None:
-        context = multiprocessing.get_context("forkserver")
-        if preload:
-            context.set_forkserver_preload(list(preload))
+        context = multiprocessing.get_context("spawn")
         self.workers = workers
         self.grace_s = grace_s
         self.recycle_after = recycle_after

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +23,7 @@ from tests.support.documents import pdf_bytes
 
 @pytest.fixture
 async def pool() -> AsyncIterator[ProcessCpuPool]:
-    cpu = ProcessCpuPool(2, grace_s=0.5, preload=["tests.support.cpu_tasks"])
+    cpu = ProcessCpuPool(2, grace_s=0.5)
     await cpu.start()
     try:
         yield cpu
@@ -98,3 +101,37 @@ async def test_a_document_over_the_extraction_time_limit_is_refused(
     with pytest.raises(PermanentError, match=r"took longer than the 0\.001 s limit"):
         await pool.run(extract_to_file, request, timeout_s=10)
     assert await pool.run(cpu_tasks.pid, None, timeout_s=5) > 0
+
+
+OWNER = """
+import asyncio, os, signal, sys
+from handlers.cpu_pool import ProcessCpuPool
+from tests.support import cpu_tasks
+
+async def main():
+    pool = ProcessCpuPool(2)
+    await pool.start()
+    pids = await asyncio.gather(*(pool.run(cpu_tasks.pid, None, timeout_s=10) for _ in "ab"))
+    print(*pids, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_pool_processes_die_with_a_killed_worker(tmp_path: Path) -> None:
+    script = tmp_path / "owner.py"
+    script.write_text(OWNER)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    children = [int(pid) for pid in done.stdout.split()]
+    assert len(children) == 2
+    deadline = time.monotonic() + 5
+    while any(Path(f"/proc/{pid}").exists() for pid in children):
+        assert time.monotonic() < deadline, "extraction processes outlived the worker"
+        time.sleep(0.05)
