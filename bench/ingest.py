@@ -231,7 +231,7 @@ def pypdf_alone(bodies: list[bytes], workdir: Path) -> tuple[float, int]:
 
 async def pool_alone(bodies: list[bytes], workdir: Path) -> float:
     """Pages per second of ``extract_to_file`` through the pool, 4 documents in flight."""
-    pool = ProcessCpuPool(2)
+    pool = ProcessCpuPool(2, preload=["handlers.assets.extract"])
     await pool.start()
     paths = []
     for i, body in enumerate(bodies):

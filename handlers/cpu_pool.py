@@ -18,12 +18,13 @@ import asyncio
 import concurrent.futures
 import contextlib
 import ctypes
+import importlib
 import logging
 import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from typing import Any, TypeVar
@@ -51,8 +52,10 @@ def _pid(_: object) -> int:
 PR_SET_PDEATHSIG = 1
 
 
-def _init_child(parent_pid: int) -> None:
+def _init_child(parent_pid: int, preload: tuple[str, ...]) -> None:
     _die_with_parent(parent_pid)
+    for module in preload:  # import now, not in the first job's time
+        importlib.import_module(module)
     # Only the worker decides when to stop; a terminal's Ctrl-C must not break the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in ("pypdf", "mammoth"):
@@ -76,8 +79,9 @@ def _notify(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *arg
 
 
 class _Slot:
-    def __init__(self, index: int, context: Any) -> None:
+    def __init__(self, index: int, context: Any, preload: tuple[str, ...]) -> None:
         self.index = index
+        self._preload = preload
         self._context = context
         self.tasks = 0
         self.executor = self._new()
@@ -88,7 +92,7 @@ class _Slot:
             max_workers=1,
             mp_context=self._context,
             initializer=_init_child,
-            initargs=(os.getpid(),),
+            initargs=(os.getpid(), self._preload),
         )
 
     def kill(self) -> None:
@@ -111,12 +115,13 @@ class ProcessCpuPool:
         *,
         grace_s: float = 10.0,
         recycle_after: int = 50,
+        preload: Sequence[str] = (),
     ) -> None:
         context = multiprocessing.get_context("spawn")
         self.workers = workers
         self.grace_s = grace_s
         self.recycle_after = recycle_after
-        self._slots = [_Slot(i, context) for i in range(workers)]
+        self._slots = [_Slot(i, context, tuple(preload)) for i in range(workers)]
         self._free: asyncio.Queue[_Slot] = asyncio.Queue()
         for slot in self._slots:
             self._free.put_nowait(slot)

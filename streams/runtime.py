@@ -72,7 +72,7 @@ class Runtime:
         )
         auth = s.http.storage_auth_header
         providers = self._providers = open_providers(s)
-        cpu = self._cpu = ProcessCpuPool(s.extract.workers)
+        cpu = self._cpu = ProcessCpuPool(s.extract.workers, preload=["handlers.assets.extract"])
         await cpu.start()
         self._deps = Deps(
             db=db,
