@@ -1,6 +1,7 @@
 """``conveyor demo``: index the sample documents and show the result.
 
-Serves ``docs/samples`` on a loopback port, creates one asset row per file,
+Serves ``docs/samples`` (markdown, text, a PDF and a DOCX; the binary two are
+made by ``scripts/make_samples.py``) on a loopback port, creates one asset row per file,
 publishes an ``asset.process`` job for each, then waits (with a progress bar)
 until every asset is completed or failed. The worker must be running
 (``make run``) with 127.0.0.1 in ``CONVEYOR_HTTP__ALLOWED_HOSTS``.
@@ -18,13 +19,19 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from handlers.assets.formats.sniff import DOCX_MIME
 from schemas.envelope import JobEnvelope
 from streams.registry import build_registry
 from streams.settings import Settings
 from streams.submit import producer, publish
 
 SAMPLES = Path(__file__).resolve().parent.parent / "docs" / "samples"
-MIME = {".md": "text/markdown", ".txt": "text/plain"}
+MIME = {
+    ".md": "text/markdown",
+    ".txt": "text/plain",
+    ".pdf": "application/pdf",
+    ".docx": DOCX_MIME,
+}
 out = Console(highlight=False)
 
 INSERT_ASSET = """
