@@ -75,7 +75,11 @@ class JobsSettings(_Group):
     """One policy per job type of the catalog."""
 
     asset_process: JobPolicy = JobPolicy(topic="jobs.asset.process", timeout_s=300.0)
-    knowledge_graph_extract: JobPolicy = JobPolicy(topic="jobs.knowledge_graph.extract")
+    # One job sends all of an asset's chunks to the LLM, batch by batch: a
+    # large document takes minutes, so 60 s would time it out every attempt.
+    knowledge_graph_extract: JobPolicy = JobPolicy(
+        topic="jobs.knowledge_graph.extract", timeout_s=900.0
+    )
     crm_sync_pipelines: JobPolicy = JobPolicy(topic="jobs.crm.sync_pipelines", concurrency=2)
     crm_webhook: JobPolicy = JobPolicy(topic="jobs.crm.webhook")
     message_send: JobPolicy = JobPolicy(topic="jobs.message.send")
