@@ -9,12 +9,16 @@ Overrides (see docs/RELIABILITY.md for why each is needed):
   the broker accepted the commit.
 - ``on_partitions_revoked``: finished work of revoked partitions is
   committed *before* Faust forgets their offsets (faust-streaming #502).
+- ``_drain_messages``: each record is delivered with a direct ``await``
+  instead of Faust's per-record ``wait_first`` race against a suspended flow
+  (two tasks per record, and an abandoned delivery whose offset is skipped).
 - ``perform_seek``: the committed positions the consumer resumes from become
   the tracker's first expected offsets, so records Faust skips are noticed.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
@@ -24,6 +28,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from streams.offsets import OffsetTracker
 
 log = structlog.get_logger("conveyor.worker")
+
+YIELD_EVERY = 100
 
 
 class RevokeHandler(Protocol):
@@ -71,6 +77,40 @@ class TrackedConsumer(faust_aiokafka.Consumer):
             generation=generation_id,
             assigned=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)[:200],
         )
+
+    async def _drain_messages(self, fetcher: Any) -> None:
+        """Faust's delivery loop, without the two parts that hurt here.
+
+        Faust wraps each delivery in ``wait_first(callback, suspend_flow)``:
+        two tasks per message, and a delivery abandoned mid-way when a
+        rebalance suspends the flow while its read offset still moves on (a
+        silently skipped record). It also drops records below a read offset
+        that a racing delivery can restore after a rebalance. Here each record
+        is delivered in full (the callback waits out a suspended flow); the
+        offset tracker refuses duplicates and seeks back over gaps itself.
+        """
+        callback = self.callback
+        consumer_stopped = self._stopped.is_set
+        fetcher_stopped = fetcher._stopped.is_set
+        delivered = 0
+        try:
+            while not (consumer_stopped() or fetcher_stopped()):
+                await asyncio.sleep(0)
+                if self.should_stop:
+                    break
+                async for _tp, message in self.getmany(timeout=1.0):
+                    await callback(message)
+                    delivered += 1
+                    if delivered % YIELD_EVERY == 0:
+                        await asyncio.sleep(0)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
 
     async def perform_seek(self) -> None:
         await super().perform_seek()
