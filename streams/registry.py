@@ -16,6 +16,7 @@ from schemas import jobs
 from streams.settings import JobPolicy, Settings
 
 Handler = Callable[[Job[Any], Deps], Awaitable[Outcome]]
+# (job, the DeadLetter summary, deps): runs before the job is dead-lettered.
 GiveUpHook = Callable[[Job[Any], str, Deps], Awaitable[None]]
 
 

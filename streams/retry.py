@@ -27,7 +27,15 @@ class RetryLater:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
+    """Give up: dead-letter the job.
+
+    ``reason`` is for logs and operators (it names the kind of ending);
+    ``summary`` is the sentence for the people who own the job's data
+    (e.g. an asset's ``error``), without the taxonomy.
+    """
+
     reason: str
+    summary: str
 
 
 Decision = RetryInPlace | RetryLater | DeadLetter
@@ -47,9 +55,10 @@ def decide(
 ) -> Decision:
     """What to do after ``attempt`` (1-based) failed with ``error``."""
     if isinstance(error, PermanentError):
-        return DeadLetter(f"permanent error: {error}")
+        return DeadLetter(f"permanent error: {error}", str(error))
     if attempt >= policy.max_attempts:
-        return DeadLetter(f"gave up after {attempt} attempts: {describe(error)}")
+        summary = f"gave up after {attempt} attempts: {describe(error)}"
+        return DeadLetter(summary, summary)
     hinted = error.delay_s if isinstance(error, RetryableError) else None
     delay = hinted if hinted is not None else backoff_s(attempt, policy, rand)
     delay = max(0.0, min(delay, policy.backoff_max_s))

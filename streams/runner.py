@@ -217,7 +217,7 @@ class JobRunner:
             return
         for attempt in range(1, GIVE_UP_HOOK_ATTEMPTS + 1):
             try:
-                await asyncio.wait_for(hook(job, decision.reason, self.deps), timeout=30)
+                await asyncio.wait_for(hook(job, decision.summary, self.deps), timeout=30)
                 return
             except Exception as exc:
                 log.warning("job.give_up_hook_failed", error=describe(exc), hook_attempt=attempt)

@@ -47,6 +47,9 @@ def test_decision_table(error: BaseException, attempt: int, expected: object) ->
     if expected is DeadLetter:
         assert isinstance(decision, DeadLetter)
         assert str(error) in decision.reason
+        assert str(error) in decision.summary
+        if isinstance(error, PermanentError):
+            assert decision.summary == str(error)
     else:
         assert decision == expected
 
