@@ -31,6 +31,9 @@ class KafkaJobPublisher:
         await self._records.publish_job(topic, envelope, key)
 
 
+APPLICATION_NAME = "conveyor"  # how the worker's sessions show in pg_stat_activity
+
+
 async def create_db_pool(settings: Settings) -> asyncpg.Pool:
     pg = settings.postgres
     return await asyncpg.create_pool(
@@ -39,6 +42,7 @@ async def create_db_pool(settings: Settings) -> asyncpg.Pool:
         max_size=pg.pool_max_size,
         timeout=pg.connect_timeout_s,
         command_timeout=pg.command_timeout_s,
+        server_settings={"application_name": APPLICATION_NAME},
     )
 
 

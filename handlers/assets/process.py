@@ -1,17 +1,18 @@
 """``asset.process``: fetch → extract and chunk (CPU pool) → embed → store → follow-up job.
 
 Memory stays bounded whatever the document's size: the extraction process
-writes chunks to a temporary file as it reads pages, and this side embeds
-and inserts them ``chunking.batch_size`` at a time, inside one transaction
-that first deletes the asset's old chunks and claims the job in the ledger.
-Progress is written outside that transaction as it advances.
+writes chunks to a temporary file as it reads pages; this side embeds them
+``chunking.batch_size`` at a time into a vectors file (progress written as it
+advances), then inserts them all in one short transaction that first claims
+the job in the ledger and deletes the asset's old chunks.
 """
 
 from __future__ import annotations
 
 import tempfile
+from array import array
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import structlog
 
@@ -30,7 +31,8 @@ from schemas.jobs import AssetProcess
 log = structlog.get_logger(__name__)
 
 KG_JOB_TYPE = "knowledge_graph.extract"
-EXTRACTED_PERCENT = 10  # progress once the text is extracted; storing fills the rest
+EXTRACTED_PERCENT = 10  # progress once the text is extracted
+EMBEDDED_PERCENT = 95  # ... once every chunk is embedded; the insert transaction ends at 100
 PROGRESS_STEP = 5  # write progress when it has moved this many points
 PROGRESS_ACQUIRE_S = 1.0  # progress is best effort: never wait long for a connection
 
@@ -110,25 +112,53 @@ async def _store(
     chunks_path: Path,
     summary: ExtractSummary,
 ) -> int | None:
-    """Embed and insert the chunks batch by batch; None when another delivery did the job."""
-    embedder = deps.embedder
+    """Embed every chunk, then insert them all in one short transaction.
+
+    Embedding comes first and outside the transaction: a rate-limited API can
+    take minutes, and an open transaction that long would pin a pool
+    connection, hold back vacuum and trip ``idle_in_transaction_session_timeout``.
+    The vectors wait in a float32 file next to the chunks (``real[]`` is
+    float32 too), so memory stays bounded. Returns None when another delivery
+    of this job already stored the chunks.
+    """
+    vectors_path = chunks_path.with_suffix(".vectors")
     progress = _Progress(deps.db, asset.id, summary.chars)
+    await progress.write(EXTRACTED_PERCENT)
+    await _embed_to_file(deps, asset, chunks_path, vectors_path, progress)
+    embedder = deps.embedder
+    dims = embedder.dimensions
     count = 0
     async with deps.db.acquire() as conn, conn.transaction():
         if not await ledger.claim(conn, job.id, job.type):
             return None
-        await progress.write(EXTRACTED_PERCENT)
         await store.delete_chunks(conn, asset.id)
-        for batch in read_chunks(chunks_path, deps.chunking.batch_size):
-            vectors = await embedder.embed([c.text for c in batch], asset.organization_id)
-            await store.insert_chunks(
-                conn, asset, batch, vectors, embedder.model, embedder.dimensions
-            )
-            count += len(batch)
-            await progress.at(batch[-1].char_end)
+        with vectors_path.open("rb") as vectors_file:
+            for batch in read_chunks(chunks_path, deps.chunking.batch_size):
+                vectors = _read_vectors(vectors_file, len(batch), dims)
+                await store.insert_chunks(conn, asset, batch, vectors, embedder.model, dims)
+                count += len(batch)
         done = AssetStatusUpdate(status=AssetStatus.COMPLETED, chunks_count=count, progress=100)
         await store.set_status(conn, asset.id, done)
     return count
+
+
+async def _embed_to_file(
+    deps: Deps, asset: store.AssetRow, chunks_path: Path, out: Path, progress: _Progress
+) -> None:
+    """Embed the chunks batch by batch, appending each vector to ``out`` as float32."""
+    with out.open("wb") as vectors_file:
+        for batch in read_chunks(chunks_path, deps.chunking.batch_size):
+            vectors = await deps.embedder.embed([c.text for c in batch], asset.organization_id)
+            for vector in vectors:
+                array("f", vector).tofile(vectors_file)
+            await progress.at(batch[-1].char_end)
+
+
+def _read_vectors(vectors_file: BinaryIO, count: int, dims: int) -> list[list[float]]:
+    """The next ``count`` vectors of ``dims`` float32 values written by ``_embed_to_file``."""
+    values = array("f")
+    values.fromfile(vectors_file, count * dims)
+    return [values[i * dims : (i + 1) * dims].tolist() for i in range(count)]
 
 
 class _Progress:
@@ -142,7 +172,7 @@ class _Progress:
 
     async def at(self, chars_done: int) -> None:
         share = min(chars_done / self._total, 1.0)
-        percent = EXTRACTED_PERCENT + int((99 - EXTRACTED_PERCENT) * share)
+        percent = EXTRACTED_PERCENT + int((EMBEDDED_PERCENT - EXTRACTED_PERCENT) * share)
         if percent - self._last >= PROGRESS_STEP:
             await self.write(percent)
 
@@ -164,19 +194,19 @@ async def _settle_duplicate(deps: Deps, asset_id: str) -> None:
         await store.set_status(conn, asset_id, done)
 
 
-async def on_give_up(job: Job[AssetProcess], reason: str, deps: Deps) -> None:
+async def on_give_up(job: Job[AssetProcess], summary: str, deps: Deps) -> None:
     """The job is being dead-lettered: the asset must not stay ``processing``."""
     async with deps.db.acquire() as conn:
         await store.set_status(
             conn,
             job.payload.asset_id,
-            AssetStatusUpdate(status=AssetStatus.FAILED, error=readable(reason)),
+            AssetStatusUpdate(status=AssetStatus.FAILED, error=readable(summary)),
         )
 
 
-def readable(reason: str, limit: int = 2000) -> str:
-    """The dead-letter reason as the asset's error: no taxonomy prefix, bounded length."""
-    text = reason.removeprefix("permanent error: ").strip() or "processing failed"
+def readable(summary: str, limit: int = 2000) -> str:
+    """The dead-letter summary as the asset's error, bounded in length."""
+    text = summary.strip() or "processing failed"
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import uuid
 from typing import Any
@@ -10,6 +12,7 @@ import asyncpg
 import pytest
 
 from schemas.envelope import JobEnvelope
+from streams.runtime import APPLICATION_NAME
 from tests.support.http import file_server
 from tests.support.openai_server import API_KEY, Fault, fake_vector, openai_server
 from tests.support.stack import Stack
@@ -69,13 +72,20 @@ async def test_embedding_calls_throttled_by_429s_still_complete(
                 )
             ]
         )
-        row = await eventually(
-            lambda: db.fetchrow(
-                "SELECT status, error, chunks_count FROM assets WHERE id=$1", asset_id
-            ),
-            lambda r: r is not None and r["status"] in ("completed", "failed"),
-            what="asset finished",
-        )
+        ages: list[float] = []
+        sampler = asyncio.create_task(_sample_transaction_ages(db, ages))
+        try:
+            row = await eventually(
+                lambda: db.fetchrow(
+                    "SELECT status, error, chunks_count FROM assets WHERE id=$1", asset_id
+                ),
+                lambda r: r is not None and r["status"] in ("completed", "failed"),
+                what="asset finished",
+            )
+        finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
         assert row["status"] == "completed", row["error"]
         chunks = await db.fetch(
             "SELECT content, embedding, embedding_model, embedding_dims FROM asset_chunks"
@@ -93,6 +103,10 @@ async def test_embedding_calls_throttled_by_429s_still_complete(
         assert statuses.count(200) == len(chunks)  # one batch of one per chunk, none lost
         assert worker.count("provider.rate_limited") >= 3
         assert worker.count("job.retrying") == 0  # absorbed in the job, never failed it
+        # Embedding took seconds (two 1 s Retry-After pauses), but no transaction
+        # of the worker stayed open meanwhile: it is opened only to insert.
+        assert len(ages) > 10
+        assert max(ages) < 1.0, f"a worker transaction stayed open {max(ages):.2f} s"
 
         names = await eventually(
             lambda: db.fetch(
@@ -102,3 +116,14 @@ async def test_embedding_calls_throttled_by_429s_still_complete(
             what="knowledge graph extracted by the follow-up job",
         )
         assert [r["normalized_name"] for r in names] == ["ada lovelace"]
+
+
+async def _sample_transaction_ages(db: asyncpg.Pool, ages: list[float]) -> None:
+    """Every 50 ms until cancelled: the age of the oldest open transaction of the worker."""
+    query = (
+        "SELECT coalesce(max(extract(epoch FROM now() - xact_start)), 0)::float8"
+        " FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()"
+    )
+    while True:
+        ages.append(await db.fetchval(query, APPLICATION_NAME))
+        await asyncio.sleep(0.05)
