@@ -9,6 +9,7 @@ the job in the ledger and deletes the asset's old chunks.
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from array import array
 from pathlib import Path
@@ -152,6 +153,7 @@ async def _embed_to_file(
             for vector in vectors:
                 array("f", vector).tofile(vectors_file)
             await progress.at(batch[-1].char_end)
+            await asyncio.sleep(0)  # a local embedder computes on the loop: let others run
 
 
 def _read_vectors(vectors_file: BinaryIO, count: int, dims: int) -> list[list[float]]:
