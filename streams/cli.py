@@ -7,9 +7,11 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Console
 
+from schemas.dlq import Stage
 from streams import __version__
 from streams.settings import ConfigError, Settings, load_settings, masked
 
@@ -41,9 +43,46 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--id", help="job id (default: a new UUID)")
     submit.add_argument("--org", help="organization id")
     submit.add_argument("--count", type=int, default=1, help="publish this many copies")
+    _dlq_parser(sub)
     demo = sub.add_parser("demo", help="serve sample documents, publish asset jobs, show results")
     demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for results")
     return p
+
+
+def _dlq_parser(sub: Any) -> None:
+    dlq = sub.add_parser("dlq", help="list, replay and resolve dead letters (worker_dlq)")
+    dsub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+
+    def filters(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--id", type=int, action="append", dest="ids", help="a worker_dlq id")
+        p.add_argument("--job-type", help="only dead letters of this job type")
+        p.add_argument("--stage", choices=[s.value for s in Stage], help="only this stage")
+
+    ls = dsub.add_parser("list", help="show dead letters, oldest first")
+    filters(ls)
+    ls.add_argument(
+        "--status",
+        choices=["new", "replayed", "resolved", "all"],
+        default="new",
+        help="default: new",
+    )
+    ls.add_argument("--limit", type=int, default=50, help="at most this many rows (default 50)")
+    rp = dsub.add_parser(
+        "replay",
+        help="republish dead letters to their original topics (fresh attempts)",
+        description="Republish the selected dead letters (status new) to the topics they "
+        "came from, then mark them replayed. Select with --id, --job-type or --stage, or "
+        "--all. Decode and validate failures are left out unless --include-invalid.",
+    )
+    filters(rp)
+    rp.add_argument("--all", action="store_true", help="every new dead letter")
+    rp.add_argument("--include-replayed", action="store_true", help="replay them again")
+    rp.add_argument("--include-invalid", action="store_true", help="decode/validate failures too")
+    rp.add_argument("--limit", type=int, help="at most this many dead letters")
+    rp.add_argument("--dry-run", action="store_true", help="show what would be replayed")
+    rs = dsub.add_parser("resolve", help="close dead letters that need no replay, with a note")
+    rs.add_argument("ids", type=int, nargs="+", metavar="ID")
+    rs.add_argument("--note", required=True, help="why (stored in resolution_note)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from streams.submit import submit_jobs
 
         return submit_jobs(settings, args.job_type, args.payload, args.id, args.org, args.count)
+    if command == "dlq":
+        return asyncio.run(_dlq(settings, args))
     if command == "demo":
         from streams.demo import run_demo
 
@@ -90,6 +131,44 @@ async def _migrate(settings: Settings) -> int:
         f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else "")
     )
     return 0
+
+
+async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from streams import dlq_tool
+
+    action = args.dlq_command
+    try:
+        if action == "resolve":
+            done = await dlq_tool.resolve(settings, args.ids, args.note)
+            missing = sorted(set(args.ids) - set(done))
+            out.print(f"resolved {len(done)} dead letter(s)")
+            if missing:
+                err.print(f"not found or already resolved: {', '.join(map(str, missing))}")
+            return 1 if missing else 0
+        statuses = _statuses(args)
+        sel = dlq_tool.Selection(args.ids, args.job_type, args.stage, statuses, args.limit)
+        if action == "list":
+            dlq_tool.print_rows(await dlq_tool.list_rows(settings, sel))
+            return 0
+        if not (args.ids or args.job_type or args.stage or args.all):
+            err.print("conveyor dlq replay: select with --id, --job-type or --stage, or --all")
+            return EXIT_CONFIG
+        report = await dlq_tool.replay(
+            settings, sel, include_invalid=args.include_invalid, dry_run=args.dry_run
+        )
+    except (OSError, asyncpg.PostgresError) as exc:
+        err.print(f"conveyor dlq: Postgres: {exc}", markup=False)
+        return 1
+    dlq_tool.print_report(report, args.dry_run)
+    return 1 if report.failed else 0
+
+
+def _statuses(args: argparse.Namespace) -> tuple[str, ...]:
+    if args.dlq_command == "list":
+        return ("new", "replayed", "resolved") if args.status == "all" else (args.status,)
+    return ("new", "replayed") if args.include_replayed else ("new",)
 
 
 def _topics(settings: Settings, action: str) -> int:

@@ -1,0 +1,234 @@
+"""``conveyor dlq``: list, replay and resolve the dead letters mirrored into ``worker_dlq``.
+
+Replay republishes a dead letter to the topic it first came from, with its
+raw key and value and its original headers (the ones Conveyor did not add),
+so the job starts over with a fresh set of attempts. A row becomes
+``replayed`` only after Kafka acknowledged its record; a replay cut short
+leaves the rest ``new``. Replaying a job twice is safe: the idempotency
+ledger skips a job whose effects were already committed.
+
+Only rows of this deployment's dead-letter topic (``kafka.dlq_topic``) are
+touched. Rows that failed to decode or validate are left out unless asked
+for: the same bytes fail the same way until their producer is fixed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from confluent_kafka import KafkaError, Message, Producer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from schemas.dlq import HEADER_PREFIX, Stage
+from streams.registry import build_registry
+from streams.settings import Settings
+from streams.submit import producer
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+BATCH = 500
+ACK_TIMEOUT_S = 60.0
+INVALID_STAGES = (Stage.DECODE.value, Stage.VALIDATE.value)
+
+WHERE = """
+WHERE dlq_topic = $1
+  AND status = ANY($2::text[])
+  AND ($3::bigint[] IS NULL OR id = ANY($3))
+  AND ($4::text IS NULL OR job_type = $4)
+  AND ($5::text IS NULL OR stage = $5)
+"""
+SELECT = f"""
+SELECT id, coalesce(last_failure_at, created_at) AS failed_at, original_topic, job_type,
+       job_id, stage, error_class, error_message, attempts, status, replay_count,
+       raw_key, raw_value, headers
+FROM worker_dlq {WHERE} AND id > $6
+ORDER BY id
+LIMIT $7
+"""
+COUNT = f"SELECT count(*) FROM worker_dlq {WHERE}"
+MARK_REPLAYED = """
+UPDATE worker_dlq
+SET status = 'replayed', replay_count = replay_count + 1, replayed_at = now(), updated_at = now()
+WHERE id = ANY($1::bigint[])
+"""
+RESOLVE = """
+UPDATE worker_dlq
+SET status = 'resolved', resolution_note = $3, updated_at = now()
+WHERE dlq_topic = $1 AND id = ANY($2::bigint[]) AND status <> 'resolved'
+RETURNING id
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which dead letters a command applies to."""
+
+    ids: Sequence[int] | None = None
+    job_type: str | None = None
+    stage: str | None = None
+    statuses: Sequence[str] = ("new",)
+    limit: int | None = None
+
+
+@dataclass(slots=True)
+class ReplayReport:
+    replayed: list[int] = field(default_factory=list)
+    skipped: dict[int, str] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)
+
+
+def _filters(dlq_topic: str, sel: Selection) -> tuple[Any, ...]:
+    ids = list(sel.ids) if sel.ids else None
+    return (dlq_topic, list(sel.statuses), ids, sel.job_type, sel.stage)
+
+
+async def fetch_rows(
+    conn: asyncpg.Connection, dlq_topic: str, sel: Selection, after_id: int, limit: int
+) -> list[asyncpg.Record]:
+    return list(await conn.fetch(SELECT, *_filters(dlq_topic, sel), after_id, limit))
+
+
+def replay_headers(stored: str | dict[str, str]) -> list[tuple[str, str | bytes | None]]:
+    """The record's own headers, as mirrored; Conveyor's (attempts, errors...) are dropped."""
+    headers = json.loads(stored) if isinstance(stored, str) else stored
+    return [(k, v.encode()) for k, v in headers.items() if not k.startswith(HEADER_PREFIX)]
+
+
+def skip_reason(row: asyncpg.Record, source_topics: set[str], include_invalid: bool) -> str | None:
+    """Why a row is not replayed, or None when it is."""
+    if row["stage"] in INVALID_STAGES and not include_invalid:
+        return f"stage {row['stage']}: the same bytes would fail again (--include-invalid)"
+    topic = row["original_topic"]
+    if not topic:
+        return "no original topic recorded"
+    if topic not in source_topics:
+        return f"{topic} is not a job topic of this configuration"
+    return None
+
+
+async def replay(
+    settings: Settings,
+    sel: Selection,
+    *,
+    include_invalid: bool = False,
+    dry_run: bool = False,
+    prod: Producer | None = None,
+) -> ReplayReport:
+    """Republish the selected dead letters, batch by batch, with a progress bar."""
+    registry = build_registry(settings)
+    source_topics = {spec.topic for spec in registry.specs.values()}
+    dlq_topic = settings.kafka.dlq_topic
+    report = ReplayReport()
+    prod = prod or producer(settings)
+    conn = await asyncpg.connect(settings.postgres.dsn.get_secret_value())
+    try:
+        total = int(await conn.fetchval(COUNT, *_filters(dlq_topic, sel)))
+        remaining = total if sel.limit is None else min(total, sel.limit)
+        with Progress(console=err, transient=True) as progress:
+            bar = progress.add_task("checking" if dry_run else "replaying", total=remaining)
+            last_id = 0
+            while remaining > 0:
+                rows = await fetch_rows(conn, dlq_topic, sel, last_id, min(BATCH, remaining))
+                if not rows:
+                    break
+                remaining -= len(rows)
+                last_id = rows[-1]["id"]
+                todo = []
+                for row in rows:
+                    reason = skip_reason(row, source_topics, include_invalid)
+                    if reason is None:
+                        todo.append(row)
+                    else:
+                        report.skipped[row["id"]] = reason
+                if dry_run:
+                    report.replayed += [r["id"] for r in todo]
+                else:
+                    acked = _publish(prod, todo, report)
+                    if acked:
+                        await conn.execute(MARK_REPLAYED, acked)
+                    report.replayed += acked
+                progress.update(bar, advance=len(rows))
+    finally:
+        await conn.close()
+    return report
+
+
+def _publish(prod: Producer, rows: list[asyncpg.Record], report: ReplayReport) -> list[int]:
+    """Produce one record per row; the ids Kafka acknowledged (failures go to the report)."""
+    acked: list[int] = []
+
+    def delivered(row_id: int) -> Any:
+        def callback(error: KafkaError | None, _msg: Message) -> None:
+            if error is None:
+                acked.append(row_id)
+            else:
+                report.failed[row_id] = str(error)
+
+        return callback
+
+    for row in rows:
+        prod.produce(
+            row["original_topic"],
+            value=row["raw_value"],
+            key=row["raw_key"],
+            headers=replay_headers(row["headers"]),
+            on_delivery=delivered(row["id"]),
+        )
+        prod.poll(0)
+    left = prod.flush(ACK_TIMEOUT_S)
+    if left:
+        done = set(acked) | set(report.failed)
+        for row in rows:
+            if row["id"] not in done:
+                report.failed[row["id"]] = f"not acknowledged by Kafka within {ACK_TIMEOUT_S:g} s"
+    return sorted(acked)
+
+
+async def list_rows(settings: Settings, sel: Selection) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(settings.postgres.dsn.get_secret_value())
+    try:
+        return await fetch_rows(conn, settings.kafka.dlq_topic, sel, 0, sel.limit or 50)
+    finally:
+        await conn.close()
+
+
+async def resolve(settings: Settings, ids: Sequence[int], note: str) -> list[int]:
+    conn = await asyncpg.connect(settings.postgres.dsn.get_secret_value())
+    try:
+        rows = await conn.fetch(RESOLVE, settings.kafka.dlq_topic, list(ids), note)
+    finally:
+        await conn.close()
+    return [r["id"] for r in rows]
+
+
+def print_rows(rows: Sequence[asyncpg.Record]) -> None:
+    table = Table("id", "failed at", "job type", "job id", "stage", "error", "tries", "status")
+    for r in rows:
+        message = f"{r['error_class'] or ''}: {r['error_message'] or ''}"
+        table.add_row(
+            str(r["id"]),
+            r["failed_at"].strftime("%Y-%m-%d %H:%M:%S"),
+            r["job_type"] or "",
+            r["job_id"] or "",
+            r["stage"] or "",
+            message if len(message) <= 80 else message[:79] + "…",
+            str(r["attempts"] or ""),
+            r["status"] + (f", {r['replay_count']} replay(s)" if r["replay_count"] else ""),
+        )
+    out.print(table)
+
+
+def print_report(report: ReplayReport, dry_run: bool) -> None:
+    verb = "would replay" if dry_run else "replayed"
+    out.print(f"{verb} {len(report.replayed)} dead letter(s)")
+    for row_id, reason in sorted(report.skipped.items()):
+        out.print(f"  skipped {row_id}: {reason}", markup=False)
+    for row_id, reason in sorted(report.failed.items()):
+        err.print(f"  failed {row_id}: {reason} (still new; run the replay again)", markup=False)
