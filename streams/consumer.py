@@ -111,6 +111,9 @@ class TrackedConsumer(faust_aiokafka.Consumer):
             if self.transport.app.should_stop:
                 return
             raise
+        except Exception as exc:
+            log.error("worker.delivery_failed", error=repr(exc)[:500])
+            raise
 
     async def perform_seek(self) -> None:
         await super().perform_seek()
