@@ -12,8 +12,10 @@ import faust
 import structlog
 
 from schemas.dlq import H
+from streams import metrics
 from streams.consumer import TrackedTransport
 from streams.logs import SecretMasker
+from streams.metrics import HealthServer
 from streams.mirror import MirrorRunner
 from streams.offsets import OffsetTracker
 from streams.pool import JobPool
@@ -38,9 +40,11 @@ class ConveyorApp(faust.App):
     async def on_start(self) -> None:
         await super().on_start()
         await self.conveyor.runtime.open()
+        await self.conveyor.start_health()
 
     async def on_shutdown(self) -> None:
         await super().on_shutdown()
+        await self.conveyor.stop_health()
         await self.conveyor.runtime.close()
 
 
@@ -61,6 +65,22 @@ class Conveyor:
         self.runtime = Runtime(settings, registry, self.records)
         self.pools: list[JobPool] = []
         self.draining = asyncio.Event()
+        self.joined = False  # set by the consumer on its first assignment
+        w = settings.worker
+        self._health = (
+            HealthServer(w.metrics_host, w.metrics_port, self.ready) if w.metrics_port else None
+        )
+
+    def ready(self) -> bool:
+        return self.joined and not self.draining.is_set()
+
+    async def start_health(self) -> None:
+        if self._health is not None:
+            await self._health.start()
+
+    async def stop_health(self) -> None:
+        if self._health is not None:
+            await self._health.stop()
 
     def _seek_back(self, tp: Any, offset: int) -> None:
         """Re-read a partition from ``offset``: the transport skipped records there."""
@@ -100,6 +120,7 @@ class Conveyor:
             high_water_bytes=self.settings.kafka.backlog_bytes,
         )
         self.pools.append(pool)
+        metrics.track_pool(spec.job_type, lambda: pool.in_flight, lambda: pool.waiting)
         self._subscribe(topics[0], pool, delayed=False)
         self._subscribe(topics[1], pool, delayed=True)
 
@@ -122,6 +143,7 @@ class Conveyor:
             high_water_bytes=self.settings.kafka.backlog_bytes,
         )
         self.pools.append(pool)
+        metrics.track_pool("dlq_mirror", lambda: pool.in_flight, lambda: pool.waiting)
         self._subscribe(self.registry.dlq_topic, pool, delayed=False)
 
     def _flow_control(self, topics: tuple[str, ...]) -> Callable[[bool], None]:

@@ -34,6 +34,7 @@ YIELD_EVERY = 100
 
 class RevokeHandler(Protocol):
     tracker: OffsetTracker[Any]
+    joined: bool
 
     async def on_revoke(self, revoked: set[Any]) -> None: ...
 
@@ -71,6 +72,7 @@ class TrackedConsumer(faust_aiokafka.Consumer):
     async def on_partitions_assigned(self, assigned: set[Any], generation_id: int = 0) -> None:
         self._conveyor.tracker.assign(assigned)
         await super().on_partitions_assigned(assigned, generation_id)
+        self._conveyor.joined = True
         log.info(
             "worker.partitions_assigned",
             partitions=len(assigned),

@@ -14,6 +14,8 @@ import math
 
 import structlog
 
+from streams import metrics
+
 log = structlog.get_logger("conveyor.worker")
 
 
@@ -56,6 +58,12 @@ class LoopLagMonitor:
             if lag_ms > self.stall_ms:
                 log.warning("worker.loop_stalled", lag_ms=round(lag_ms, 1))
             if loop.time() - window_start >= self.window_s:
+                for quantile, value in (
+                    ("0.5", percentile(samples, 50)),
+                    ("0.99", percentile(samples, 99)),
+                    ("1", max(samples)),
+                ):
+                    metrics.LOOP_LAG.labels(quantile).set(value / 1000)
                 log.info(
                     "worker.loop_lag",
                     samples=len(samples),

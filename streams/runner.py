@@ -21,7 +21,7 @@ from handlers.errors import DeadlineExceeded, JobTimeout, PermanentError
 from handlers.types import Job
 from schemas.dlq import Stage
 from schemas.envelope import JobEnvelope
-from streams import alerts
+from streams import alerts, metrics
 from streams.logs import JOB_CONTEXT, bind_job
 from streams.publish import Failure, RecordPublisher
 from streams.records import Record
@@ -59,6 +59,7 @@ class JobRunner:
         self.registry = registry
         self.deps = deps
         self.publisher = publisher
+        self._duration = metrics.DURATION.labels(spec.job_type)
 
     async def run(self, record: Record) -> None:
         token = JOB_CONTEXT.set(
@@ -151,6 +152,7 @@ class JobRunner:
             if is_outage(error):
                 outages += 1
                 wait_s = outage_wait_s(outages)
+                metrics.DEPENDENCY_WAITS.labels(self.spec.job_type).inc()
                 log.warning(
                     "job.waiting_for_dependency",
                     error=describe(error),
@@ -163,6 +165,7 @@ class JobRunner:
             decision = decide(error, job.attempt, self.spec.policy)
             failure = Failure(stage_of(error), error, job.attempt, job.type, job.id)
             if isinstance(decision, RetryInPlace):
+                metrics.RETRIES.labels(self.spec.job_type, "in_place").inc()
                 log.warning(
                     "job.retrying",
                     error=describe(error),
@@ -177,6 +180,8 @@ class JobRunner:
                 await self.publisher.retry_later(
                     record, failure, self.registry.retry_topic(self.spec), not_before
                 )
+                metrics.RETRIES.labels(self.spec.job_type, "retry_topic").inc()
+                metrics.JOBS.labels(self.spec.job_type, "retry_topic").inc()
                 log.warning(
                     "job.retrying",
                     error=describe(error),
@@ -204,11 +209,10 @@ class JobRunner:
             return JobTimeout(f"job ran past its {timeout_s:.1f} s timeout")
         except Exception as exc:
             return exc
-        log.info(
-            "job.succeeded",
-            outcome=outcome.value,
-            duration_s=round(time.perf_counter() - started, 4),
-        )
+        duration_s = time.perf_counter() - started
+        self._duration.observe(duration_s)
+        metrics.JOBS.labels(self.spec.job_type, outcome.value).inc()
+        log.info("job.succeeded", outcome=outcome.value, duration_s=round(duration_s, 4))
         return None
 
     async def _give_up(self, job: Job[BaseModel], decision: DeadLetter) -> None:
@@ -227,6 +231,8 @@ class JobRunner:
         self, record: Record, failure: Failure, decision: DeadLetter | None
     ) -> None:
         await self.publisher.dead_letter(record, failure)
+        metrics.JOBS.labels(self.spec.job_type, "dead_lettered").inc()
+        metrics.DEAD_LETTERS.labels(self.spec.job_type, failure.stage.value).inc()
         reason = decision.reason if decision else describe(failure.error)
         log.error(
             "job.dead_lettered",

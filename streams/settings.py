@@ -101,7 +101,10 @@ class WorkerSettings(_Group):
     hard_exit_after_s: float = Field(10.0, gt=0, description="extra time after the drain")
     rebalance_drain_timeout_s: float = Field(10.0, ge=0)
     service_name: str = "conveyor"
-    metrics_port: int = Field(0, ge=0, le=65535, description="0 disables /metrics")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="/metrics, /healthz, /readyz; 0 disables them"
+    )
+    metrics_host: str = Field("0.0.0.0", description="address the metrics port listens on")
 
 
 class HttpSettings(_Group):
