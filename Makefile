@@ -63,7 +63,7 @@ test: setup lint typecheck ## the whole suite against the real Kafka and Postgre
 	$(ENV) $(BIN)/pytest -q
 
 soak: setup ## long soak and chaos runs
-	$(ENV) CONVEYOR_SOAK=1 $(BIN)/pytest -q -m soak
+	$(ENV) CONVEYOR_SOAK=1 $(BIN)/pytest -q -s -m soak
 
 bench: setup ## throughput benchmark (see docs/BENCHMARKS.md)
 	$(ENV) $(BIN)/python bench/throughput.py

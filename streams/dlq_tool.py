@@ -82,6 +82,9 @@ class ReplayReport:
     replayed: list[int] = field(default_factory=list)
     skipped: dict[int, str] = field(default_factory=dict)
     failed: dict[int, str] = field(default_factory=dict)
+    # A job dead-lettered twice (its worker was killed between publishing the
+    # dead letter and committing): row id -> the row replayed in its place.
+    duplicates: dict[int, int] = field(default_factory=dict)
 
 
 def _filters(dlq_topic: str, sel: Selection) -> tuple[Any, ...]:
@@ -134,6 +137,7 @@ async def replay(
         with Progress(console=err, transient=True) as progress:
             bar = progress.add_task("checking" if dry_run else "replaying", total=remaining)
             last_id = 0
+            first_rows: dict[str, int] = {}
             while remaining > 0:
                 rows = await fetch_rows(conn, dlq_topic, sel, last_id, min(BATCH, remaining))
                 if not rows:
@@ -143,10 +147,12 @@ async def replay(
                 todo = []
                 for row in rows:
                     reason = skip_reason(row, source_topics, include_invalid)
-                    if reason is None:
-                        todo.append(row)
-                    else:
+                    if reason is not None:
                         report.skipped[row["id"]] = reason
+                    elif (first := _first_of_job(first_rows, row)) != row["id"]:
+                        report.duplicates[row["id"]] = first
+                    else:
+                        todo.append(row)
                 if dry_run:
                     report.replayed += [r["id"] for r in todo]
                 else:
@@ -155,9 +161,29 @@ async def replay(
                         await conn.execute(MARK_REPLAYED, acked)
                     report.replayed += acked
                 progress.update(bar, advance=len(rows))
+        if not dry_run:
+            await _resolve_duplicates(conn, report)
     finally:
         await conn.close()
     return report
+
+
+def _first_of_job(first_rows: dict[str, int], row: asyncpg.Record) -> int:
+    """The first selected row of this row's job (the row itself when it is the first)."""
+    job_id = row["job_id"]
+    return first_rows.setdefault(job_id, row["id"]) if job_id else int(row["id"])
+
+
+async def _resolve_duplicates(conn: asyncpg.Connection, report: ReplayReport) -> None:
+    """Close the duplicate rows of jobs that were replayed; the others stay ``new``."""
+    replayed = set(report.replayed)
+    done = [(dup, str(first)) for dup, first in report.duplicates.items() if first in replayed]
+    await conn.executemany(
+        "UPDATE worker_dlq SET status = 'resolved', updated_at = now(),"
+        " resolution_note = 'duplicate of dead letter ' || $2::text || ' (same job), replayed'"
+        " WHERE id = $1",
+        done,
+    )
 
 
 def _publish(prod: Producer, rows: list[asyncpg.Record], report: ReplayReport) -> list[int]:
@@ -228,6 +254,8 @@ def print_rows(rows: Sequence[asyncpg.Record]) -> None:
 def print_report(report: ReplayReport, dry_run: bool) -> None:
     verb = "would replay" if dry_run else "replayed"
     out.print(f"{verb} {len(report.replayed)} dead letter(s)")
+    for row_id, first in sorted(report.duplicates.items()):
+        out.print(f"  duplicate {row_id}: the same job as {first}, replayed once", markup=False)
     for row_id, reason in sorted(report.skipped.items()):
         out.print(f"  skipped {row_id}: {reason}", markup=False)
     for row_id, reason in sorted(report.failed.items()):

@@ -108,3 +108,32 @@ def test_replay_keeps_the_records_own_headers_and_drops_conveyors() -> None:
         }
     )
     assert dlq_tool.replay_headers(stored) == [("traceparent", b"00-abc-01"), ("tenant", b"t1")]
+
+
+async def test_a_job_dead_lettered_twice_is_replayed_once(stack: Stack, db: asyncpg.Pool) -> None:
+    # What a worker SIGKILLed between the dead-letter publish and the commit
+    # leaves behind: two dead letters of one job (the chaos test counts them).
+    job = JobEnvelope(type="probe", payload={})
+    ids = [
+        await db.fetchval(
+            "INSERT INTO worker_dlq (dlq_topic, dlq_partition, dlq_offset, original_topic,"
+            " job_type, job_id, stage, raw_key, raw_value)"
+            " VALUES ($1, 0, $2, $3, 'probe', $4, 'handle', $5, $6) RETURNING id",
+            f"{stack.prefix}.dlq",
+            offset,
+            stack.registry().topic_for("probe"),
+            job.id,
+            job.id.encode(),
+            job.to_bytes(),
+        )
+        for offset in (10, 11)
+    ]
+    report = await dlq_tool.replay(stack.settings(), NEW)
+    assert report.replayed == [ids[0]]
+    assert report.duplicates == {ids[1]: ids[0]}
+    rows = await db.fetch(
+        "SELECT status, resolution_note FROM worker_dlq WHERE id = ANY($1) ORDER BY id", ids
+    )
+    assert rows[0]["status"] == "replayed"
+    assert rows[1]["status"] == "resolved"
+    assert f"duplicate of dead letter {ids[0]}" in rows[1]["resolution_note"]
