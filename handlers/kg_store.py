@@ -45,6 +45,19 @@ SET confidence = GREATEST(kg_relationships.confidence, EXCLUDED.confidence),
 """
 
 
+LOAD_BATCHES = "SELECT batch_index, batch_hash, extraction FROM kg_batch_results WHERE job_id = $1"
+SAVE_BATCH = """
+INSERT INTO kg_batch_results (job_id, batch_index, batch_hash, extraction)
+VALUES ($1, $2, $3, $4::jsonb)
+ON CONFLICT (job_id, batch_index) DO UPDATE
+SET batch_hash = EXCLUDED.batch_hash, extraction = EXCLUDED.extraction, created_at = now()
+"""
+# The job's own rows, and any left by jobs abandoned long ago (dead letters never replayed).
+DROP_BATCHES = """
+DELETE FROM kg_batch_results WHERE job_id = $1 OR created_at < now() - interval '30 days'
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class SavedCounts:
     entities: int
@@ -94,3 +107,20 @@ async def save_graph(conn: Any, organization_id: str, asset_id: str, graph: Grap
             [r.confidence for r in rels],
         )
     return SavedCounts(len(entities), len(rels))
+
+
+async def load_batch_results(conn: Any, job_id: str) -> dict[int, tuple[str, str]]:
+    """The saved answers of this job's batches: index -> (batch hash, extraction JSON)."""
+    rows = await conn.fetch(LOAD_BATCHES, job_id)
+    return {int(r["batch_index"]): (str(r["batch_hash"]), str(r["extraction"])) for r in rows}
+
+
+async def save_batch_result(
+    conn: Any, job_id: str, index: int, batch_hash: str, extraction_json: str
+) -> None:
+    await conn.execute(SAVE_BATCH, job_id, index, batch_hash, extraction_json)
+
+
+async def drop_batch_results(conn: Any, job_id: str) -> None:
+    """Forget the job's saved answers (inside the transaction that saves its graph)."""
+    await conn.execute(DROP_BATCHES, job_id)

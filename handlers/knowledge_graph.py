@@ -4,14 +4,17 @@ Chunks are read in pages and sent to the LLM in batches of about
 ``batch_chars`` characters. Each answer is validated; an unusable one is
 asked for again (up to ``output_attempts``), then the job fails with
 ``RetryableError`` and the runner's policy applies — it is never recorded as
-a success. The merged graph and the ledger row are written in one
-transaction, so a redelivered job adds nothing twice.
+a success. Each batch's validated answer is kept in ``kg_batch_results``, so
+a retried or redelivered job resumes after the batches it already paid for.
+The merged graph, the ledger row and the removal of those answers are
+written in one transaction, so a redelivered job adds nothing twice.
 
 With no LLM configured the job is recorded as skipped.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -47,21 +50,38 @@ async def handle(job: Job[KnowledgeGraphExtract], deps: Deps) -> Outcome:
         organization_id = await kg_store.asset_organization(conn, asset_id)
     if organization_id is None:
         raise PermanentError(f"asset {asset_id} does not exist")
+    async with deps.db.acquire() as conn:
+        done = await kg_store.load_batch_results(conn, job.id)
     graph = Graph()
-    batches = 0
+    batches = resumed = 0
     async for texts in chunk_batches(deps.db, asset_id, deps.knowledge_graph.batch_chars):
-        graph.add(
-            await extract(deps.llm, texts, organization_id, deps.knowledge_graph.output_attempts)
-        )
+        digest = batch_hash(texts)
+        saved_answer = done.get(batches)
+        if saved_answer is not None and saved_answer[0] == digest:
+            extraction = Extraction.model_validate_json(saved_answer[1])
+            resumed += 1
+        else:
+            extraction = await extract(
+                deps.llm, texts, organization_id, deps.knowledge_graph.output_attempts
+            )
+            async with deps.db.acquire() as conn:
+                await kg_store.save_batch_result(
+                    conn, job.id, batches, digest, extraction.model_dump_json()
+                )
+        graph.add(extraction)
         batches += 1
     async with deps.db.acquire() as conn, conn.transaction():
-        if not await ledger.claim(conn, job.id, job.type):
-            return Outcome.SKIPPED
-        saved = await kg_store.save_graph(conn, organization_id, asset_id, graph)
+        claimed = await ledger.claim(conn, job.id, job.type)
+        if claimed:
+            saved = await kg_store.save_graph(conn, organization_id, asset_id, graph)
+        await kg_store.drop_batch_results(conn, job.id)
+    if not claimed:
+        return Outcome.SKIPPED
     log.info(
         "knowledge_graph.extracted",
         asset_id=asset_id,
         batches=batches,
+        resumed_batches=resumed,
         entities=saved.entities,
         relationships=saved.relationships,
         dropped_relationships=graph.dropped_relationships,
@@ -98,6 +118,15 @@ async def chunk_batches(db: Any, asset_id: str, max_chars: int) -> AsyncIterator
         after = rows[-1][0]
     if batch:
         yield batch
+
+
+def batch_hash(texts: list[str]) -> str:
+    """Identifies a batch's content: a saved answer is reused only for the same texts."""
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 async def extract(

@@ -203,6 +203,32 @@ async def test_invalid_llm_output_is_retried_and_never_recorded_as_success(kit: 
     assert [e[1] for e in await entities(kit)] == ["ada lovelace"]
 
 
+async def test_a_retried_job_resumes_after_the_batches_it_already_paid_for(kit: Kit) -> None:
+    texts = [f"chunk-{i:03d} " + "x" * 150 for i in range(6)]  # one chunk per 200-char batch
+    texts[0] = "chunk-000 Ada Lovelace works at Acme Corp."
+    asset_id = await add_asset(kit, texts)
+
+    def unusable_at_chunk_3(messages: list[dict[str, str]]) -> str:
+        return "not JSON" if "chunk-003" in messages[1]["content"] else rule_based_llm(messages)
+
+    kit.server.chat_reply = unusable_at_chunk_3
+    first = job(asset_id)
+    with pytest.raises(RetryableError):
+        await knowledge_graph.handle(first, kit.deps)
+    sent_before = len(kit.server.chat_requests)
+    assert sent_before == 3 + 2  # batches 0-2, then two unusable answers for batch 3
+    kept = "SELECT count(*) FROM kg_batch_results WHERE job_id = $1"
+    assert await kit.db.fetchval(kept, first.id) == 3
+
+    kit.server.chat_reply = rule_based_llm
+    assert await knowledge_graph.handle(first.next_attempt(), kit.deps) is Outcome.SUCCEEDED
+    resent = "\n".join(m[1]["content"] for m in kit.server.chat_requests[sent_before:])
+    assert re.findall(r"chunk-(\d{3})", resent) == ["003", "004", "005"]
+    # Batch 0's saved answer was merged without asking again; the answers are gone.
+    assert [e[1] for e in await entities(kit)] == ["acme corp", "ada lovelace"]
+    assert await kit.db.fetchval(kept, first.id) == 0
+
+
 async def test_without_an_llm_the_job_is_skipped_and_recorded(kit: Kit) -> None:
     asset_id = await add_asset(kit, ["Ada Lovelace works at Acme Corp."])
     deps = dataclasses.replace(kit.deps, llm=None)
