@@ -22,7 +22,7 @@ import pytest
 
 from schemas.envelope import JobEnvelope
 from tests.support.dlq import dlq_rows
-from tests.support.probe import PROBE_ENV, effects, probe_jobs
+from tests.support.probe import PROBE_ENV, probe_jobs, wait_done
 from tests.support.stack import Stack
 from tests.support.waiting import eventually
 from tests.support.worker import WorkerProcess
@@ -117,15 +117,11 @@ async def test_chaos_loses_nothing_and_applies_nothing_twice(
         batch = ok + failing
         rnd.shuffle(batch)
         stack.publish(batch)
-        await _until_done(db, good, len(good) - len(ok) // 2, f"half of round {round_no}")
+        half = len(good) - len(ok) // 2
+        await wait_done(db, good, half, timeout_s=180, what=f"half of round {round_no} done")
         group.act(rnd)
 
-    final = await eventually(
-        lambda: effects(db, good),
-        lambda c: c.distinct == len(good),
-        timeout_s=300,
-        what="every good job done",
-    )
+    final = await wait_done(db, good, timeout_s=300, what="every good job done")
     rows = await eventually(
         lambda: dlq_rows(db, stack),
         lambda r: {row["job_id"] for row in r} >= {j.id for j in bad},
@@ -142,9 +138,3 @@ async def test_chaos_loses_nothing_and_applies_nothing_twice(
     assert final.total == len(good) and final.duplicated == 0
     assert set(per_job) == {j.id for j in bad}, "only the permanent failures are dead letters"
     assert all(row["stage"] == "handle" for row in rows)
-
-
-async def _until_done(db: asyncpg.Pool, jobs: list[JobEnvelope], n: int, what: str) -> None:
-    await eventually(
-        lambda: effects(db, jobs), lambda c: c.distinct >= n, timeout_s=180, what=f"{what} done"
-    )

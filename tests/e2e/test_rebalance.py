@@ -8,9 +8,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.support.probe import PROBE_ENV, effects, probe_jobs
+from tests.support.probe import PROBE_ENV, probe_jobs, wait_done
 from tests.support.stack import Stack
-from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -25,33 +24,18 @@ async def test_worker_joining_and_leaving_mid_load(
     first = worker_factory(stack, **ENV)
     first.wait_ready()
     stack.publish(jobs)
-    await eventually(
-        lambda: effects(db, jobs),
-        lambda c: c.distinct >= JOBS * 0.25,
-        timeout_s=120,
-        what="a quarter done",
-    )
+    await wait_done(db, jobs, JOBS * 0.25, what="a quarter done")
 
     second = worker_factory(stack, **ENV)
     second.wait_ready()
     joined = second.wait_for(lambda e: e.get("event") == "worker.partitions_assigned")
     assert any(tp.startswith(f"{stack.prefix}.probe:") for tp in joined["assigned"])
     first.wait_for(lambda e: e.get("event") == "worker.partitions_revoked", timeout_s=60)
-    await eventually(
-        lambda: effects(db, jobs),
-        lambda c: c.distinct >= JOBS * 0.6,
-        timeout_s=120,
-        what="60 % done with two workers",
-    )
+    await wait_done(db, jobs, JOBS * 0.6, what="60 % done with two workers")
 
     second.signal(signal.SIGTERM)
     assert second.wait_exit(timeout_s=40) == 0, second.tail()
-    final = await eventually(
-        lambda: effects(db, jobs),
-        lambda c: c.distinct == JOBS,
-        timeout_s=180,
-        what="every job done",
-    )
+    final = await wait_done(db, jobs, timeout_s=180)
     skipped = sum(
         1
         for w in (first, second)

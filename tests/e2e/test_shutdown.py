@@ -13,9 +13,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.support.probe import PROBE_ENV, effects, probe_jobs
+from tests.support.probe import PROBE_ENV, effects, probe_jobs, wait_done
 from tests.support.stack import Stack
-from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -29,21 +28,11 @@ ENV = {
 
 
 async def _interrupt_at(db: asyncpg.Pool, jobs: list[Any], fraction: float) -> None:
-    await eventually(
-        lambda: effects(db, jobs),
-        lambda c: c.distinct >= JOBS * fraction,
-        timeout_s=120,
-        what=f"{fraction:.0%} of the jobs done",
-    )
+    await wait_done(db, jobs, JOBS * fraction, what=f"{fraction:.0%} of the jobs done")
 
 
 async def _finish(db: asyncpg.Pool, jobs: list[Any]) -> Any:
-    return await eventually(
-        lambda: effects(db, jobs),
-        lambda c: c.distinct == JOBS,
-        timeout_s=180,
-        what="every job done",
-    )
+    return await wait_done(db, jobs, timeout_s=180)
 
 
 async def test_sigterm_mid_load_drains_and_loses_nothing(

@@ -11,9 +11,8 @@ from confluent_kafka import Producer
 
 from schemas.envelope import JobEnvelope
 from tests.support.dlq import wait_dlq
-from tests.support.probe import PROBE_ENV, effects, probe_jobs
+from tests.support.probe import PROBE_ENV, probe_jobs, wait_done
 from tests.support.stack import Stack
-from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -64,9 +63,5 @@ async def test_poison_pills_are_dead_lettered_and_the_worker_keeps_consuming(
         assert row["error_class"] == "PermanentError"
         assert json.loads(row["headers"])["trace-id"].startswith("tr-"), "headers kept"
         assert row["status"] == "new"
-    await eventually(
-        lambda: effects(db, good),
-        lambda c: c.distinct == len(good),
-        what="good jobs after the pills",
-    )
+    await wait_done(db, good, what="good jobs after the pills")
     assert worker.proc.poll() is None, "the worker is still running"

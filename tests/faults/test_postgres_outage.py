@@ -14,7 +14,7 @@ from schemas.envelope import JobEnvelope
 from streams.migrate import migrate
 from tests.support.dlq import dlq_rows
 from tests.support.pg import PrivatePostgres
-from tests.support.probe import PROBE_ENV, effects, probe_jobs
+from tests.support.probe import PROBE_ENV, probe_jobs, wait_done
 from tests.support.stack import Stack
 from tests.support.waiting import eventually
 
@@ -47,9 +47,7 @@ async def test_postgres_outage_mid_load(
     stack.publish(doomed + jobs)
     db = await asyncpg.create_pool(private_pg.dsn, min_size=1, max_size=2)
     try:
-        await eventually(
-            lambda: effects(db, jobs), lambda c: c.distinct >= 100, what="a quarter done"
-        )
+        await wait_done(db, jobs, 100, what="a quarter done")
     finally:
         await db.close()
 
@@ -70,12 +68,7 @@ async def test_postgres_outage_mid_load(
 
     db = await asyncpg.create_pool(private_pg.dsn, min_size=1, max_size=2)
     try:
-        final = await eventually(
-            lambda: effects(db, jobs),
-            lambda c: c.distinct == len(jobs),
-            timeout_s=120,
-            what="every job done after the outage",
-        )
+        final = await wait_done(db, jobs, what="every job done after the outage")
         rows = await eventually(
             lambda: dlq_rows(db, stack),
             lambda r: len(r) >= len(doomed) + 2,

@@ -10,6 +10,7 @@ import asyncpg
 
 from schemas.envelope import JobEnvelope
 from tests.support.stack import Stack
+from tests.support.waiting import eventually
 
 PROBE_ENV = {"CONVEYOR_JOBS__PROBE__ENABLED": "true"}
 
@@ -52,3 +53,18 @@ async def effects(db: asyncpg.Pool, jobs: list[JobEnvelope]) -> EffectCount:
 
 def publish_probes(stack: Stack, jobs: list[JobEnvelope]) -> None:
     stack.publish(jobs)
+
+
+async def wait_done(
+    db: asyncpg.Pool,
+    jobs: list[JobEnvelope],
+    n: float | None = None,
+    *,
+    timeout_s: float = 120.0,
+    what: str = "every job done",
+) -> EffectCount:
+    """Wait until ``n`` (default: all) of ``jobs`` have their effect; the count then."""
+    target = len(jobs) if n is None else n
+    return await eventually(
+        lambda: effects(db, jobs), lambda c: c.distinct >= target, timeout_s=timeout_s, what=what
+    )
