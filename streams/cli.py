@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--id", help="job id (default: a new UUID)")
     submit.add_argument("--org", help="organization id")
     submit.add_argument("--count", type=int, default=1, help="publish this many copies")
+    sub.add_parser("lag", help="the consumer group's lag per topic, its state and members")
     _dlq_parser(sub)
     demo = sub.add_parser("demo", help="serve sample documents, publish asset jobs, show results")
     demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for results")
@@ -110,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from streams.submit import submit_jobs
 
         return submit_jobs(settings, args.job_type, args.payload, args.id, args.org, args.count)
+    if command == "lag":
+        return _lag(settings)
     if command == "dlq":
         return asyncio.run(_dlq(settings, args))
     if command == "demo":
@@ -169,6 +172,29 @@ def _statuses(args: argparse.Namespace) -> tuple[str, ...]:
     if args.dlq_command == "list":
         return ("new", "replayed", "resolved") if args.status == "all" else (args.status,)
     return ("new", "replayed") if args.include_replayed else ("new",)
+
+
+def _lag(settings: Settings) -> int:
+    from confluent_kafka import KafkaException
+    from rich.table import Table
+
+    from streams.lag import group_lag
+    from streams.registry import build_registry
+
+    try:
+        lag = group_lag(settings, build_registry(settings))
+    except KafkaException as exc:
+        err.print(f"conveyor lag: Kafka at {settings.kafka.bootstrap_servers}: {exc}", markup=False)
+        return 1
+    table = Table("topic", "partitions", "committed", "written", "lag")
+    for t in lag.topics:
+        table.add_row(t.topic, str(t.partitions), str(t.committed), str(t.end), str(t.lag))
+    out.print(table)
+    out.print(
+        f"group {lag.group_id}: {lag.state}, {lag.members} member(s); total lag {lag.total}",
+        markup=False,
+    )
+    return 0
 
 
 def _topics(settings: Settings, action: str) -> int:

@@ -1,0 +1,84 @@
+"""``conveyor lag``: how far the consumer group is behind, per catalog topic.
+
+Reads the group's committed offsets and each partition's end offset; it never
+joins the group (no subscription), so running it next to the workers does
+not trigger a rebalance. Lag counts records, not jobs still to do: a retry
+topic's records may be waiting for their not-before time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, TopicPartition
+
+from streams.registry import Registry
+from streams.settings import Settings
+from streams.topics import admin
+
+TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class TopicLag:
+    topic: str
+    partitions: int
+    committed: int  # records the group has committed past (unset partitions count from the start)
+    end: int  # records written (end offset minus the first retained offset)
+    lag: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupLag:
+    group_id: str
+    state: str
+    members: int
+    topics: list[TopicLag]
+
+    @property
+    def total(self) -> int:
+        return sum(t.lag for t in self.topics)
+
+
+def group_lag(settings: Settings, registry: Registry) -> GroupLag:
+    group = settings.kafka.group_id
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "group.id": group,
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        topics = [_topic_lag(consumer, name) for name in registry.all_topics()]
+    finally:
+        consumer.close()
+    state, members = _describe(settings, group)
+    return GroupLag(group, state, members, topics)
+
+
+def _topic_lag(consumer: Consumer, topic: str) -> TopicLag:
+    metadata = consumer.list_topics(topic, timeout=TIMEOUT_S).topics[topic]
+    if metadata.error is not None:
+        return TopicLag(topic, 0, 0, 0, 0)
+    tps = [TopicPartition(topic, p) for p in sorted(metadata.partitions)]
+    committed = consumer.committed(tps, timeout=TIMEOUT_S)
+    done = end_total = lag = 0
+    for tp in committed:
+        low, high = consumer.get_watermark_offsets(
+            TopicPartition(tp.topic, tp.partition), timeout=TIMEOUT_S
+        )
+        position = tp.offset if tp.offset >= 0 else low  # nothing committed: from the start
+        position = max(position, low)  # committed before retention removed records
+        done += position - low
+        end_total += high - low
+        lag += max(high - position, 0)
+    return TopicLag(topic, len(tps), done, end_total, lag)
+
+
+def _describe(settings: Settings, group: str) -> tuple[str, int]:
+    client = admin(settings)
+    future = client.describe_consumer_groups([group], request_timeout=TIMEOUT_S)[group]
+    description = future.result()
+    state = getattr(description.state, "name", str(description.state))
+    return state.lower(), len(description.members)
