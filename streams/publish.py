@@ -51,7 +51,7 @@ class RecordPublisher:
         mask: Callable[[str], str] = lambda text: text,
     ) -> None:
         self._send = send
-        self._mask = mask
+        self.mask = mask  # the configured secrets masked in any text that leaves the worker
         self._group_id = group_id
         self._dlq_topic = dlq_topic
         self._host = socket.gethostname()
@@ -77,7 +77,7 @@ class RecordPublisher:
         topic, partition, offset, ts_ms = record.origin()
         now = iso(datetime.now(UTC))
         first = record.header(H.FIRST_FAILURE_AT) or now
-        stack = self._mask("".join(traceback.format_exception(failure.error)))[-MAX_STACK_CHARS:]
+        stack = self.mask("".join(traceback.format_exception(failure.error)))[-MAX_STACK_CHARS:]
         values: dict[H, str] = {
             H.ORIGINAL_TOPIC: topic,
             H.ORIGINAL_PARTITION: str(partition),
@@ -90,7 +90,7 @@ class RecordPublisher:
             H.FIRST_FAILURE_AT: first,
             H.LAST_FAILURE_AT: now,
             H.ERROR_CLASS: type(failure.error).__name__,
-            H.ERROR_MESSAGE: self._mask(str(failure.error))[:MAX_MESSAGE_CHARS],
+            H.ERROR_MESSAGE: self.mask(str(failure.error))[:MAX_MESSAGE_CHARS],
             H.ERROR_STACK: stack,
             H.STAGE: failure.stage.value,
             H.SERVICE_VERSION: __version__,

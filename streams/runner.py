@@ -221,7 +221,10 @@ class JobRunner:
             return
         for attempt in range(1, GIVE_UP_HOOK_ATTEMPTS + 1):
             try:
-                await asyncio.wait_for(hook(job, decision.summary, self.deps), timeout=30)
+                # The summary lands in the job's own rows (e.g. an asset's error):
+                # mask configured secrets there too, as in logs and dead letters.
+                summary = self.publisher.mask(decision.summary)
+                await asyncio.wait_for(hook(job, summary, self.deps), timeout=30)
                 return
             except Exception as exc:
                 log.warning("job.give_up_hook_failed", error=describe(exc), hook_attempt=attempt)

@@ -1,0 +1,57 @@
+"""A provider that echoes the API key in its error: the key reaches no log, dead letter or row."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+
+from schemas.envelope import JobEnvelope
+from tests.support.dlq import wait_dlq
+from tests.support.http import file_server
+from tests.support.openai_server import openai_server
+from tests.support.stack import Stack
+
+pytestmark = pytest.mark.integration
+
+SECRET = "sk-live-" + uuid.uuid4().hex  # the worker's key; the server expects another
+
+
+async def test_an_echoed_api_key_is_masked_everywhere(
+    stack: Stack, db: asyncpg.Pool, worker_factory: Any
+) -> None:
+    async with file_server() as files, openai_server(api_key="the-right-key") as api:
+        asset_id = f"a-{uuid.uuid4().hex[:12]}"
+        await db.execute(
+            "INSERT INTO assets (id, organization_id, source_url, mime_type)"
+            " VALUES ($1, 'org-1', $2, 'text/plain')",
+            asset_id,
+            files.add("notes.txt", b"Some text worth embedding. " * 40),
+        )
+        worker = worker_factory(
+            stack,
+            CONVEYOR_EMBEDDING__PROVIDER="openai",
+            CONVEYOR_EMBEDDING__BASE_URL=api.base_url,
+            CONVEYOR_EMBEDDING__API_KEY=SECRET,
+        )
+        worker.wait_ready()
+        job = JobEnvelope(
+            type="asset.process", organization_id="org-1", payload={"asset_id": asset_id}
+        )
+        stack.publish([job])
+        [row] = await wait_dlq(db, stack, 1)
+        assert 401 in api.statuses("/embeddings"), "the server did see the key and refuse it"
+
+    asset = await db.fetchrow("SELECT status, error FROM assets WHERE id = $1", asset_id)
+    assert asset["status"] == "failed"
+    assert "HTTP 401" in asset["error"] and "check the API key" in asset["error"]
+    assert "Incorrect API key provided: Bearer ***" in asset["error"], "the echo, scrubbed"
+    assert "HTTP 401" in row["error_message"]
+    stored = [asset["error"], row["error_message"], row["error_stack"], str(row["headers"])]
+    assert all(SECRET not in text for text in stored), stored
+    worker.stop()
+    log = worker.log_path.read_text()
+    assert "job.dead_lettered" in log
+    assert SECRET not in log
