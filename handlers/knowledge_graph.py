@@ -50,26 +50,7 @@ async def handle(job: Job[KnowledgeGraphExtract], deps: Deps) -> Outcome:
         organization_id = await kg_store.asset_organization(conn, asset_id)
     if organization_id is None:
         raise PermanentError(f"asset {asset_id} does not exist")
-    async with deps.db.acquire() as conn:
-        done = await kg_store.load_batch_results(conn, job.id)
-    graph = Graph()
-    batches = resumed = 0
-    async for texts in chunk_batches(deps.db, asset_id, deps.knowledge_graph.batch_chars):
-        digest = batch_hash(texts)
-        saved_answer = done.get(batches)
-        if saved_answer is not None and saved_answer[0] == digest:
-            extraction = Extraction.model_validate_json(saved_answer[1])
-            resumed += 1
-        else:
-            extraction = await extract(
-                deps.llm, texts, organization_id, deps.knowledge_graph.output_attempts
-            )
-            async with deps.db.acquire() as conn:
-                await kg_store.save_batch_result(
-                    conn, job.id, batches, digest, extraction.model_dump_json()
-                )
-        graph.add(extraction)
-        batches += 1
+    graph, batches, resumed = await _extract_all(job, deps, deps.llm, organization_id)
     async with deps.db.acquire() as conn, conn.transaction():
         claimed = await ledger.claim(conn, job.id, job.type)
         if claimed:
@@ -87,6 +68,32 @@ async def handle(job: Job[KnowledgeGraphExtract], deps: Deps) -> Outcome:
         dropped_relationships=graph.dropped_relationships,
     )
     return Outcome.SUCCEEDED
+
+
+async def _extract_all(
+    job: Job[KnowledgeGraphExtract], deps: Deps, llm: ChatModel, organization_id: str
+) -> tuple[Graph, int, int]:
+    """The asset's merged graph, batches seen and batches resumed from saved answers."""
+    async with deps.db.acquire() as conn:
+        done = await kg_store.load_batch_results(conn, job.id)
+    policy = deps.knowledge_graph
+    graph = Graph()
+    batches = resumed = 0
+    async for texts in chunk_batches(deps.db, job.payload.asset_id, policy.batch_chars):
+        digest = batch_hash(texts)
+        saved_answer = done.get(batches)
+        if saved_answer is not None and saved_answer[0] == digest:
+            extraction = Extraction.model_validate_json(saved_answer[1])
+            resumed += 1
+        else:
+            extraction = await extract(llm, texts, organization_id, policy.output_attempts)
+            async with deps.db.acquire() as conn:
+                await kg_store.save_batch_result(
+                    conn, job.id, batches, digest, extraction.model_dump_json()
+                )
+        graph.add(extraction)
+        batches += 1
+    return graph, batches, resumed
 
 
 async def _skip(job: Job[KnowledgeGraphExtract], deps: Deps) -> Outcome:
