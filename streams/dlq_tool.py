@@ -15,7 +15,8 @@ for: the same bytes fail the same way until their producer is fixed.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,8 +131,7 @@ async def replay(
     dlq_topic = settings.kafka.dlq_topic
     report = ReplayReport()
     prod = prod or producer(settings)
-    conn = await asyncpg.connect(settings.postgres.dsn.get_secret_value())
-    try:
+    async with _connect(settings) as conn:
         total = int(await conn.fetchval(COUNT, *_filters(dlq_topic, sel)))
         remaining = total if sel.limit is None else min(total, sel.limit)
         with Progress(console=err, transient=True) as progress:
@@ -163,9 +163,16 @@ async def replay(
                 progress.update(bar, advance=len(rows))
         if not dry_run:
             await _resolve_duplicates(conn, report)
+    return report
+
+
+@asynccontextmanager
+async def _connect(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(settings.postgres.dsn.get_secret_value())
+    try:
+        yield conn
     finally:
         await conn.close()
-    return report
 
 
 def _first_of_job(first_rows: dict[str, int], row: asyncpg.Record) -> int:
@@ -218,19 +225,13 @@ def _publish(prod: Producer, rows: list[asyncpg.Record], report: ReplayReport) -
 
 
 async def list_rows(settings: Settings, sel: Selection) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(settings.postgres.dsn.get_secret_value())
-    try:
+    async with _connect(settings) as conn:
         return await fetch_rows(conn, settings.kafka.dlq_topic, sel, 0, sel.limit or 50)
-    finally:
-        await conn.close()
 
 
 async def resolve(settings: Settings, ids: Sequence[int], note: str) -> list[int]:
-    conn = await asyncpg.connect(settings.postgres.dsn.get_secret_value())
-    try:
+    async with _connect(settings) as conn:
         rows = await conn.fetch(RESOLVE, settings.kafka.dlq_topic, list(ids), note)
-    finally:
-        await conn.close()
     return [r["id"] for r in rows]
 
 

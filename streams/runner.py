@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError, create_model
 
 from handlers.deps import Deps
 from handlers.errors import DeadlineExceeded, JobTimeout, PermanentError
-from handlers.types import Job
+from handlers.types import Job, Outcome
 from schemas.dlq import Stage
 from schemas.envelope import JobEnvelope
 from streams import alerts, metrics
@@ -59,7 +59,12 @@ class JobRunner:
         self.registry = registry
         self.deps = deps
         self.publisher = publisher
+        # Label lookups take a lock: resolve this job type's series once.
         self._duration = metrics.DURATION.labels(spec.job_type)
+        self._ended = {
+            outcome: metrics.JOBS.labels(spec.job_type, outcome)
+            for outcome in (*(o.value for o in Outcome), "retry_topic", "dead_lettered")
+        }
 
     async def run(self, record: Record) -> None:
         token = JOB_CONTEXT.set(
@@ -181,7 +186,7 @@ class JobRunner:
                     record, failure, self.registry.retry_topic(self.spec), not_before
                 )
                 metrics.RETRIES.labels(self.spec.job_type, "retry_topic").inc()
-                metrics.JOBS.labels(self.spec.job_type, "retry_topic").inc()
+                self._ended["retry_topic"].inc()
                 log.warning(
                     "job.retrying",
                     error=describe(error),
@@ -211,7 +216,7 @@ class JobRunner:
             return exc
         duration_s = time.perf_counter() - started
         self._duration.observe(duration_s)
-        metrics.JOBS.labels(self.spec.job_type, outcome.value).inc()
+        self._ended[outcome.value].inc()
         log.info("job.succeeded", outcome=outcome.value, duration_s=round(duration_s, 4))
         return None
 
@@ -219,11 +224,11 @@ class JobRunner:
         hook = self.spec.on_give_up
         if hook is None:
             return
+        # The summary lands in the job's own rows (e.g. an asset's error):
+        # mask configured secrets there too, as in logs and dead letters.
+        summary = self.publisher.mask(decision.summary)
         for attempt in range(1, GIVE_UP_HOOK_ATTEMPTS + 1):
             try:
-                # The summary lands in the job's own rows (e.g. an asset's error):
-                # mask configured secrets there too, as in logs and dead letters.
-                summary = self.publisher.mask(decision.summary)
                 await asyncio.wait_for(hook(job, summary, self.deps), timeout=30)
                 return
             except Exception as exc:
@@ -234,7 +239,7 @@ class JobRunner:
         self, record: Record, failure: Failure, decision: DeadLetter | None
     ) -> None:
         await self.publisher.dead_letter(record, failure)
-        metrics.JOBS.labels(self.spec.job_type, "dead_lettered").inc()
+        self._ended["dead_lettered"].inc()
         metrics.DEAD_LETTERS.labels(self.spec.job_type, failure.stage.value).inc()
         reason = decision.reason if decision else describe(failure.error)
         log.error(
