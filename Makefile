@@ -43,7 +43,7 @@ topics: venv services ## create the catalog's topics
 setup: migrate topics ## everything `run` and `test` need
 
 run: setup ## run the worker in the foreground with readable logs
-	$(ENV) CONVEYOR_LOGGING__FORMAT=console CONVEYOR_HTTP__ALLOWED_HOSTS=127.0.0.1 \
+	$(ENV) CONVEYOR_LOGGING__FORMAT=console CONVEYOR_HTTP__ALLOWED_HOSTS=127.0.0.1:* \
 	  $(BIN)/conveyor run
 
 demo: setup ## publish sample jobs (needs `make run` in another terminal)

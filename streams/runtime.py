@@ -90,6 +90,7 @@ class Runtime:
                 read_timeout_s=s.http.read_timeout_s,
                 allowed_hosts=tuple(s.http.allowed_hosts),
                 auth_header=auth.get_secret_value() if auth else None,
+                auth_origins=tuple(s.http.storage_auth_origins),
             ),
             llm=providers.llm,
             knowledge_graph=providers.knowledge_graph,

@@ -8,15 +8,26 @@ groups, e.g. ``CONVEYOR_KAFKA__BOOTSTRAP_SERVERS`` or
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
 ENV_PREFIX = "CONVEYOR_"
 ENV_NESTED_DELIMITER = "__"
+
+_ORIGIN = re.compile(r"https?://(\[[0-9a-f:.]+\]|[^/@?#\s:\[\]]+)(:\d{1,5})?/?", re.IGNORECASE)
 
 
 class _Group(BaseModel):
@@ -115,17 +126,49 @@ class HttpSettings(_Group):
     max_download_bytes: int = Field(50 * 1024 * 1024, ge=1)
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="hosts/CIDRs allowed despite the SSRF guard (e.g. 127.0.0.1)",
+        description="host, address or CIDR, with :port or :* for other ports than 80/443,"
+        " let through the SSRF guard; *:port admits a port on public hosts (docs/SECURITY.md)",
     )
     storage_auth_header: SecretStr | None = None
+    storage_auth_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="scheme://host[:port] origins that get storage_auth_header;"
+        " no other host, and no redirect away from them, ever does",
+    )
     user_agent: str = "conveyor/0.1"
 
-    @field_validator("allowed_hosts", mode="before")
+    @field_validator("allowed_hosts", "storage_auth_origins", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip().startswith("["):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_allowlist(cls, value: list[str]) -> list[str]:
+        from handlers.assets.netguard import parse_entry  # imported only when validating
+
+        for entry in value:
+            parse_entry(entry)
+        return value
+
+    @field_validator("storage_auth_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin like https://storage.example.com")
+        return value
+
+    @model_validator(mode="after")
+    def _credential_needs_origins(self) -> HttpSettings:
+        if self.storage_auth_header is not None and not self.storage_auth_origins:
+            raise ValueError(
+                "storage_auth_header is set but storage_auth_origins is empty: name the"
+                " storage origins the credential may be sent to"
+            )
+        return self
 
 
 class EmbeddingSettings(_Group):
