@@ -8,6 +8,7 @@ groups, e.g. ``CONVEYOR_KAFKA__BOOTSTRAP_SERVERS`` or
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
@@ -290,6 +291,20 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(lines) from None
     except SettingsError as exc:
         raise ConfigError([str(exc)]) from None
+
+
+def forget_environment() -> list[str]:
+    """Drop every ``CONVEYOR_*`` variable from this process's environment; return their names.
+
+    Called once the settings are read (they are read once, at start): the
+    settings object is then the only holder of the secrets, and no child
+    process — above all the extraction processes that parse hostile files —
+    inherits them.
+    """
+    names = [name for name in os.environ if name.startswith(ENV_PREFIX)]
+    for name in names:
+        del os.environ[name]
+    return names
 
 
 def masked(settings: Settings) -> dict[str, Any]:
