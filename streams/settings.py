@@ -25,6 +25,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
+from streams.redact import mask_shapes, url_password
+
 ENV_PREFIX = "CONVEYOR_"
 ENV_NESTED_DELIMITER = "__"
 
@@ -308,8 +310,20 @@ def forget_environment() -> list[str]:
 
 
 def masked(settings: Settings) -> dict[str, Any]:
-    """The effective configuration with secrets masked, for ``conveyor config``."""
-    dumped: dict[str, Any] = json.loads(settings.model_dump_json())
+    """The effective configuration with secrets masked, for ``conveyor config``.
+
+    Secret settings show as a mask; so does a password written inside any
+    URL setting (e.g. ``https://user:password@proxy/v1`` as a base URL).
+    """
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return mask_shapes(value) if isinstance(value, str) else value
+
+    dumped: dict[str, Any] = walk(json.loads(settings.model_dump_json()))
     return dumped
 
 
@@ -322,6 +336,9 @@ def secret_values(settings: Settings) -> list[str]:
             value = getattr(model, name)
             if isinstance(value, SecretStr):
                 found.append(value.get_secret_value())
+                value = value.get_secret_value()
+            if isinstance(value, str) and (password := url_password(value)):
+                found.append(password)  # e.g. a DSN's password, alone in an error message
             elif isinstance(value, BaseModel):
                 walk(value)
 
