@@ -75,7 +75,7 @@ class Runtime:
             headers={"User-Agent": s.http.user_agent},
         )
         auth = s.http.storage_auth_header
-        providers = self._providers = open_providers(s)
+        providers = self._providers = open_providers(s, db)
         cpu = self._cpu = ProcessCpuPool(s.extract.workers, preload=["handlers.assets.extract"])
         await cpu.start()
         self._deps = Deps(

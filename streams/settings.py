@@ -187,6 +187,9 @@ class EmbeddingSettings(_Group):
     tokens_per_minute: int = Field(1_000_000, ge=1)
     org_requests_per_minute: int = Field(120, ge=1)
     org_tokens_per_minute: int = Field(200_000, ge=1)
+    org_tokens_per_day: int = Field(
+        50_000_000, ge=0, description="per organization and UTC day (openai provider); 0: no cap"
+    )
     timeout_s: float = Field(30.0, gt=0, description="per HTTP request; a timeout is retried")
     max_retries: int = Field(4, ge=0, description="in-job retries of a request, then retryable")
     backoff_base_s: float = Field(0.5, gt=0)
@@ -200,6 +203,10 @@ class LlmSettings(_Group):
     api_key: SecretStr | None = None
     model: str = "openai/gpt-4o-mini"
     requests_per_minute: int = Field(60, ge=1)
+    max_output_tokens: int = Field(4096, ge=16, description="max_tokens sent with every call")
+    org_tokens_per_day: int = Field(
+        5_000_000, ge=0, description="per organization and UTC day, input + max_tokens; 0: no cap"
+    )
     timeout_s: float = Field(60.0, gt=0, description="per HTTP request; a timeout is retried")
     max_retries: int = Field(3, ge=0, description="in-job retries of a request, then retryable")
     backoff_base_s: float = Field(1.0, gt=0)
