@@ -17,6 +17,7 @@ import pytest
 from confluent_kafka import Producer
 
 from schemas.envelope import JobEnvelope
+from tests.support.assets import insert_asset
 from tests.support.dlq import wait_dlq
 from tests.support.http import file_server
 from tests.support.stack import Stack
@@ -87,13 +88,7 @@ async def test_extracted_text_with_a_nul_is_indexed_without_it(
     # Past the first 8 KiB, where the sniffer looks for binary data.
     text = ("Plain words for the index. " * 400) + "before\x00after " + ("More words. " * 50)
     async with file_server() as files:
-        asset_id = f"a-{uuid.uuid4().hex[:12]}"
-        await db.execute(
-            "INSERT INTO assets (id, organization_id, source_url, mime_type)"
-            " VALUES ($1, 'org-1', $2, 'text/plain')",
-            asset_id,
-            files.add("nul.txt", text.encode()),
-        )
+        asset_id = await insert_asset(db, files.add("nul.txt", text.encode()))
         worker = worker_factory(stack)
         worker.wait_ready()
         job = JobEnvelope(

@@ -11,6 +11,7 @@ import pytest
 
 from handlers.budget import BudgetedChat, BudgetExceeded, DailyBudget
 from schemas.envelope import JobEnvelope
+from tests.support.assets import insert_asset
 from tests.support.dlq import wait_dlq
 from tests.support.http import file_server
 from tests.support.openai_server import API_KEY, openai_server
@@ -72,14 +73,8 @@ async def test_an_asset_over_the_embedding_budget_fails_with_that_reason(
 ) -> None:
     org = _org()
     async with file_server() as files, openai_server() as api:
-        asset_id = f"a-{uuid.uuid4().hex[:12]}"
-        await db.execute(
-            "INSERT INTO assets (id, organization_id, source_url, mime_type)"
-            " VALUES ($1, $2, $3, 'text/plain')",
-            asset_id,
-            org,
-            files.add("big.txt", b"Many words worth embedding here. " * 2000),
-        )
+        text = b"Many words worth embedding here. " * 2000
+        asset_id = await insert_asset(db, files.add("big.txt", text), org=org)
         worker = worker_factory(
             stack,
             CONVEYOR_EMBEDDING__PROVIDER="openai",
