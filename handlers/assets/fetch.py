@@ -78,7 +78,7 @@ async def fetch_to_file(
 
 
 def _parse(url: str) -> URL:
-    """The URL, or PermanentError when it is not an http(s) URL with a host."""
+    """The URL, or PermanentError unless it is an http(s) URL with a host and no user info."""
     try:
         parsed = URL(url)
         ok = parsed.scheme in ("http", "https") and bool(parsed.host) and parsed.port is not None
@@ -86,6 +86,8 @@ def _parse(url: str) -> URL:
         ok = False
     if not ok:
         raise PermanentError(f"unsupported asset URL {url[:200]!r}: only http(s) is fetched")
+    if parsed.raw_user is not None or parsed.raw_password is not None:
+        raise PermanentError("asset URLs with user:password@ in them are not fetched")
     return parsed
 
 

@@ -70,6 +70,13 @@ async def test_the_port_is_checked_for_host_names_too(tmp_path: Path) -> None:
 
 
 async def test_an_invalid_url_is_a_permanent_failure(tmp_path: Path) -> None:
-    for url in ("http://[zz]/file", "http:///file", "ftp://127.0.0.1/file", "http://a b/"):
+    urls = (
+        "http://[zz]/file",
+        "http:///file",
+        "ftp://127.0.0.1/file",
+        "http://a b/",
+        "http://user:pw@127.0.0.1:1/file",
+    )
+    for url in urls:
         with pytest.raises(PermanentError):
             await _fetch(url, ("127.0.0.1:*",), tmp_path)
