@@ -16,9 +16,12 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/conveyor
 WORKDIR /src
-# .dockerignore admits only pyproject.toml, README.md and the packages.
+# .dockerignore admits only pyproject.toml, README.md, the lock files and the packages.
 COPY . .
-RUN /opt/conveyor/bin/pip install .
+# Every dependency from the hash-pinned lock (scripts/lock), then Conveyor
+# itself with no dependency resolution and no unpinned build backend.
+RUN /opt/conveyor/bin/pip install --require-hashes -r requirements/runtime.lock \
+ && /opt/conveyor/bin/pip install --no-deps --no-build-isolation .
 
 # --- runtime: the virtualenv on a clean base, run as an unprivileged user -------
 FROM ${PYTHON_IMAGE} AS runtime

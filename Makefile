@@ -7,23 +7,29 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements/dev.lock
 SERVICES := scripts/services
 # The services' connection settings (ports are configurable, see scripts/README.md).
 ENV := eval "$$($(SERVICES) env)" &&
 
-.PHONY: help venv services services-stop services-status migrate topics setup run demo \
+.PHONY: help venv lock services services-stop services-status migrate topics setup run demo \
         test test-unit lint typecheck soak bench clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-$(STAMP): pyproject.toml
+# Dependencies come only from the hash-pinned lock (pip refuses anything
+# unpinned or with another hash), then Conveyor itself without dependencies.
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-venv: $(STAMP) ## create .venv and install Conveyor with its dev dependencies
+venv: $(STAMP) ## create .venv and install Conveyor with its dev dependencies (from the lock)
+
+lock: venv ## regenerate requirements/*.lock from pyproject.toml (scripts/lock; docs/SECURITY.md)
+	scripts/lock
 
 services: ## install (if missing) and start Kafka and Postgres on loopback
 	$(SERVICES) start
@@ -43,7 +49,7 @@ topics: venv services ## create the catalog's topics
 setup: migrate topics ## everything `run` and `test` need
 
 run: setup ## run the worker in the foreground with readable logs
-	$(ENV) CONVEYOR_LOGGING__FORMAT=console CONVEYOR_HTTP__ALLOWED_HOSTS=127.0.0.1 \
+	$(ENV) CONVEYOR_LOGGING__FORMAT=console CONVEYOR_HTTP__ALLOWED_HOSTS=127.0.0.1:* \
 	  $(BIN)/conveyor run
 
 demo: setup ## publish sample jobs (needs `make run` in another terminal)

@@ -71,11 +71,14 @@ class ExtractPolicy:
 
 @dataclass(frozen=True, slots=True)
 class FetchPolicy:
+    """How assets are downloaded; ``auth_header`` is sent only to ``auth_origins``."""
+
     max_bytes: int = 50 * 1024 * 1024
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
     allowed_hosts: tuple[str, ...] = ()
     auth_header: str | None = None
+    auth_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,13 @@
-"""Mirror dead-letter records into ``worker_dlq`` (idempotent on topic/partition/offset)."""
+"""Mirror dead-letter records into ``worker_dlq`` (idempotent on topic/partition/offset).
+
+Postgres refuses NUL characters in ``text`` and ``jsonb``, and ``jsonb``
+refuses some escapes JSON allows (lone surrogates). A dead letter is
+hostile input like any other: NULs are stripped from the header-derived
+columns, a payload ``jsonb`` cannot hold is left out (its raw bytes are
+always kept), and ``mirror_note`` says what was left out. ``mirror_degraded``
+stores just the record's coordinates, raw bytes and a note, for a record
+whose full row Postgres still refuses.
+"""
 
 from __future__ import annotations
 
@@ -8,30 +17,73 @@ from typing import Any
 from handlers.deps import Deps
 from schemas.dlq import DeadLetterRecord, H
 
-UPSERT = """
-INSERT INTO worker_dlq (
+COLUMNS = """
     dlq_topic, dlq_partition, dlq_offset, original_topic, original_partition, original_offset,
     original_timestamp, consumer_group, job_type, job_id, attempts, first_failure_at,
     last_failure_at, error_class, error_message, error_stack, stage, service_version, host,
-    raw_key, raw_value, headers, payload
-) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-          $19, $20, $21, $22::jsonb, $23::jsonb)
+    raw_key, raw_value, headers, payload, mirror_note
+"""
+
+UPSERT = f"""
+INSERT INTO worker_dlq ({COLUMNS})
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+        $19, $20, $21, $22::jsonb, $23::jsonb, $24)
 ON CONFLICT (dlq_topic, dlq_partition, dlq_offset) DO NOTHING
 """
 
+UPSERT_DEGRADED = """
+INSERT INTO worker_dlq (dlq_topic, dlq_partition, dlq_offset, raw_key, raw_value, mirror_note)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (dlq_topic, dlq_partition, dlq_offset) DO NOTHING
+"""
 
-def decoded_payload(value: bytes | None) -> str | None:
-    """The value as JSON text when it is JSON, else None (the raw bytes are kept anyway)."""
+NUL = "\x00"
+NOTE_NUL_PAYLOAD = "payload kept as raw bytes only: it contains NUL characters"
+NOTE_NUL_HEADERS = "NUL characters removed from headers"
+MAX_NOTE_CHARS = 500
+
+
+def strip_nul(text: str) -> str:
+    """``text`` without NUL characters (Postgres text refuses them)."""
+    return text.replace(NUL, "") if NUL in text else text
+
+
+def has_nul(value: Any) -> bool:
+    """Whether a decoded JSON value holds a NUL in any string or key."""
+    if isinstance(value, str):
+        return NUL in value
+    if isinstance(value, dict):
+        return any(has_nul(k) or has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(has_nul(v) for v in value)
+    return False
+
+
+def decoded_payload(value: bytes | None) -> tuple[str | None, str | None]:
+    """(the value as JSON text, or None; a note when a JSON value had to be left out)."""
     if not value:
-        return None
+        return None, None
     try:
-        return json.dumps(json.loads(value))
+        data = json.loads(value)
     except ValueError:
-        return None
+        return None, None
+    if has_nul(data):
+        return None, NOTE_NUL_PAYLOAD
+    return json.dumps(data), None
+
+
+def clean_record(record: DeadLetterRecord) -> tuple[DeadLetterRecord, str | None]:
+    """The record with NULs stripped from header names and values, and a note if any were."""
+    headers = {strip_nul(k): strip_nul(v) for k, v in record.headers.items()}
+    if headers == record.headers:
+        return record, None
+    return record.model_copy(update={"headers": headers}), NOTE_NUL_HEADERS
 
 
 def row_of(record: DeadLetterRecord) -> tuple[Any, ...]:
-    r = record
+    r, header_note = clean_record(record)
+    payload, payload_note = decoded_payload(r.value)
+    notes = [n for n in (payload_note, header_note) if n]
     return (
         r.dlq_topic,
         r.dlq_partition,
@@ -55,7 +107,8 @@ def row_of(record: DeadLetterRecord) -> tuple[Any, ...]:
         r.key,
         r.value,
         json.dumps(r.headers),
-        decoded_payload(r.value),
+        payload,
+        "; ".join(notes) or None,
     )
 
 
@@ -63,3 +116,18 @@ async def mirror(record: DeadLetterRecord, deps: Deps) -> None:
     """Write one dead-letter record; raises if Postgres is unavailable (the caller retries)."""
     async with deps.db.acquire() as conn:
         await conn.execute(UPSERT, *row_of(record))
+
+
+async def mirror_degraded(record: DeadLetterRecord, deps: Deps, reason: str) -> None:
+    """Store only the coordinates and raw bytes, noting why the full row was refused."""
+    note = strip_nul(f"stored without its headers and payload: {reason}")[:MAX_NOTE_CHARS]
+    async with deps.db.acquire() as conn:
+        await conn.execute(
+            UPSERT_DEGRADED,
+            record.dlq_topic,
+            record.dlq_partition,
+            record.dlq_offset,
+            record.key,
+            record.value,
+            note,
+        )

@@ -28,12 +28,13 @@ class OpenAIChat:
 
     Calls go through the client's shared limits; what the JSON must contain is
     the caller's business (it validates and decides whether to ask again).
+    Every call sends ``max_tokens``, so no answer costs more than that.
     """
 
-    def __init__(self, client: ApiClient, max_output_tokens: int | None = None) -> None:
+    def __init__(self, client: ApiClient, max_output_tokens: int) -> None:
         self.model = client.config.model
+        self.max_output_tokens = max_output_tokens
         self._client = client
-        self._max_output_tokens = max_output_tokens
 
     async def complete_json(
         self, messages: list[dict[str, str]], organization_id: str | None
@@ -43,9 +44,8 @@ class OpenAIChat:
             "messages": messages,
             "response_format": {"type": "json_object"},
             "temperature": 0,
+            "max_tokens": self.max_output_tokens,
         }
-        if self._max_output_tokens is not None:
-            body["max_tokens"] = self._max_output_tokens
         tokens = estimate_tokens([m.get("content", "") for m in messages])
         return await self._client.post(
             "/chat/completions", body, organization_id, tokens, parse_chat_content

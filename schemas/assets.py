@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class AssetStatus(StrEnum):
@@ -25,6 +25,12 @@ class AssetStatusUpdate(BaseModel):
     chunks_count: int | None = Field(None, ge=0)
     progress: int | None = Field(None, ge=0, le=100)
     processed_at: datetime | None = None
+
+    @field_validator("error")
+    @classmethod
+    def _no_nul(cls, error: str | None) -> str | None:
+        """Postgres text refuses NUL; an error quoting hostile input may carry one."""
+        return error.replace("\x00", "") if error else error
 
     @model_validator(mode="after")
     def _consistent(self) -> AssetStatusUpdate:

@@ -210,7 +210,7 @@ exactly; `tests/unit/test_deploy_config.py` checks both.
   names in upper case joined by `{ENV_NESTED_DELIMITER}`, e.g.
   `CONVEYOR_JOBS__ASSET_PROCESS__CONCURRENCY=8`. Setting one field of a group
   keeps the defaults of the others.
-- **Lists** are comma-separated: `CONVEYOR_HTTP__ALLOWED_HOSTS=127.0.0.1,files.internal`.
+- **Lists** are comma-separated: `CONVEYOR_HTTP__ALLOWED_HOSTS=127.0.0.1:*,files.internal`.
 - **Unknown or invalid variables** under the prefix stop the worker at start-up
   with exit code 2 and one line per problem, e.g.
   `CONVEYOR_KAFKA__COMMIT_INTERVAL_S: Input should be greater than 0`.

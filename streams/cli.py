@@ -13,7 +13,7 @@ from rich.console import Console
 
 from schemas.dlq import Stage
 from streams import __version__
-from streams.settings import ConfigError, Settings, load_settings, masked
+from streams.settings import ConfigError, Settings, forget_environment, load_settings, masked
 
 EXIT_CONFIG = 2
 out = Console(highlight=False, soft_wrap=True)
@@ -102,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "run":
         from streams.main import run_worker
 
+        forget_environment()  # no child process inherits a secret (docs/SECURITY.md)
         return run_worker(settings)
     if command == "migrate":
         return asyncio.run(_migrate(settings))

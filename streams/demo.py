@@ -4,7 +4,7 @@ Serves ``docs/samples`` (markdown, text, a PDF and a DOCX; the binary two are
 made by ``scripts/make_samples.py``) on a loopback port, creates one asset row per file,
 publishes an ``asset.process`` job for each, then waits (with a progress bar)
 until every asset is completed or failed. The worker must be running
-(``make run``) with 127.0.0.1 in ``CONVEYOR_HTTP__ALLOWED_HOSTS``.
+(``make run``) with ``127.0.0.1:*`` (any port) in ``CONVEYOR_HTTP__ALLOWED_HOSTS``.
 """
 
 from __future__ import annotations

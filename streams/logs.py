@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from streams.redact import Redactor
 from streams.settings import LoggingSettings
 
 NOISY = ("aiokafka", "faust", "mode", "asyncio", "kafka")
@@ -38,29 +39,38 @@ def merge_job_context(_: Any, __: str, event: MutableMapping[str, Any]) -> Mutab
     return event
 
 
-MASK = "**********"
+_PLAIN = (int, float, bool, type(None))
 
 
 class SecretMasker:
-    """A processor that replaces known secret values wherever they appear."""
+    """A processor that masks secrets wherever they sit in an event.
+
+    Strings at any depth (dicts, lists, tuples), exception objects and any
+    other object (rendered as its ``repr``, as the renderer would) are
+    masked: configured secret values, bearer tokens and passwords in URLs.
+    """
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
-
-    def mask(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, MASK)
-        return text
+        self.mask = Redactor(secrets)
 
     def __call__(
         self, _: Any, __: str, event: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
-        if not self.secrets:
-            return event
         for key, value in event.items():
-            if isinstance(value, str):
-                event[key] = self.mask(value)
+            if not isinstance(value, _PLAIN):
+                event[key] = self._masked(value)
         return event
+
+    def _masked(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.mask(value)
+        if isinstance(value, _PLAIN):
+            return value
+        if isinstance(value, dict):
+            return {k: self._masked(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._masked(v) for v in value]
+        return self.mask(repr(value))
 
 
 def configure(settings: LoggingSettings, secrets: Iterable[str] = ()) -> None:

@@ -1,25 +1,34 @@
 """The dead-letter mirror: every record of the dead-letter topic lands in ``worker_dlq``.
 
-It never gives up and never dead-letters: while Postgres is unreachable it
-retries with capped backoff and its offsets stay unfinished, so nothing is
-committed that was not written — the topic stays the source of truth.
+While Postgres is unreachable it retries with capped backoff and its offsets
+stay unfinished, so nothing is committed that was not written — the topic
+stays the source of truth. A record Postgres refuses for what it contains
+(a data or constraint error) is that record's problem, never a reason to
+stop: it is stored without the refused parts (``mirror_degraded``, flagged in
+``mirror_note``), or, if even that is refused, logged and skipped — never
+retried in a loop that would hide every later dead letter.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import structlog
 
 from handlers.deps import Deps
-from handlers.dlq_mirror import mirror
+from handlers.dlq_mirror import mirror, mirror_degraded
 from schemas.dlq import DeadLetterRecord
 from streams.records import Record
+from streams.retry import describe, is_outage
 from streams.settings import DlqMirrorSettings
 
 log = structlog.get_logger("conveyor.dlq_mirror")
 
 MIRROR_WRITE_TIMEOUT_S = 10.0
+# SQLSTATE classes that concern the whole database (connection, authorization,
+# schema, resources, operator, system), not one record: keep retrying those.
+DATABASE_WIDE_CLASSES = frozenset({"08", "28", "3D", "42", "53", "55", "57", "58", "XX"})
 
 
 def dead_letter_record(record: Record) -> DeadLetterRecord:
@@ -33,6 +42,17 @@ def dead_letter_record(record: Record) -> DeadLetterRecord:
     )
 
 
+def is_record_problem(exc: BaseException) -> bool:
+    """Postgres (or the driver) refused this record's data; retrying cannot help."""
+    if is_outage(exc):
+        return False
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = str(getattr(exc, "sqlstate", "") or "")
+        return sqlstate[:2] not in DATABASE_WIDE_CLASSES
+    # asyncpg refuses some values before sending them (client-side encoding).
+    return isinstance(exc, ValueError | TypeError | UnicodeError)
+
+
 class MirrorRunner:
     def __init__(self, deps: Deps, settings: DlqMirrorSettings) -> None:
         self.deps = deps
@@ -40,19 +60,42 @@ class MirrorRunner:
 
     async def run(self, record: Record) -> None:
         row = dead_letter_record(record)
+        job_id = row.headers.get("conveyor-job-id")
+        refused: str | None = None  # why the full row was refused, once it was
         delay = self.settings.backoff_base_s
         while True:
             try:
                 async with asyncio.timeout(MIRROR_WRITE_TIMEOUT_S):
-                    await mirror(row, self.deps)
+                    if refused is None:
+                        await mirror(row, self.deps)
+                    else:
+                        await mirror_degraded(row, self.deps, refused)
                 log.info(
                     "dlq.mirrored",
                     partition=record.partition,
                     offset=record.offset,
-                    job_id=row.headers.get("conveyor-job-id"),
+                    job_id=job_id,
+                    degraded=refused is not None,
                 )
                 return
             except Exception as exc:
+                if is_record_problem(exc):
+                    if refused is not None:
+                        log.error(
+                            "dlq.mirror_skipped",
+                            partition=record.partition,
+                            offset=record.offset,
+                            error=describe(exc)[:300],
+                        )
+                        return
+                    refused = describe(exc)
+                    log.warning(
+                        "dlq.mirror_refused",
+                        partition=record.partition,
+                        offset=record.offset,
+                        error=refused[:300],
+                    )
+                    continue
                 log.warning(
                     "dlq.mirror_retrying",
                     offset=record.offset,

@@ -4,17 +4,20 @@ They get their own HTTP session, not the SSRF-guarded one: their base URLs
 are set by the operator, not by users, and may well be on a private network.
 Limits are built once here, so every job of the process shares them. A job
 spends at most half its timeout waiting out 429s before it hands the wait
-back to the runner.
+back to the runner. With a database pool, the paid APIs are charged to each
+organization's daily budget before every call (handlers/budget.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import structlog
 
 from handlers.assets.embed import HashEmbedder, OpenAIEmbedder
+from handlers.budget import BudgetedChat, BudgetedEmbedder, DailyBudget
 from handlers.deps import ChatModel, Embedder, KnowledgeGraphPolicy
 from handlers.limits import Budget, RateLimits
 from handlers.llm import OpenAIChat
@@ -40,8 +43,11 @@ class Providers:
             await self.session.close()
 
 
-def open_providers(settings: Settings) -> Providers:
-    """Call from a running event loop (the session binds to it)."""
+def open_providers(settings: Settings, db: Any = None) -> Providers:
+    """Call from a running event loop (the session binds to it).
+
+    ``db`` (an asyncpg pool) keeps the daily budgets; without it they are not enforced.
+    """
     emb, llm = settings.embedding, settings.llm
     session = None
     if emb.provider == "openai" or llm.api_key is not None:
@@ -55,11 +61,18 @@ def open_providers(settings: Settings) -> Providers:
         wait_s = settings.jobs.asset_process.timeout_s / 2
         client = embedding_client(session, emb, wait_s)
         embedder = OpenAIEmbedder(client, emb.dimensions, emb.batch_size)
-    chat = None
+        if db is not None and emb.org_tokens_per_day:
+            embedder = BudgetedEmbedder(
+                embedder, DailyBudget(db, "embedding", emb.org_tokens_per_day)
+            )
+    chat: ChatModel | None = None
     if llm.api_key is not None:
         assert session is not None
         wait_s = settings.jobs.knowledge_graph_extract.timeout_s / 2
-        chat = OpenAIChat(llm_client(session, llm, wait_s))
+        chat = OpenAIChat(llm_client(session, llm, wait_s), llm.max_output_tokens)
+        if db is not None and llm.org_tokens_per_day:
+            budget = DailyBudget(db, "llm", llm.org_tokens_per_day)
+            chat = BudgetedChat(chat, budget, llm.max_output_tokens)
     policy = KnowledgeGraphPolicy(batch_chars=llm.batch_chars, output_attempts=llm.output_attempts)
     log.info(
         "providers.opened",

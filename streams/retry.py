@@ -56,6 +56,10 @@ def decide(
     """What to do after ``attempt`` (1-based) failed with ``error``."""
     if isinstance(error, PermanentError):
         return DeadLetter(f"permanent error: {error}", str(error))
+    if isinstance(error, asyncpg.exceptions.DataError):
+        # Postgres refused the job's data (class 22): the same data fails the same way.
+        summary = f"the database refused the job's data: {describe(error)}"
+        return DeadLetter(summary, summary)
     if attempt >= policy.max_attempts:
         summary = f"gave up after {attempt} attempts: {describe(error)}"
         return DeadLetter(summary, summary)

@@ -75,7 +75,7 @@ class Runtime:
             headers={"User-Agent": s.http.user_agent},
         )
         auth = s.http.storage_auth_header
-        providers = self._providers = open_providers(s)
+        providers = self._providers = open_providers(s, db)
         cpu = self._cpu = ProcessCpuPool(s.extract.workers, preload=["handlers.assets.extract"])
         await cpu.start()
         self._deps = Deps(
@@ -90,6 +90,7 @@ class Runtime:
                 read_timeout_s=s.http.read_timeout_s,
                 allowed_hosts=tuple(s.http.allowed_hosts),
                 auth_header=auth.get_secret_value() if auth else None,
+                auth_origins=tuple(s.http.storage_auth_origins),
             ),
             llm=providers.llm,
             knowledge_graph=providers.knowledge_graph,

@@ -8,15 +8,29 @@ groups, e.g. ``CONVEYOR_KAFKA__BOOTSTRAP_SERVERS`` or
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
+from streams.redact import mask_shapes, url_password
+
 ENV_PREFIX = "CONVEYOR_"
 ENV_NESTED_DELIMITER = "__"
+
+_ORIGIN = re.compile(r"https?://(\[[0-9a-f:.]+\]|[^/@?#\s:\[\]]+)(:\d{1,5})?/?", re.IGNORECASE)
 
 
 class _Group(BaseModel):
@@ -115,17 +129,49 @@ class HttpSettings(_Group):
     max_download_bytes: int = Field(50 * 1024 * 1024, ge=1)
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="hosts/CIDRs allowed despite the SSRF guard (e.g. 127.0.0.1)",
+        description="host, address or CIDR, with :port or :* for other ports than 80/443,"
+        " let through the SSRF guard; *:port admits a port on public hosts (docs/SECURITY.md)",
     )
     storage_auth_header: SecretStr | None = None
+    storage_auth_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="scheme://host[:port] origins that get storage_auth_header;"
+        " no other host, and no redirect away from them, ever does",
+    )
     user_agent: str = "conveyor/0.1"
 
-    @field_validator("allowed_hosts", mode="before")
+    @field_validator("allowed_hosts", "storage_auth_origins", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip().startswith("["):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_allowlist(cls, value: list[str]) -> list[str]:
+        from handlers.assets.netguard import parse_entry  # imported only when validating
+
+        for entry in value:
+            parse_entry(entry)
+        return value
+
+    @field_validator("storage_auth_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin like https://storage.example.com")
+        return value
+
+    @model_validator(mode="after")
+    def _credential_needs_origins(self) -> HttpSettings:
+        if self.storage_auth_header is not None and not self.storage_auth_origins:
+            raise ValueError(
+                "storage_auth_header is set but storage_auth_origins is empty: name the"
+                " storage origins the credential may be sent to"
+            )
+        return self
 
 
 class EmbeddingSettings(_Group):
@@ -141,6 +187,9 @@ class EmbeddingSettings(_Group):
     tokens_per_minute: int = Field(1_000_000, ge=1)
     org_requests_per_minute: int = Field(120, ge=1)
     org_tokens_per_minute: int = Field(200_000, ge=1)
+    org_tokens_per_day: int = Field(
+        50_000_000, ge=0, description="per organization and UTC day (openai provider); 0: no cap"
+    )
     timeout_s: float = Field(30.0, gt=0, description="per HTTP request; a timeout is retried")
     max_retries: int = Field(4, ge=0, description="in-job retries of a request, then retryable")
     backoff_base_s: float = Field(0.5, gt=0)
@@ -154,6 +203,10 @@ class LlmSettings(_Group):
     api_key: SecretStr | None = None
     model: str = "openai/gpt-4o-mini"
     requests_per_minute: int = Field(60, ge=1)
+    max_output_tokens: int = Field(4096, ge=16, description="max_tokens sent with every call")
+    org_tokens_per_day: int = Field(
+        5_000_000, ge=0, description="per organization and UTC day, input + max_tokens; 0: no cap"
+    )
     timeout_s: float = Field(60.0, gt=0, description="per HTTP request; a timeout is retried")
     max_retries: int = Field(3, ge=0, description="in-job retries of a request, then retryable")
     backoff_base_s: float = Field(1.0, gt=0)
@@ -249,9 +302,35 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError([str(exc)]) from None
 
 
+def forget_environment() -> list[str]:
+    """Drop every ``CONVEYOR_*`` variable from this process's environment; return their names.
+
+    Called once the settings are read (they are read once, at start): the
+    settings object is then the only holder of the secrets, and no child
+    process — above all the extraction processes that parse hostile files —
+    inherits them.
+    """
+    names = [name for name in os.environ if name.startswith(ENV_PREFIX)]
+    for name in names:
+        del os.environ[name]
+    return names
+
+
 def masked(settings: Settings) -> dict[str, Any]:
-    """The effective configuration with secrets masked, for ``conveyor config``."""
-    dumped: dict[str, Any] = json.loads(settings.model_dump_json())
+    """The effective configuration with secrets masked, for ``conveyor config``.
+
+    Secret settings show as a mask; so does a password written inside any
+    URL setting (e.g. ``https://user:password@proxy/v1`` as a base URL).
+    """
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return mask_shapes(value) if isinstance(value, str) else value
+
+    dumped: dict[str, Any] = walk(json.loads(settings.model_dump_json()))
     return dumped
 
 
@@ -264,6 +343,9 @@ def secret_values(settings: Settings) -> list[str]:
             value = getattr(model, name)
             if isinstance(value, SecretStr):
                 found.append(value.get_secret_value())
+                value = value.get_secret_value()
+            if isinstance(value, str) and (password := url_password(value)):
+                found.append(password)  # e.g. a DSN's password, alone in an error message
             elif isinstance(value, BaseModel):
                 walk(value)
 

@@ -53,7 +53,7 @@ class Chunker:
     """Incremental chunking: ``feed`` pages in order, then ``finish``.
 
     Offsets are positions in the text of all pages joined by
-    ``PAGE_SEPARATOR``. A chunk is cut only once the text reaches past its
+    ``PAGE_SEPARATOR``, NUL characters removed. A chunk is cut only once the text reaches past its
     size limit, so every decision sees the same characters as it would with
     the whole text at hand; the output does not depend on how the text was
     split into pages.
@@ -82,7 +82,9 @@ class Chunker:
             offset += len(PAGE_SEPARATOR)
         self._starts.append(offset)
         self._numbers.append(page.number)
-        self._buffer += page.text
+        # Postgres text cannot hold NUL (PDF text extraction does produce it):
+        # drop it here, before the chunk is embedded and stored.
+        self._buffer += page.text.replace("\x00", "")
         return self._cut(final=False)
 
     def finish(self) -> list[Chunk]:

@@ -10,7 +10,7 @@ from urllib.parse import urljoin
 import aiohttp
 from yarl import URL
 
-from handlers.assets.netguard import Allowlist, BlockedAddressError, check_literal_host
+from handlers.assets.netguard import Allowlist, BlockedAddressError, check_host
 from handlers.deps import FetchPolicy
 from handlers.errors import PermanentError, RetryableError
 
@@ -22,27 +22,37 @@ def _mib(n: int) -> str:
     return f"{n / (1024 * 1024):.1f} MB"
 
 
+def origin_of(url: str | URL) -> str:
+    """``scheme://host:port`` with the default port spelled out, lower-cased host."""
+    parsed = URL(url) if isinstance(url, str) else url
+    return f"{parsed.scheme.lower()}://{(parsed.host or '').lower().rstrip('.')}:{parsed.port}"
+
+
 async def fetch_to_file(
     session: aiohttp.ClientSession, url: str, policy: FetchPolicy, directory: Path
 ) -> Path:
     """Stream ``url`` into a new file under ``directory`` and return its path.
 
-    Redirects are followed by hand so every hop is checked by the guard.
-    Raises PermanentError for what retrying cannot fix (4xx, too large,
-    refused address) and RetryableError for the rest.
+    Redirects are followed by hand so every hop is checked by the guard. The
+    storage credential goes only to a storage origin, and once a redirect
+    leaves the origins it stays off for the rest of the chain. Raises
+    PermanentError for what retrying cannot fix (4xx, too large, refused
+    or invalid address) and RetryableError for the rest.
     """
     allowlist = Allowlist(policy.allowed_hosts)
+    origins = {origin_of(o) for o in policy.auth_origins}
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=policy.connect_timeout_s, sock_read=policy.read_timeout_s
     )
-    headers = {"Authorization": policy.auth_header} if policy.auth_header else {}
+    credential = policy.auth_header
     current = url
     for _ in range(MAX_REDIRECTS + 1):
-        parsed = URL(current)
-        if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise PermanentError(f"unsupported asset URL {current!r}: only http(s) is fetched")
+        parsed = _parse(current)
+        if credential is not None and origin_of(parsed) not in origins:
+            credential = None
+        headers = {"Authorization": credential} if credential else {}
         try:
-            check_literal_host(parsed.host, allowlist)
+            check_host(parsed.raw_host or "", parsed.port or 0, allowlist)
             async with session.get(
                 parsed, allow_redirects=False, timeout=timeout, headers=headers
             ) as response:
@@ -52,10 +62,12 @@ async def fetch_to_file(
                         raise PermanentError(f"redirect without a Location from {parsed.host}")
                     current = urljoin(current, location)
                     continue
-                _raise_for_status(response.status, parsed.host)
+                _raise_for_status(response.status, parsed.host or "")
                 return await _save(response, policy.max_bytes, directory)
         except BlockedAddressError as exc:
             raise PermanentError(str(exc)) from None
+        except aiohttp.InvalidURL as exc:
+            raise PermanentError(f"invalid asset URL: {exc}") from None
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.__cause__, BlockedAddressError):
                 raise PermanentError(str(exc.__cause__)) from None
@@ -63,6 +75,20 @@ async def fetch_to_file(
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RetryableError(f"download from {parsed.host} failed: {exc!r}") from None
     raise PermanentError(f"more than {MAX_REDIRECTS} redirects fetching the asset")
+
+
+def _parse(url: str) -> URL:
+    """The URL, or PermanentError unless it is an http(s) URL with a host and no user info."""
+    try:
+        parsed = URL(url)
+        ok = parsed.scheme in ("http", "https") and bool(parsed.host) and parsed.port is not None
+    except (ValueError, TypeError):
+        ok = False
+    if not ok:
+        raise PermanentError(f"unsupported asset URL {url[:200]!r}: only http(s) is fetched")
+    if parsed.raw_user is not None or parsed.raw_password is not None:
+        raise PermanentError("asset URLs with user:password@ in them are not fetched")
+    return parsed
 
 
 def _raise_for_status(status: int, host: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -55,3 +56,31 @@ async def test_an_echoed_api_key_is_masked_everywhere(
     log = worker.log_path.read_text()
     assert "job.dead_lettered" in log
     assert SECRET not in log
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def test_extraction_processes_inherit_no_secret(stack: Stack, worker_factory: Any) -> None:
+    """Parsers read hostile files: the processes they run in get no CONVEYOR_* variable."""
+    worker = worker_factory(
+        stack,
+        CONVEYOR_LLM__API_KEY=SECRET,
+        CONVEYOR_EMBEDDING__API_KEY=SECRET + "-embedding",
+        CONVEYOR_EXTRACT__WORKERS="2",
+    )
+    worker.wait_ready()
+    assert worker.proc is not None
+    children = _children(worker.proc.pid)
+    assert len(children) >= 2, "the extraction processes are running"
+    for child in children:
+        environ = Path(f"/proc/{child}/environ").read_bytes()
+        assert b"CONVEYOR_" not in environ, (
+            child,
+            b"CONVEYOR_" + environ.split(b"CONVEYOR_")[1][:30],
+        )
+        assert SECRET.encode() not in environ

@@ -67,7 +67,7 @@ class Kit:
 async def kit(db: asyncpg.Pool) -> AsyncIterator[Kit]:
     async with openai_server(chat_reply=rule_based_llm) as server, aiohttp.ClientSession() as s:
         config = ApiConfig(server.base_url, SecretStr(API_KEY), "test-llm", 5.0, max_retries=1)
-        llm = OpenAIChat(ApiClient(s, config, RateLimits(Budget(60_000))))
+        llm = OpenAIChat(ApiClient(s, config, RateLimits(Budget(60_000))), 1024)
         deps = Deps(
             db=db,
             http=s,

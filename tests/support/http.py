@@ -55,8 +55,9 @@ async def serve(app: web.Application, host: str = "127.0.0.1") -> AsyncIterator[
 
 
 @asynccontextmanager
-async def file_server() -> AsyncIterator[FileServer]:
-    server = FileServer()
+async def file_server(host: str = "127.0.0.1") -> AsyncIterator[FileServer]:
+    """A FileServer on ``host`` (a loopback address) and an ephemeral port."""
+    server = FileServer(host=host)
     app = web.Application()
     app.router.add_get("/{name}", server._handle)
     async with serve(app, server.host) as port:

@@ -93,6 +93,7 @@ class OpenAIServer:
     burst: float = 1.0
     hits: list[Hit] = field(default_factory=list)
     chat_requests: list[list[dict[str, str]]] = field(default_factory=list)
+    chat_bodies: list[dict[str, Any]] = field(default_factory=list)
     host: str = "127.0.0.1"
     port: int = 0
     _bucket: TokenBucket | None = None
@@ -158,6 +159,7 @@ class OpenAIServer:
             return _embeddings(body)
         if path == "/chat/completions":
             self.chat_requests.append(body["messages"])
+            self.chat_bodies.append(body)
             return _chat(self.chat_reply(body["messages"]))
         return _error(404, f"no such endpoint {path}")
 

@@ -47,7 +47,7 @@ class Stack:
             "CONVEYOR_KAFKA__GROUP_ID": f"{self.prefix}-group",
             "CONVEYOR_KAFKA__DLQ_TOPIC": f"{self.prefix}.dlq",
             "CONVEYOR_KAFKA__TOPIC_PARTITIONS": "3",
-            "CONVEYOR_HTTP__ALLOWED_HOSTS": "127.0.0.1",
+            "CONVEYOR_HTTP__ALLOWED_HOSTS": "127.0.0.1:*",  # test servers use random ports
             "CONVEYOR_LOGGING__FORMAT": "json",
             "CONVEYOR_LOGGING__LEVEL": "info",
             "CONVEYOR_WORKER__DRAIN_TIMEOUT_S": "10",

@@ -221,10 +221,11 @@ async def test_chat_model_asks_for_json_and_returns_the_text(
     server: OpenAIServer, session: aiohttp.ClientSession
 ) -> None:
     server.chat_reply = lambda messages: '{"entities": [], "relationships": []}'
-    chat = OpenAIChat(client(server, session, name="LLM API"))
+    chat = OpenAIChat(client(server, session, name="LLM API"), max_output_tokens=777)
     answer = await chat.complete_json([{"role": "user", "content": "hello"}], "org-1")
     assert json.loads(answer) == {"entities": [], "relationships": []}
     assert server.chat_requests == [[{"role": "user", "content": "hello"}]]
+    assert server.chat_bodies[0]["max_tokens"] == 777, "every call caps its answer"
 
 
 @pytest.mark.parametrize(

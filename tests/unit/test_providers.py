@@ -6,6 +6,7 @@ from handlers.assets.embed import HashEmbedder, OpenAIEmbedder
 from handlers.llm import OpenAIChat
 from streams.providers import open_providers
 from streams.settings import load_settings
+from tests.support.openai_server import API_KEY, openai_server
 from tests.support.stack import patched_env
 
 
@@ -37,3 +38,21 @@ async def test_openai_provider_and_llm_share_one_session_of_their_own() -> None:
     finally:
         await providers.close()
     assert providers.session.closed
+
+
+async def test_every_llm_call_sends_the_configured_max_tokens() -> None:
+    async with openai_server() as server:
+        server.chat_reply = lambda messages: '{"entities": []}'
+        env = {
+            "CONVEYOR_LLM__API_KEY": API_KEY,
+            "CONVEYOR_LLM__BASE_URL": server.base_url,
+            "CONVEYOR_LLM__MAX_OUTPUT_TOKENS": "333",
+        }
+        with patched_env(env):
+            providers = open_providers(load_settings())
+        try:
+            assert providers.llm is not None
+            await providers.llm.complete_json([{"role": "user", "content": "hi"}], "org-1")
+        finally:
+            await providers.close()
+    assert [body["max_tokens"] for body in server.chat_bodies] == [333]

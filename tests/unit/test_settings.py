@@ -85,3 +85,35 @@ def test_config_command_prints_effective_json() -> None:
     result = _cli("config", env={"CONVEYOR_KAFKA__GROUP_ID": "g-from-env"})
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["kafka"]["group_id"] == "g-from-env"
+
+
+def test_allowlist_entries_are_validated_at_load() -> None:
+    with patched_env({"CONVEYOR_HTTP__ALLOWED_HOSTS": "files.internal:9000, 127.0.0.1:*"}):
+        assert load_settings().http.allowed_hosts == ["files.internal:9000", "127.0.0.1:*"]
+    with (
+        patched_env({"CONVEYOR_HTTP__ALLOWED_HOSTS": "files.internal:http"}),
+        pytest.raises(ConfigError) as caught,
+    ):
+        load_settings()
+    assert caught.value.lines[0].startswith("CONVEYOR_HTTP__ALLOWED_HOSTS:")
+
+
+def test_a_storage_credential_needs_its_origins() -> None:
+    header = {"CONVEYOR_HTTP__STORAGE_AUTH_HEADER": "Bearer s3cr3t-token"}
+    with patched_env(header), pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "storage_auth_origins" in caught.value.lines[0]
+    origins = {
+        "CONVEYOR_HTTP__STORAGE_AUTH_ORIGINS": "https://files.example.com, http://[::1]:9000"
+    }
+    with patched_env({**header, **origins}):
+        assert load_settings().http.storage_auth_origins == [
+            "https://files.example.com",
+            "http://[::1]:9000",
+        ]
+    for bad in ("files.example.com", "https://user@files.example.com", "https://x.com/path"):
+        with (
+            patched_env({**header, "CONVEYOR_HTTP__STORAGE_AUTH_ORIGINS": bad}),
+            pytest.raises(ConfigError),
+        ):
+            load_settings()

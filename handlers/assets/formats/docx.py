@@ -67,7 +67,9 @@ def docx_pages(path: Path, policy: ExtractPolicy) -> Iterator[Page]:
     check_archive(path, policy)
     try:
         with path.open("rb") as f:
-            html = mammoth.convert_to_html(f).value
+            html = mammoth.convert_to_html(
+                f, convert_image=_no_image, external_file_access=False
+            ).value
     except (KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise PermanentError(f"DOCX is damaged and cannot be read ({_short(exc)})") from None
     except Exception as exc:  # mammoth's XML and zip layers raise many types
@@ -77,6 +79,15 @@ def docx_pages(path: Path, policy: ExtractPolicy) -> Iterator[Page]:
     if not text.strip():
         raise PermanentError("DOCX has no text to index")
     return split_text(text)
+
+
+def _no_image(image: object) -> list[object]:
+    """Mammoth's image converter: emit nothing and never open the image.
+
+    Images carry no indexable text; opening one would read its bytes (base64
+    into the HTML) or, for a linked image, a URL or local file (CVE-2025-11849).
+    """
+    return []
 
 
 def _short(exc: BaseException) -> str:

@@ -1,10 +1,15 @@
 {{/*
-A Job run as a pre-install/pre-upgrade hook with the worker's image, config and
-secrets. Input: dict "root" $ "name" <suffix> "args" <list> "weight" <string>.
+A Job run as a pre-install/pre-upgrade hook with the worker's image and config,
+and only the secret groups it uses (e.g. migrate: postgres; topics: none).
+Input: dict "root" $ "name" <suffix> "args" <list> "weight" <string>
+"secrets" <list of secrets.* group names>.
 Kept after a failure for inspection; replaced on the next attempt.
 */}}
 {{- define "conveyor.hookJob" -}}
 {{- $root := .root -}}
+{{- $prefix := include "conveyor.envPrefix" $root -}}
+{{- $secrets := dict -}}
+{{- range .secrets }}{{- $_ := set $secrets . (index $root.Values.secrets .) }}{{- end -}}
 apiVersion: batch/v1
 kind: Job
 metadata:
@@ -37,7 +42,10 @@ spec:
           imagePullPolicy: {{ $root.Values.image.pullPolicy }}
           args: {{ toJson .args }}
           env:
-            {{- include "conveyor.env" $root | trim | nindent 12 }}
+            {{- include "conveyor.configEnv" (dict "config" $root.Values.config "name" $prefix) | trim | nindent 12 }}
+            {{- with include "conveyor.secretEnv" (dict "secrets" $secrets "name" $prefix "path" "secrets") | trim }}
+            {{- . | nindent 12 }}
+            {{- end }}
           securityContext:
             {{- toYaml $root.Values.securityContext | nindent 12 }}
           resources:

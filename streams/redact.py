@@ -1,0 +1,48 @@
+"""Redaction of secrets in text: configured values, bearer tokens, passwords inside URLs.
+
+Used by the log masker, for the text that leaves the worker in dead letters
+and asset errors, and by ``conveyor config``. Shapes are masked even when
+the value is not a configured secret: a token a provider echoes back, or a
+credential an operator wrote into a URL setting.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+MASK = "**********"
+
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9\-._~+/]+=*")
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^/\s:@]*:)[^/\s@]+(@)")
+
+
+def mask_shapes(text: str) -> str:
+    """Mask bearer tokens and ``user:password@`` in URLs."""
+    if "earer" in text or "EARER" in text:
+        text = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", text)
+    if "@" in text:
+        text = _URL_PASSWORD.sub(lambda m: f"{m.group(1)}{MASK}{m.group(2)}", text)
+    return text
+
+
+def url_password(text: str) -> str | None:
+    """The password of a ``scheme://user:password@host`` URL, if ``text`` is one."""
+    try:
+        return urlsplit(text).password if "://" in text else None
+    except ValueError:
+        return None
+
+
+class Redactor:
+    """Masks known secret values (longest first) and secret-shaped text."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return mask_shapes(text)

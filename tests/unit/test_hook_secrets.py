@@ -1,0 +1,35 @@
+"""Helm hook Jobs get only the secrets their command uses (the chart's text, no cluster)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "helm" / "conveyor" / "templates"
+VALUES = TEMPLATES.parent / "values.yaml"
+
+# What each hook command reads: `migrate` connects to Postgres; `topics create`
+# talks to Kafka only (no Kafka setting is secret).
+NEEDED = {"job-migrate.yaml": ["postgres"], "job-topics.yaml": []}
+
+
+def _secret_groups(template: str) -> list[str]:
+    text = (TEMPLATES / template).read_text(encoding="utf-8")
+    match = re.search(r'"secrets" \(list((?: "[a-z_]+")*)\)', text)
+    assert match, f"{template} must pass the hook Job its secrets explicitly"
+    return re.findall(r'"([a-z_]+)"', match.group(1))
+
+
+def test_each_hook_gets_exactly_the_secrets_it_uses() -> None:
+    groups = set(yaml.safe_load(VALUES.read_text(encoding="utf-8"))["secrets"])
+    for template, needed in NEEDED.items():
+        assert _secret_groups(template) == needed, template
+        assert set(needed) <= groups
+
+
+def test_the_hook_job_does_not_take_the_whole_environment() -> None:
+    hook = (TEMPLATES / "_hookjob.tpl").read_text(encoding="utf-8")
+    assert 'include "conveyor.env"' not in hook, "that would hand every secret to every hook"
+    assert 'include "conveyor.secretEnv" (dict "secrets" $secrets' in hook
