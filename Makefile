@@ -44,6 +44,7 @@ setup: migrate topics ## everything `run` and `test` need
 
 run: setup ## run the worker in the foreground with readable logs
 	$(ENV) CONVEYOR_LOGGING__FORMAT=console CONVEYOR_HTTP__ALLOWED_HOSTS=127.0.0.1 \
+	  CONVEYOR_WORKER__METRICS_HOST=127.0.0.1 \
 	  $(BIN)/conveyor run
 
 demo: setup ## publish sample jobs (needs `make run` in another terminal)

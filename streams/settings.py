@@ -103,7 +103,7 @@ class WorkerSettings(_Group):
     rebalance_drain_timeout_s: float = Field(10.0, ge=0)
     service_name: str = "conveyor"
     metrics_port: int = Field(
-        0, ge=0, le=65535, description="/metrics, /healthz, /readyz; 0 disables them"
+        9102, ge=0, le=65535, description="/metrics, /healthz, /readyz; 0 disables them"
     )
     metrics_host: str = Field("0.0.0.0", description="address the metrics port listens on")
 
