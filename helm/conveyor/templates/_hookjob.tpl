@@ -1,7 +1,9 @@
 {{/*
 A Job run as a pre-install/pre-upgrade hook with the worker's image, config and
 secrets. Input: dict "root" $ "name" <suffix> "args" <list> "weight" <string>.
-Kept after a failure for inspection; replaced on the next attempt.
+Kept after a failure for inspection; replaced on the next attempt. The config
+is inline, not the ConfigMap: a pre-install hook runs before the release's
+other resources exist.
 */}}
 {{- define "conveyor.hookJob" -}}
 {{- $root := .root -}}
@@ -31,13 +33,26 @@ spec:
       {{- end }}
       automountServiceAccountToken: false
       {{- include "conveyor.podCommon" $root | trim | nindent 6 }}
+      {{- with include "conveyor.podPlacement" $root.Values | trim }}
+      {{- . | nindent 6 }}
+      {{- end }}
       containers:
         - name: {{ .name }}
           image: {{ include "conveyor.image" $root | quote }}
           imagePullPolicy: {{ $root.Values.image.pullPolicy }}
           args: {{ toJson .args }}
+          {{- with $root.Values.extraEnvFrom }}
+          envFrom:
+            {{- toYaml . | nindent 12 }}
+          {{- end }}
           env:
-            {{- include "conveyor.env" $root | trim | nindent 12 }}
+            {{- include "conveyor.envEntries" (include "conveyor.configEnv" $root | fromJson) | trim | nindent 12 }}
+            {{- with include "conveyor.secretEnvAll" $root | trim }}
+            {{- . | nindent 12 }}
+            {{- end }}
+            {{- with $root.Values.extraEnv }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
           securityContext:
             {{- toYaml $root.Values.securityContext | nindent 12 }}
           resources:
