@@ -1,13 +1,15 @@
 """Deployment artefacts agree with the one settings object (design requirement #6).
 
 ``streams.settings.Settings`` is the only source of defaults. These tests derive
-everything from it at run time and check that the Helm values, the chart's
-environment mapping, the Dockerfile and docs/CONFIGURATION.md neither miss a
-setting nor contradict a default. When a setting is added or changed:
+everything from it at run time and check that the Helm values, the environment
+the real helm renders for every container (loaded back into Settings), the
+Dockerfile, docs/CONFIGURATION.md and the values schema neither miss a setting
+nor contradict a default. When a setting is added or changed:
 
 - update ``config:`` (or ``secrets:``) in helm/conveyor/values.yaml — the
   failures below list the missing and extra keys with the expected defaults;
-- regenerate the docs: ``.venv/bin/python scripts/gen_config_docs.py``.
+- regenerate the docs and the schema's settings parts:
+  ``.venv/bin/python scripts/gen_config_docs.py``.
 """
 
 from __future__ import annotations
