@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "conveyor"
 HELM_SCRIPT = ROOT / "scripts" / "helm"
 RELEASE = "conveyor"
+# The least a render needs: one Secret for every secret setting.
+SECRET = {"existingSecret": "conveyor"}
 NAMESPACE = "jobs"
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest.
 KUBE_VERSIONS = ("1.29.0", "1.37.0")
@@ -98,6 +100,17 @@ def copy_chart(destination: Path) -> Path:
     target = destination / "conveyor"
     shutil.copytree(CHART, target)
     return target
+
+
+def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
+    """The pod spec of a Deployment or Job."""
+    spec: dict[str, Any] = doc["spec"]["template"]["spec"]
+    return spec
+
+
+def env_entries(doc: dict[str, Any]) -> dict[str, Any]:
+    """The first container's env entries by name."""
+    return {e["name"]: e for e in pod_spec(doc)["containers"][0]["env"]}
 
 
 def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
