@@ -79,3 +79,17 @@ def test_network_policy_needs_to_know_where_kafka_and_postgres_are() -> None:
         "networkPolicy": {"enabled": True, "kafka": {"to": [{"podSelector": {}}]}},
     }
     assert "networkPolicy.postgres.to must say where Postgres is" in chart.render_error(values)
+
+
+def test_a_provider_on_another_port_is_let_out_on_it() -> None:
+    values = {
+        **chart.SECRET,
+        "networkPolicy": {
+            "enabled": True,
+            "kafka": {"to": [{"podSelector": {}}]},
+            "postgres": {"to": [{"podSelector": {}}]},
+        },
+        "config": {"llm": {"base_url": "https://llm.example.com:8443/v1"}},
+    }
+    internet = chart.one(chart.render(values), "NetworkPolicy")["spec"]["egress"][3]
+    assert [p["port"] for p in internet["ports"]] == [443, 80, 8443]
