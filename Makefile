@@ -11,9 +11,11 @@ LOCK := requirements/dev.lock
 SERVICES := scripts/services
 # The services' connection settings (ports are configurable, see scripts/README.md).
 ENV := eval "$$($(SERVICES) env)" &&
+# The pinned helm the chart tests render with (scripts/helm builds it once into a cache).
+HELM_ENV := CONVEYOR_HELM="$$(scripts/helm --path)"
 
 .PHONY: help venv lock services services-stop services-status migrate topics setup run demo \
-        test test-unit lint typecheck soak bench clean
+        helm test test-unit lint typecheck soak bench clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -50,6 +52,7 @@ setup: migrate topics ## everything `run` and `test` need
 
 run: setup ## run the worker in the foreground with readable logs
 	$(ENV) CONVEYOR_LOGGING__FORMAT=console CONVEYOR_HTTP__ALLOWED_HOSTS=127.0.0.1:* \
+	  CONVEYOR_WORKER__METRICS_HOST=127.0.0.1 \
 	  $(BIN)/conveyor run
 
 demo: setup ## publish sample jobs (needs `make run` in another terminal)
@@ -62,11 +65,14 @@ lint: venv ## ruff (lint + format check)
 typecheck: venv ## mypy strict on streams, handlers, schemas
 	$(BIN)/mypy
 
-test-unit: venv ## unit tests only (no services)
-	$(BIN)/pytest tests/unit -q
+helm: ## build the pinned helm into the tools cache if missing (once, about 3 minutes)
+	scripts/helm --path
 
-test: setup lint typecheck ## the whole suite against the real Kafka and Postgres
-	$(ENV) $(BIN)/pytest -q
+test-unit: venv helm ## unit tests only (no services)
+	$(HELM_ENV) $(BIN)/pytest tests/unit -q
+
+test: setup lint typecheck helm ## the whole suite against the real Kafka and Postgres
+	$(ENV) $(HELM_ENV) $(BIN)/pytest -q
 
 soak: setup ## long soak and chaos runs
 	$(ENV) CONVEYOR_SOAK=1 $(BIN)/pytest -q -s -m soak

@@ -1,13 +1,15 @@
-"""Generate docs/CONFIGURATION.md from ``streams.settings.Settings``.
+"""Generate docs/CONFIGURATION.md and the Helm values schema's settings parts.
 
 The settings object is the only source of defaults (design requirement #6), so
-the configuration reference is generated from it rather than written by hand.
-``tests/unit/test_deploy_config.py`` fails when the committed file differs from
+the configuration reference is generated from it rather than written by hand,
+and so are the ``config``, ``secrets`` and ``jobType`` definitions of
+helm/conveyor/values.schema.json (the rest of that file is written by hand).
+``tests/unit/test_deploy_config.py`` fails when a committed file differs from
 what this script produces; after changing settings, run::
 
     .venv/bin/python scripts/gen_config_docs.py
 
-``--check`` exits 1 instead of writing when the file is out of date.
+``--check`` exits 1 instead of writing when a file is out of date.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from streams.settings import (  # noqa: E402
 )
 
 DOC_PATH = ROOT / "docs" / "CONFIGURATION.md"
+SCHEMA_PATH = ROOT / "helm" / "conveyor" / "values.schema.json"
 REGENERATE = ".venv/bin/python scripts/gen_config_docs.py"
 
 
@@ -249,20 +252,121 @@ def render() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+# --- helm/conveyor/values.schema.json -------------------------------------------
+
+_SCHEMA_BOUNDS = {
+    annotated_types.Ge: ("ge", "minimum"),
+    annotated_types.Gt: ("gt", "exclusiveMinimum"),
+    annotated_types.Le: ("le", "maximum"),
+    annotated_types.Lt: ("lt", "exclusiveMaximum"),
+    annotated_types.MinLen: ("min_length", "minLength"),
+    annotated_types.MaxLen: ("max_length", "maxLength"),
+}
+
+
+def _leaf_schema(field: FieldInfo) -> dict[str, Any]:
+    """A config leaf as a values key: its type and bounds, or null (the code's default)."""
+    annotation = field.annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    schema: dict[str, Any]
+    if typing.get_origin(annotation) is Literal:
+        schema = {"enum": [*typing.get_args(annotation), None]}
+    elif typing.get_origin(annotation) in (list, tuple, set):
+        schema = {"type": ["array", "null"], "items": {"type": "string"}}
+    else:
+        kinds = {bool: "boolean", int: "integer", float: "number", str: "string"}
+        schema = {"type": [kinds[annotation], "null"]}
+    for meta in field.metadata:
+        for kind, (attr, keyword) in _SCHEMA_BOUNDS.items():
+            if isinstance(meta, kind):
+                schema[keyword] = getattr(meta, attr)
+    if field.description:
+        schema["description"] = field.description
+    return schema
+
+
+def _model_schemas(defs: dict[str, Any], secret: bool) -> dict[str, Any]:
+    """The config (or secrets) tree of Settings; one definition per settings model."""
+
+    def walk(model: type[BaseModel]) -> dict[str, Any] | None:
+        properties: dict[str, Any] = {}
+        for name, field in model.model_fields.items():
+            if _is_group(field.annotation):
+                sub = typing.cast(type[BaseModel], field.annotation)
+                if walk(sub) is not None:
+                    properties[name] = {"$ref": f"#/$defs/{_def_name(sub, secret)}"}
+            elif is_secret(field.annotation) == secret:
+                properties[name] = {"$ref": "#/$defs/secretRef"} if secret else _leaf_schema(field)
+        if not properties:
+            return None
+        schema = {"type": "object", "additionalProperties": False, "properties": properties}
+        doc = _summary(model)
+        if doc:
+            schema = {"description": doc, **schema}
+        defs[_def_name(model, secret)] = schema
+        return schema
+
+    tree = walk(Settings)
+    assert tree is not None
+    del defs[_def_name(Settings, secret)]
+    return tree
+
+
+def _def_name(model: type[BaseModel], secret: bool) -> str:
+    return f"{'secrets' if secret else 'settings'}.{model.__name__}"
+
+
+def render_schema(current: dict[str, Any]) -> dict[str, Any]:
+    """``current`` (the committed schema) with its generated definitions replaced."""
+    defs = {
+        name: value
+        for name, value in current["$defs"].items()
+        if not name.startswith(("settings.", "secrets."))
+    }
+    generated: dict[str, Any] = {}
+    defs["config"] = _model_schemas(generated, secret=False)
+    defs["secrets"] = _model_schemas(generated, secret=True)
+    defs["jobType"] = {"enum": list(Settings.model_fields["jobs"].annotation.model_fields)}
+    defs.update(sorted(generated.items()))
+    return {**current, "$defs": defs}
+
+
+def _compact_json(value: Any, indent: int = 0, width: int = 100) -> str:
+    """JSON indented by 2, with any value that fits in the line kept on one line."""
+    flat = json.dumps(value, ensure_ascii=False)
+    if len(flat) + indent <= width or not isinstance(value, dict | list) or not value:
+        return flat
+    pad = " " * (indent + 2)
+    if isinstance(value, dict):
+        items = [
+            f"{pad}{json.dumps(k)}: {_compact_json(v, indent + 2, width)}" for k, v in value.items()
+        ]
+        return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
+    items = [pad + _compact_json(v, indent + 2, width) for v in value]
+    return "[\n" + ",\n".join(items) + "\n" + " " * indent + "]"
+
+
+def render_schema_text() -> str:
+    current = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    return _compact_json(render_schema(current)) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a file is stale")
     args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        current = DOC_PATH.read_text(encoding="utf-8") if DOC_PATH.exists() else ""
-        if current != text:
-            sys.stderr.write(f"{DOC_PATH.relative_to(ROOT)} is stale: run {REGENERATE}\n")
-            return 1
-        return 0
-    DOC_PATH.write_text(text, encoding="utf-8")
-    sys.stdout.write(f"wrote {DOC_PATH.relative_to(ROOT)}\n")
-    return 0
+    stale = 0
+    for path, text in ((DOC_PATH, render()), (SCHEMA_PATH, render_schema_text())):
+        current = path.read_text(encoding="utf-8") if path.exists() else ""
+        if args.check:
+            if current != text:
+                sys.stderr.write(f"{path.relative_to(ROOT)} is stale: run {REGENERATE}\n")
+                stale = 1
+        elif current != text:
+            path.write_text(text, encoding="utf-8")
+            sys.stdout.write(f"wrote {path.relative_to(ROOT)}\n")
+    return stale
 
 
 if __name__ == "__main__":

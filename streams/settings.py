@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -116,7 +116,7 @@ class WorkerSettings(_Group):
     rebalance_drain_timeout_s: float = Field(10.0, ge=0)
     service_name: str = "conveyor"
     metrics_port: int = Field(
-        0, ge=0, le=65535, description="/metrics, /healthz, /readyz; 0 disables them"
+        9102, ge=0, le=65535, description="/metrics, /healthz, /readyz; 0 disables them"
     )
     metrics_host: str = Field("0.0.0.0", description="address the metrics port listens on")
 
@@ -291,15 +291,52 @@ def env_name(loc: tuple[int | str, ...]) -> str:
     return ENV_PREFIX + ENV_NESTED_DELIMITER.join(str(part).upper() for part in loc)
 
 
+def stray_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per ``CONVEYOR_`` variable that looks like a setting but sets nothing.
+
+    pydantic-settings ignores a variable whose first segment names no group
+    (``CONVEYOR_KAFAK__…``), and one with a single underscore after the group
+    (``CONVEYOR_KAFKA_BOOTSTRAP_SERVERS``); each would silently keep a default.
+    Variables of the dev scripts that share the prefix (``CONVEYOR_KAFKA_PORT``,
+    ``CONVEYOR_SERVICES_DIR``) match no field and pass.
+    """
+    groups = {name.upper(): model for name, model in Settings.model_fields.items()}
+    lines = []
+    for name in sorted(environ):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :]
+        group, delimiter, _ = rest.partition(ENV_NESTED_DELIMITER)
+        if delimiter:
+            if group.upper() not in groups:
+                lines.append(f"{name}: unknown settings group {group!r}")
+            continue
+        for group_name, field in groups.items():
+            model = field.annotation
+            candidate = rest.upper().removeprefix(group_name + "_")
+            if (
+                candidate != rest.upper()
+                and isinstance(model, type)
+                and issubclass(model, BaseModel)
+                and candidate.lower() in model.model_fields
+            ):
+                suggestion = env_name((group_name.lower(), candidate.lower()))
+                lines.append(f"{name}: not a setting; did you mean {suggestion}?")
+    return lines
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read settings from the environment; raise ConfigError with one line per problem."""
+    lines = stray_variables(os.environ)
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
-        lines = [f"{env_name(err['loc'])}: {err['msg']}" for err in exc.errors()]
-        raise ConfigError(lines) from None
+        lines += [f"{env_name(err['loc'])}: {err['msg']}" for err in exc.errors()]
     except SettingsError as exc:
-        raise ConfigError([str(exc)]) from None
+        lines.append(str(exc))
+    if lines:
+        raise ConfigError(lines) from None
+    return settings
 
 
 def forget_environment() -> list[str]:

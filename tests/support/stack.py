@@ -51,6 +51,9 @@ class Stack:
             "CONVEYOR_LOGGING__FORMAT": "json",
             "CONVEYOR_LOGGING__LEVEL": "info",
             "CONVEYOR_WORKER__DRAIN_TIMEOUT_S": "10",
+            # Several workers share this machine: no fixed metrics port (a
+            # test that scrapes one picks a free port through `extra`).
+            "CONVEYOR_WORKER__METRICS_PORT": "0",
         }
         defaults = JobsSettings()
         for name in JobsSettings.model_fields:

@@ -1,17 +1,21 @@
 """Deployment artefacts agree with the one settings object (design requirement #6).
 
 ``streams.settings.Settings`` is the only source of defaults. These tests derive
-everything from it at run time and check that the Helm values, the chart's
-environment mapping, the Dockerfile and docs/CONFIGURATION.md neither miss a
-setting nor contradict a default. When a setting is added or changed:
+everything from it at run time and check that the Helm values, the environment
+the real helm renders for every container (loaded back into Settings), the
+Dockerfile, docs/CONFIGURATION.md and the values schema neither miss a setting
+nor contradict a default. When a setting is added or changed:
 
 - update ``config:`` (or ``secrets:``) in helm/conveyor/values.yaml — the
   failures below list the missing and extra keys with the expected defaults;
-- regenerate the docs: ``.venv/bin/python scripts/gen_config_docs.py``.
+- regenerate the docs and the schema's settings parts:
+  ``.venv/bin/python scripts/gen_config_docs.py``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -19,22 +23,33 @@ import re
 import shlex
 import sys
 import tomllib
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import annotated_types
 import pytest
 import yaml
+from pydantic import SecretStr
 
 import streams
 from streams.cli import _parser
-from streams.settings import ENV_NESTED_DELIMITER, ENV_PREFIX, Settings, env_name, load_settings
+from streams.registry import build_registry
+from streams.settings import (
+    ENV_PREFIX,
+    ConfigError,
+    Settings,
+    env_name,
+    iter_policies,
+    load_settings,
+)
+from tests.support import chart
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "conveyor"
 VALUES = CHART / "values.yaml"
-HELPERS = CHART / "templates" / "_helpers.tpl"
 DOCKERFILE = ROOT / "Dockerfile"
 REGENERATE = ".venv/bin/python scripts/gen_config_docs.py"
 
@@ -53,6 +68,8 @@ gen = _load_generator()
 LEAVES = list(gen.iter_leaves())
 PLAIN = {leaf.path: leaf for leaf in LEAVES if not leaf.secret}
 SECRET = {leaf.path: leaf for leaf in LEAVES if leaf.secret}
+# The key of each secret setting in a Secret: its path, e.g. postgres-dsn.
+SECRET_KEYS = {path: "-".join(path).replace("_", "-") for path in SECRET}
 
 
 @pytest.fixture
@@ -162,7 +179,9 @@ def test_secret_settings_are_secret_references(values: dict[str, Any]) -> None:
     )
     for path, ref in refs.items():
         assert isinstance(ref, dict) and set(ref) <= {"name", "key", "required"}, path
-        assert ref["key"] and ref["name"] == "", f"secrets.{'.'.join(path)}: no default Secret"
+        assert ref["name"] == "", f"secrets.{'.'.join(path)}: no default Secret"
+        # Unique keys, so one Secret (existingSecret) can hold them all.
+        assert ref["key"] == SECRET_KEYS[path], f"secrets.{'.'.join(path)}.key"
     assert refs[("postgres", "dsn")].get("required") is True
 
 
@@ -177,79 +196,214 @@ def test_grace_period_outlasts_the_drain_and_the_hard_exit(values: dict[str, Any
     assert grace > defaults.drain_timeout_s + defaults.hard_exit_after_s
 
 
-# --- (d) environment names and values produced by the chart ----------------------
+# --- (d) the environment helm renders loads into Settings -------------------------
+#
+# The chart is rendered by the real helm (tests/support/chart.py) with every
+# setting changed from its default and every secret pointing at its own Secret;
+# each container's environment (ConfigMap, then env) must load into exactly
+# those Settings. A template that names, formats or wires a variable wrongly
+# fails here: test_the_env_check_fails_on_a_broken_template proves it.
 
 
-def _template_define(name: str) -> str:
-    """The body of a named template in _helpers.tpl (up to the next definition or comment)."""
-    text = HELPERS.read_text(encoding="utf-8")
-    start = re.search(r'\{\{-? define "' + re.escape(name) + r'" -?\}\}', text)
-    assert start, f"{name} is not defined in {HELPERS.relative_to(ROOT)}"
-    body = re.split(r"\{\{-? define |\{\{/\*", text[start.end() :])[0].rstrip()
-    assert body.endswith("{{- end }}"), name
-    return body.removesuffix("{{- end }}").strip()
+def _non_default(leaf: Any) -> Any:
+    """A valid value for ``leaf`` other than its default."""
+    default, field = leaf.default, leaf.field
+    annotation = field.annotation
+    if typing.get_origin(annotation) is typing.Literal:
+        return next(a for a in typing.get_args(annotation) if a != default)
+    if isinstance(default, bool):
+        return not default
+    upper = next((m.le for m in field.metadata if isinstance(m, annotated_types.Le)), None)
+    if isinstance(default, int):
+        return default + 1 if upper is None or default + 1 <= upper else default - 1
+    if isinstance(default, float):
+        return default + 0.25 if upper is None or default + 0.25 <= upper else default - 0.25
+    if isinstance(default, str):
+        return f"{default}-x"
+    if isinstance(default, list):
+        if leaf.dotted.endswith("origins"):
+            return ["https://files.example", "http://10.0.0.1:9000"]
+        return ["files.example", "10.0.0.0/8"]
+    raise AssertionError(f"no non-default value for {leaf.dotted} ({default!r})")
 
 
-def _helm_value(value: Any) -> str:
-    """What conveyor.envValue prints (Helm reads every YAML number as a float64)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        return ",".join(str(item) for item in value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float) and float(value).is_integer():
-        return str(int(value))
-    return json.dumps(value)
+def _nested(paths: dict[tuple[str, ...], Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for path, value in paths.items():
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return tree
 
 
-def _helm_env(tree: dict[str, Any], name: str) -> dict[str, str]:
-    """What conveyor.configEnv renders: one variable per non-null leaf."""
-    delimiter = _template_define("conveyor.envDelimiter")
-    env: dict[str, str] = {}
-    for key, value in tree.items():
-        env_var = name + key.upper()
-        if isinstance(value, dict):
-            env.update(_helm_env(value, env_var + delimiter))
-        elif value is not None:
-            env[env_var] = _helm_value(value)
-    return env
+@contextlib.contextmanager
+def _only_env(env: dict[str, str | None]) -> Iterator[None]:
+    """os.environ with every CONVEYOR_* variable replaced by ``env`` (None: unset)."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+    for name in saved:
+        del os.environ[name]
+    os.environ.update({k: v for k, v in env.items() if v is not None})
+    try:
+        yield
+    finally:
+        for name in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
+            del os.environ[name]
+        os.environ.update(saved)
 
 
-def test_the_chart_names_variables_by_the_settings_rule(values: dict[str, Any]) -> None:
-    assert _template_define("conveyor.envPrefix") == ENV_PREFIX
-    assert _template_define("conveyor.envDelimiter") == ENV_NESTED_DELIMITER
-    walk = _template_define("conveyor.configEnv")
-    assert "(upper $key)" in walk and 'include "conveyor.envDelimiter"' in walk
-    rendered = _helm_env(values["config"], ENV_PREFIX)
-    expected = {leaf.env for leaf in PLAIN.values() if leaf.default is not None}
-    assert set(rendered) == expected
-    secret_names = {ENV_PREFIX + ENV_NESTED_DELIMITER.join(p).upper() for p in SECRET}
-    assert secret_names == {leaf.env for leaf in SECRET.values()}
+def settings_of(container: dict[str, Any], docs: list[dict[str, Any]]) -> Settings:
+    """The Settings a container of this render starts with (a config error fails the test)."""
+    with _only_env(chart.container_env(container, docs)):
+        try:
+            return load_settings()
+        except ConfigError as exc:
+            raise AssertionError(f"{container['name']}: {exc}") from None
 
 
-def test_the_rendered_environment_loads_as_the_default_settings(
-    values: dict[str, Any], clean_env: pytest.MonkeyPatch
-) -> None:
-    defaults = load_settings()
-    for name, value in _helm_env(values["config"], ENV_PREFIX).items():
-        clean_env.setenv(name, value)
-    assert load_settings().model_dump() == defaults.model_dump()
+CHANGED = {leaf.path: _non_default(leaf) for leaf in PLAIN.values()}
+SECRET_REFS = {path: {"name": "s-" + "-".join(path).replace("_", "-")} for path in SECRET}
+
+
+# Hook Jobs get only the secrets their command uses; the workers get all.
+HOOK_SECRETS: dict[str, set[tuple[str, ...]]] = {"migrate": {("postgres", "dsn")}, "topics": set()}
+
+
+def check_chart_env(chart_dir: Path = chart.CHART) -> int:
+    """Every container of a render with every value changed loads exactly those values.
+
+    Returns how many containers were checked.
+    """
+    docs = chart.render(
+        {"config": _nested(CHANGED), "secrets": _nested(SECRET_REFS)}, chart=chart_dir
+    )
+    found = chart.containers(docs)
+    assert found, "no Deployment or Job rendered"
+    for where, container in found.items():
+        loaded = settings_of(container, docs)
+        dumped = dict(_flatten(loaded.model_dump()))
+        wrong = {
+            ".".join(path): (dumped[path], value)
+            for path, value in CHANGED.items()
+            if dumped[path] != value
+        }
+        assert not wrong, f"{where}: (loaded, values) differ: {wrong}"
+        given = HOOK_SECRETS.get(container["name"], set(SECRET))
+        for path in SECRET:
+            secret = functools.reduce(getattr, path, loaded)
+            if path not in given:
+                default = functools.reduce(getattr, path, Settings())
+                assert secret == default, (
+                    f"{where}: {env_name(path)} given to a hook that needs none"
+                )
+                continue
+            assert isinstance(secret, SecretStr), f"{where}: {env_name(path)} not set"
+            ref = SECRET_REFS[path]["name"]
+            key = SECRET_KEYS[path]
+            assert secret.get_secret_value() == f"secret:{ref}/{key}", f"{where}: {path}"
+    return len(found)
+
+
+def test_every_container_loads_every_value_the_chart_is_given() -> None:
+    # The worker Deployment and both hook Jobs.
+    assert check_chart_env() == 3
+
+
+def test_the_default_render_loads_the_default_settings_with_the_dsn() -> None:
+    docs = chart.render({"existingSecret": "conveyor"})
+    defaults = Settings().model_dump(exclude={"postgres": {"dsn"}})
+    for where, container in chart.containers(docs).items():
+        loaded = settings_of(container, docs)
+        assert loaded.model_dump(exclude={"postgres": {"dsn"}}) == defaults, where
+        if ("postgres", "dsn") in HOOK_SECRETS.get(container["name"], {("postgres", "dsn")}):
+            assert loaded.postgres.dsn.get_secret_value() == "secret:conveyor/postgres-dsn"
+        # Optional keys of the one Secret: unset when the Secret lacks them
+        # (the hook Jobs are not given the LLM key at all).
+        assert chart.container_env(container, docs).get("CONVEYOR_LLM__API_KEY") is None
+
+
+BREAKAGES = {
+    "delimiter": (
+        "templates/_helpers.tpl",
+        '{{- define "conveyor.envDelimiter" -}}__{{- end }}',
+        '{{- define "conveyor.envDelimiter" -}}_{{- end }}',
+    ),
+    "lists": ("templates/_helpers.tpl", '{{ join "," . }}', '{{ join ";" . }}'),
+    "numbers": ("templates/_helpers.tpl", "{{- else }}{{ toJson . }}", "{{- else }}{{ . }}"),
+    "configmap not mounted": (
+        "templates/deployment.yaml",
+        "            - configMapRef:\n                name:",
+        "            - secretRef:\n                name:",
+    ),
+    "secret key": ("templates/_helpers.tpl", "key: {{ $value.key | quote }}", "key: dsn"),
+}
+
+
+@pytest.mark.parametrize("breakage", BREAKAGES)
+def test_the_env_check_fails_on_a_broken_template(breakage: str, tmp_path: Path) -> None:
+    broken = chart.copy_chart(tmp_path)
+    template, good, bad = BREAKAGES[breakage]
+    text = (broken / template).read_text(encoding="utf-8")
+    assert good in text, f"{template} no longer contains {good!r}: update this test"
+    (broken / template).write_text(text.replace(good, bad), encoding="utf-8")
+    with pytest.raises(AssertionError):
+        check_chart_env(broken)
+
+
+def test_worker_groups_each_consume_their_job_types_and_share_one_configuration() -> None:
+    docs = chart.render(files=[chart.CHART / "ci" / "worker-groups-values.yaml"])
+    deployments = {d["metadata"]["name"]: d for d in chart.by_kind(docs, "Deployment")}
+    assert set(deployments) == {"conveyor-ingest", "conveyor-light"}
+    loaded = {
+        name: settings_of(d["spec"]["template"]["spec"]["containers"][0], docs)
+        for name, d in deployments.items()
+    }
+    ingest, light = loaded["conveyor-ingest"], loaded["conveyor-light"]
+    consumed = {
+        name: [s.job_type for s in build_registry(s).consumed] for name, s in loaded.items()
+    }
+    assert consumed["conveyor-ingest"] == ["asset.process", "knowledge_graph.extract"]
+    # crm and message jobs have no handler yet; their policies are on in this group only.
+    assert [n for n, p in iter_policies(light) if p.enabled] == [
+        "crm_sync_pipelines",
+        "crm_webhook",
+        "message_send",
+    ]
+    assert consumed["conveyor-light"] == []
+    assert (ingest.dlq_mirror.enabled, light.dlq_mirror.enabled) == (False, True)
+    assert (ingest.kafka.group_id, light.kafka.group_id) == ("conveyor-ingest", "conveyor-light")
+    assert (ingest.jobs.asset_process.concurrency, light.jobs.asset_process.concurrency) == (2, 4)
+    config_maps = chart.by_kind(docs, "ConfigMap")
+    assert len(config_maps) == 1
+    for deployment in deployments.values():
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert container["envFrom"][0]["configMapRef"]["name"] == config_maps[0]["metadata"]["name"]
+    # The hooks run once, with the shared configuration.
+    jobs = chart.by_kind(docs, "Job")
+    assert sorted(j["metadata"]["name"] for j in jobs) == ["conveyor-migrate", "conveyor-topics"]
+    for job in jobs:
+        hook = settings_of(job["spec"]["template"]["spec"]["containers"][0], docs)
+        assert hook.kafka.group_id == "conveyor" and hook.dlq_mirror.enabled
 
 
 def test_hooks_and_worker_run_real_cli_commands() -> None:
-    templates = CHART / "templates"
+    docs = chart.render({"existingSecret": "conveyor"})
     commands = {
-        "deployment.yaml": ["run"],
-        "job-migrate.yaml": ["migrate"],
-        "job-topics.yaml": ["topics", "create"],
+        f"{d['kind']}/{d['metadata']['name']}": d["spec"]["template"]["spec"]["containers"][0][
+            "args"
+        ]
+        for d in docs
+        if d["kind"] in ("Deployment", "Job")
     }
-    for template, argv in commands.items():
-        text = (templates / template).read_text(encoding="utf-8")
-        assert json.dumps(argv) in text or f"(list {' '.join(map(json.dumps, argv))})" in text
+    assert commands == {
+        "Deployment/conveyor": ["run"],
+        "Job/conveyor-migrate": ["migrate"],
+        "Job/conveyor-topics": ["topics", "create"],
+    }
+    for argv in commands.values():
         _parser().parse_args(argv)
-    hook = (templates / "_hookjob.tpl").read_text(encoding="utf-8")
-    assert '"helm.sh/hook": pre-install,pre-upgrade' in hook
+    for job in chart.by_kind(docs, "Job"):
+        assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
 
 
 def test_chart_app_version_is_the_package_version() -> None:
@@ -360,6 +514,13 @@ def test_dockerignore_admits_only_what_the_build_needs() -> None:
 def test_configuration_doc_is_generated_from_settings() -> None:
     committed = gen.DOC_PATH.read_text(encoding="utf-8") if gen.DOC_PATH.exists() else ""
     assert committed == gen.render(), f"docs/CONFIGURATION.md is stale: run {REGENERATE}"
+
+
+def test_values_schema_settings_parts_are_generated_from_settings() -> None:
+    committed = gen.SCHEMA_PATH.read_text(encoding="utf-8")
+    assert committed == gen.render_schema_text(), (
+        f"{gen.SCHEMA_PATH.name} is stale: run {REGENERATE}"
+    )
 
 
 def test_configuration_doc_lists_every_variable_with_its_default() -> None:

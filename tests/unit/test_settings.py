@@ -117,3 +117,48 @@ def test_a_storage_credential_needs_its_origins() -> None:
             pytest.raises(ConfigError),
         ):
             load_settings()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "CONVEYOR_KAFAK__BOOTSTRAP_SERVERS",
+        "CONVEYOR_JOBZ__ASSET_PROCESS__CONCURRENCY",
+        "conveyor_jobz__asset_process__concurrency",
+    ],
+)
+def test_an_unknown_group_is_an_error_naming_it(name: str) -> None:
+    with patched_env({name: "3"}), pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert caught.value.lines == [f"{name}: unknown settings group {name[9:].split('__')[0]!r}"]
+
+
+def test_a_single_underscore_between_group_and_field_is_an_error_with_the_right_name() -> None:
+    name = "CONVEYOR_KAFKA_BOOTSTRAP_SERVERS"
+    with patched_env({name: "x:1"}), pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert caught.value.lines == [
+        f"{name}: not a setting; did you mean CONVEYOR_KAFKA__BOOTSTRAP_SERVERS?"
+    ]
+
+
+def test_the_dev_scripts_own_variables_are_not_settings_errors() -> None:
+    # scripts/services and the tests read these; they share the prefix.
+    env = {
+        "CONVEYOR_SERVICES_DIR": "/tmp/x",
+        "CONVEYOR_KAFKA_PORT": "9092",
+        "CONVEYOR_KAFKA_HEAP_OPTS": "-Xmx1g",
+        "CONVEYOR_SOAK": "1",
+    }
+    with patched_env(env):
+        assert load_settings().kafka.group_id == "conveyor"
+
+
+def test_an_unknown_group_exits_2_naming_the_variable_with_the_other_problems() -> None:
+    result = _cli(
+        "config",
+        env={"CONVEYOR_KAFAK__BOOTSTRAP_SERVERS": "127.0.0.1:1", "CONVEYOR_CHUNKING__SIZE": "1"},
+    )
+    assert result.returncode == 2
+    assert "CONVEYOR_KAFAK__BOOTSTRAP_SERVERS: unknown settings group 'KAFAK'" in result.stderr
+    assert "CONVEYOR_CHUNKING__SIZE:" in result.stderr

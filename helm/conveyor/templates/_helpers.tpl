@@ -32,6 +32,13 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
+{{/* The pods of one worker group. Input: dict "root" $ "group" <group>. */}}
+{{- define "conveyor.workerSelectorLabels" -}}
+{{ include "conveyor.selectorLabels" .root }}
+app.kubernetes.io/component: worker
+conveyor/worker-group: {{ .group.name }}
+{{- end }}
+
 {{- define "conveyor.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "conveyor.fullname" .) .Values.serviceAccount.name }}
@@ -40,15 +47,28 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* repository:tag, or repository[:tag]@digest when a digest pins it. */}}
 {{- define "conveyor.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- $image := .Values.image }}
+{{- if $image.digest }}
+{{- if $image.tag }}
+{{- printf "%s:%s@%s" $image.repository $image.tag $image.digest }}
+{{- else }}
+{{- printf "%s@%s" $image.repository $image.digest }}
+{{- end }}
+{{- else }}
+{{- printf "%s:%s" $image.repository (default .Chart.AppVersion $image.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "conveyor.configMapName" -}}
+{{- include "conveyor.fullname" . }}-config
 {{- end }}
 
 {{/*
 Environment variable naming: the same rule as streams.settings.env_name, i.e.
 the prefix, then each path segment upper-cased, joined by the delimiter:
 config.jobs.asset_process.concurrency -> CONVEYOR_JOBS__ASSET_PROCESS__CONCURRENCY.
-tests/unit/test_deploy_config.py reads these two definitions.
 */}}
 {{- define "conveyor.envPrefix" -}}CONVEYOR_{{- end }}
 {{- define "conveyor.envDelimiter" -}}__{{- end }}
@@ -66,30 +86,48 @@ the 4.194304e+06 that a float64 would print as a string).
 {{- end }}
 
 {{/*
-One env entry per leaf of a config map, recursing into nested maps.
-Input: dict "config" <map> "name" <name so far, prefix included>.
-Null leaves are skipped so that the code's default applies.
+Collects one variable per leaf of a config map into .out (name -> value),
+recursing into nested maps; later calls override earlier ones. Null leaves are
+skipped, so the code's default applies.
+Input: dict "out" <dict> "config" <map> "name" <name so far, prefix included>.
 */}}
-{{- define "conveyor.configEnv" -}}
+{{- define "conveyor.collectEnv" -}}
+{{- $out := .out }}
 {{- $name := .name }}
 {{- range $key, $value := .config }}
 {{- $envName := printf "%s%s" $name (upper $key) }}
 {{- if kindIs "map" $value }}
-{{- include "conveyor.configEnv" (dict "config" $value "name" (printf "%s%s" $envName (include "conveyor.envDelimiter" $))) }}
+{{- include "conveyor.collectEnv" (dict "out" $out "config" $value "name" (printf "%s%s" $envName (include "conveyor.envDelimiter" $))) }}
 {{- else if not (kindIs "invalid" $value) }}
-- name: {{ $envName }}
-  value: {{ include "conveyor.envValue" $value | quote }}
+{{- $_ := set $out $envName (include "conveyor.envValue" $value) }}
 {{- end }}
 {{- end }}
 {{- end }}
 
+{{/* The shared configuration (config:) as a JSON object name -> value. */}}
+{{- define "conveyor.configEnv" -}}
+{{- $out := dict }}
+{{- include "conveyor.collectEnv" (dict "out" $out "config" .Values.config "name" (include "conveyor.envPrefix" .)) }}
+{{- toJson $out }}
+{{- end }}
+
+{{/* env entries from a name -> value map, in name order. */}}
+{{- define "conveyor.envEntries" -}}
+{{- range $name, $value := . }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- end }}
+
 {{/*
-One env entry per secret reference (secrets.<group>.<field>: {name, key}),
-named like the config entries. References with an empty name are skipped
-unless marked required.
-Input: dict "secrets" <map> "name" <name so far> "path" <dotted path so far>.
+One env entry per secret setting (secrets.<group>.<field>: {name, key}),
+named like the config entries. The entry's own Secret `name` wins; else
+existingSecret (optional: true unless the setting is required); else the
+setting is left unset, and a required one fails the render.
+Input: dict "root" $ "secrets" <map> "name" <name so far> "path" <dotted path so far>.
 */}}
 {{- define "conveyor.secretEnv" -}}
+{{- $root := .root }}
 {{- $name := .name }}
 {{- $path := .path }}
 {{- range $key, $value := .secrets }}
@@ -102,29 +140,116 @@ Input: dict "secrets" <map> "name" <name so far> "path" <dotted path so far>.
     secretKeyRef:
       name: {{ $value.name | quote }}
       key: {{ $value.key | quote }}
+{{- else if $root.Values.existingSecret }}
+- name: {{ $envName }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $root.Values.existingSecret | quote }}
+      key: {{ $value.key | quote }}
+      {{- if not $value.required }}
+      optional: true
+      {{- end }}
 {{- else if $value.required }}
-{{- fail (printf "%s.name must name an existing Secret (it sets %s)" $valuePath $envName) }}
+{{- fail (printf "set existingSecret or %s.name: the Secret holding %s (required)" $valuePath $envName) }}
 {{- end }}
 {{- else }}
-{{- include "conveyor.secretEnv" (dict "secrets" $value "name" (printf "%s%s" $envName (include "conveyor.envDelimiter" $)) "path" $valuePath) }}
+{{- include "conveyor.secretEnv" (dict "root" $root "secrets" $value "name" (printf "%s%s" $envName (include "conveyor.envDelimiter" $)) "path" $valuePath) }}
 {{- end }}
 {{- end }}
 {{- end }}
 
-{{/* The whole environment of a Conveyor container: config, then secrets. */}}
-{{- define "conveyor.env" -}}
+{{- define "conveyor.secretEnvAll" -}}
+{{- include "conveyor.secretEnv" (dict "root" . "secrets" .Values.secrets "name" (include "conveyor.envPrefix" .) "path" "secrets") }}
+{{- end }}
+
+{{/*
+Merges map .src into map .dst in place, recursing into maps present in both
+(sprig's mergeOverwrite would not let false or 0 override a default).
+*/}}
+{{- define "conveyor.merge" -}}
+{{- $dst := .dst }}
+{{- range $key, $value := .src }}
+{{- if and (kindIs "map" $value) (kindIs "map" (get $dst $key)) }}
+{{- include "conveyor.merge" (dict "dst" (get $dst $key) "src" $value) }}
+{{- else }}
+{{- $_ := set $dst $key $value }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The worker groups as JSON {"groups": [...]}, each with its effective settings:
+name, deployment, consumerGroup, jobTypes, dlqMirror, replicas, resources,
+autoscaling (merged over the defaults), pod placement and metadata, and env:
+the variables this group sets over the shared ConfigMap. Without workerGroups,
+one group "default" runs every job type as the Deployment <fullname>.
+*/}}
+{{- define "conveyor.groups" -}}
+{{- $root := . }}
+{{- $config := .Values.config }}
+{{- $fullname := include "conveyor.fullname" . }}
 {{- $prefix := include "conveyor.envPrefix" . }}
-{{- include "conveyor.configEnv" (dict "config" .Values.config "name" $prefix) }}
-{{- include "conveyor.secretEnv" (dict "secrets" .Values.secrets "name" $prefix "path" "secrets") }}
+{{- $delimiter := include "conveyor.envDelimiter" . }}
+{{- $specs := .Values.workerGroups }}
+{{- if not $specs }}
+{{- $all := list }}
+{{- range $job, $policy := $config.jobs }}
+{{- if $policy.enabled }}{{ $all = append $all $job }}{{ end }}
+{{- end }}
+{{- $specs = dict "default" (dict "jobTypes" $all "dlqMirror" $config.dlq_mirror.enabled "replicas" .Values.replicaCount "implicit" true) }}
+{{- end }}
+{{- $inherited := list "resources" "podAnnotations" "podLabels" "nodeSelector" "tolerations" "affinity" "topologySpreadConstraints" "priorityClassName" }}
+{{- $groups := list }}
+{{- range $name, $spec := $specs }}
+{{- $implicit := $spec.implicit | default false }}
+{{- $group := dict "name" $name "implicit" $implicit }}
+{{- $_ := set $group "deployment" (ternary $fullname (printf "%s-%s" $fullname $name | trunc 63 | trimSuffix "-") $implicit) }}
+{{- $_ = set $group "jobTypes" ($spec.jobTypes | default list) }}
+{{- $_ = set $group "dlqMirror" ($spec.dlqMirror | default false) }}
+{{- $_ = set $group "replicas" (hasKey $spec "replicas" | ternary $spec.replicas $root.Values.replicaCount) }}
+{{- range $inherited }}
+{{- $_ = set $group . (hasKey $spec . | ternary (get $spec .) (get $root.Values .)) }}
+{{- end }}
+{{- $autoscaling := deepCopy $root.Values.autoscaling }}
+{{- include "conveyor.merge" (dict "dst" $autoscaling "src" ($spec.autoscaling | default dict)) }}
+{{- $_ = set $group "autoscaling" $autoscaling }}
+{{- $env := dict }}
+{{- $groupConfig := $spec.config | default dict }}
+{{- $consumerGroup := $config.kafka.group_id }}
+{{- if not $implicit }}
+{{- $consumerGroup = printf "%s-%s" $config.kafka.group_id $name }}
+{{- if and $groupConfig.kafka (hasKey $groupConfig.kafka "group_id") }}
+{{- $consumerGroup = $groupConfig.kafka.group_id }}
+{{- end }}
+{{- $_ = set $env (printf "%sKAFKA%sGROUP_ID" $prefix $delimiter) $consumerGroup }}
+{{- range $job, $policy := $config.jobs }}
+{{- if and $policy.enabled (not (has $job $group.jobTypes)) }}
+{{- $_ = set $env (printf "%sJOBS%s%s%sENABLED" $prefix $delimiter (upper $job) $delimiter) "false" }}
+{{- end }}
+{{- end }}
+{{- if and $config.dlq_mirror.enabled (not $group.dlqMirror) }}
+{{- $_ = set $env (printf "%sDLQ_MIRROR%sENABLED" $prefix $delimiter) "false" }}
+{{- end }}
+{{- include "conveyor.collectEnv" (dict "out" $env "config" (omit $groupConfig "kafka") "name" $prefix) }}
+{{- include "conveyor.collectEnv" (dict "out" $env "config" (dict "kafka" (omit ($groupConfig.kafka | default dict) "group_id")) "name" $prefix) }}
+{{- end }}
+{{- $_ = set $group "consumerGroup" $consumerGroup }}
+{{- $_ = set $group "env" $env }}
+{{- $groups = append $groups $group }}
+{{- end }}
+{{- toJson (dict "groups" $groups) }}
 {{- end }}
 
-{{/* Refuse a grace period that could kill a worker before its drain ends. */}}
-{{- define "conveyor.checkGracePeriod" -}}
-{{- $worker := .Values.config.worker }}
-{{- $bound := addf $worker.drain_timeout_s $worker.hard_exit_after_s }}
-{{- if le (float64 .Values.terminationGracePeriodSeconds) $bound }}
-{{- fail (printf "terminationGracePeriodSeconds (%v) must be greater than config.worker.drain_timeout_s + config.worker.hard_exit_after_s (%v)" .Values.terminationGracePeriodSeconds $bound) }}
+{{/* The topics a group consumes: each job type's source and retry topic. */}}
+{{- define "conveyor.groupTopics" -}}
+{{- $config := .root.Values.config }}
+{{- $topics := list }}
+{{- range .group.jobTypes }}
+{{- $topic := (get $config.jobs .).topic }}
+{{- $topics = append $topics $topic }}
+{{- $topics = append $topics (printf "%s%s" $topic $config.kafka.retry_suffix) }}
 {{- end }}
+{{- toJson $topics }}
 {{- end }}
 
 {{/* Pod-level settings shared by the worker and the hook Jobs. */}}
@@ -135,12 +260,34 @@ imagePullSecrets:
 {{- end }}
 securityContext:
   {{- toYaml .Values.podSecurityContext | nindent 2 }}
-{{- with .Values.nodeSelector }}
+{{- end }}
+
+{{/* Placement of a pod. Input: a map with nodeSelector, tolerations, ... */}}
+{{- define "conveyor.podPlacement" -}}
+{{- with .priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .Values.tolerations }}
+{{- with .tolerations }}
 tolerations:
   {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* An alert's runbook annotation. Input: dict "root" $ "alert" <name>. */}}
+{{- define "conveyor.runbook" -}}
+{{- with .root.Values.metrics.prometheusRule.runbookBaseUrl -}}
+runbook_url: {{ printf "%s#%s" . (lower $.alert) | quote }}
 {{- end }}
 {{- end }}

@@ -3,7 +3,9 @@ A Job run as a pre-install/pre-upgrade hook with the worker's image and config,
 and only the secret groups it uses (e.g. migrate: postgres; topics: none).
 Input: dict "root" $ "name" <suffix> "args" <list> "weight" <string>
 "secrets" <list of secrets.* group names>.
-Kept after a failure for inspection; replaced on the next attempt.
+Kept after a failure for inspection; replaced on the next attempt. The config
+is inline, not the ConfigMap: a pre-install hook runs before the release's
+other resources exist.
 */}}
 {{- define "conveyor.hookJob" -}}
 {{- $root := .root -}}
@@ -36,15 +38,25 @@ spec:
       {{- end }}
       automountServiceAccountToken: false
       {{- include "conveyor.podCommon" $root | trim | nindent 6 }}
+      {{- with include "conveyor.podPlacement" $root.Values | trim }}
+      {{- . | nindent 6 }}
+      {{- end }}
       containers:
         - name: {{ .name }}
           image: {{ include "conveyor.image" $root | quote }}
           imagePullPolicy: {{ $root.Values.image.pullPolicy }}
           args: {{ toJson .args }}
+          {{- with $root.Values.extraEnvFrom }}
+          envFrom:
+            {{- toYaml . | nindent 12 }}
+          {{- end }}
           env:
-            {{- include "conveyor.configEnv" (dict "config" $root.Values.config "name" $prefix) | trim | nindent 12 }}
-            {{- with include "conveyor.secretEnv" (dict "secrets" $secrets "name" $prefix "path" "secrets") | trim }}
+            {{- include "conveyor.envEntries" (include "conveyor.configEnv" $root | fromJson) | trim | nindent 12 }}
+            {{- with include "conveyor.secretEnv" (dict "root" $root "secrets" $secrets "name" $prefix "path" "secrets") | trim }}
             {{- . | nindent 12 }}
+            {{- end }}
+            {{- with $root.Values.extraEnv }}
+            {{- toYaml . | nindent 12 }}
             {{- end }}
           securityContext:
             {{- toYaml $root.Values.securityContext | nindent 12 }}
