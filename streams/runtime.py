@@ -99,6 +99,8 @@ class Runtime:
                 max_unpacked_bytes=s.extract.max_unpacked_bytes,
                 max_compression_ratio=s.extract.max_compression_ratio,
                 time_limit_s=s.extract.time_limit_s,
+                max_chars=s.extract.max_chars,
+                max_chunks=s.extract.max_chunks,
             ),
         )
         self._loop_lag.start()

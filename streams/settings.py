@@ -181,6 +181,12 @@ class ExtractSettings(_Group):
         200 * 1024 * 1024, ge=1024 * 1024, description="DOCX size once decompressed"
     )
     max_compression_ratio: float = Field(100.0, ge=2, description="per DOCX part of 1 MiB or more")
+    max_chars: int = Field(
+        10_000_000, ge=1000, description="characters of text per document; longer ones are refused"
+    )
+    max_chunks: int = Field(
+        25_000, ge=10, description="chunks per document (each one is embedded); more are refused"
+    )
 
 
 class SentrySettings(_Group):

@@ -89,17 +89,33 @@ def time_limit(seconds: float) -> Iterator[None]:
 
 def _write_chunks(document: Document, request: ExtractRequest) -> ExtractSummary:
     chunker = Chunker(request.chunk_size, request.chunk_overlap)
+    policy = request.policy
     count = chars = pages = 0
     with open(request.out_path, "w", encoding="utf-8") as out:
         for page in document.pages:
             chars += len(page.text) + (len(PAGE_SEPARATOR) if pages else 0)
             pages += 1
+            _check_caps(chars, count, policy)
             count += _write(out, chunker.feed(page))
         count += _write(out, chunker.finish())
+        _check_caps(chars, count, policy)
     unreadable = tuple(document.unreadable_pages)
     if count == 0:
         raise PermanentError(_no_text(document, unreadable))
     return ExtractSummary(document.kind.value, document.page_count, count, chars, unreadable)
+
+
+def _check_caps(chars: int, chunks: int, policy: ExtractPolicy) -> None:
+    """Refuse a document whose text would cost too much to embed and store."""
+    if chars > policy.max_chars:
+        raise PermanentError(
+            f"document has more than {policy.max_chars} characters of text;"
+            f" limit is {policy.max_chars}"
+        )
+    if chunks > policy.max_chunks:
+        raise PermanentError(
+            f"document makes more than {policy.max_chunks} chunks; limit is {policy.max_chunks}"
+        )
 
 
 def _write(out: TextIO, chunks: list[Chunk]) -> int:

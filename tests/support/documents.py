@@ -96,3 +96,52 @@ def zip_bomb_docx(member_bytes: int, *, compressible: bool = True) -> bytes:
                 member.write(bytes(size) if compressible else rnd.randbytes(size))
                 left -= size
     return out.getvalue()
+
+
+def docx_from_xml(document_xml: str | bytes, **parts: str | bytes) -> bytes:
+    """A minimal DOCX archive around a hand-written ``word/document.xml`` (and other parts)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(
+            "[Content_Types].xml",
+            '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/'
+            '2006/content-types"><Default Extension="xml" ContentType="application/xml"/>'
+            '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.'
+            'relationships+xml"/><Override PartName="/word/document.xml" ContentType="'
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"
+            '"/></Types>',
+        )
+        archive.writestr(
+            "_rels/.rels",
+            '<?xml version="1.0"?><Relationships xmlns="http://schemas.openxmlformats.org/'
+            'package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.'
+            "openxmlformats.org/officeDocument/2006/relationships/officeDocument"
+            '" Target="word/document.xml"/></Relationships>',
+        )
+        archive.writestr("word/document.xml", document_xml)
+        for name, body in parts.items():
+            archive.writestr(name, body)
+    return out.getvalue()
+
+
+W_NS = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+
+
+def entity_expansion_docx(levels: int = 4, fan_out: int = 10, paragraphs: int = 15) -> bytes:
+    """A ~1.3 KB DOCX whose document.xml expands nested internal entities ("billion laughs").
+
+    Each paragraph references the top entity, which expands to
+    ``fan_out ** levels`` copies of a 50-character line: with the defaults,
+    15 paragraphs of 510,000 characters each (7.6 M characters from under
+    1 KB). expat's amplification limit only applies past 8 MiB of output.
+    """
+    entities = ['<!ENTITY e0 "All work and no play makes Jack a dull boy, again. ">']
+    for level in range(1, levels + 1):
+        entities.append(f'<!ENTITY e{level} "{f"&e{level - 1};" * fan_out}">')
+    body = f"<w:p><w:r><w:t>&e{levels};</w:t></w:r></w:p>" * paragraphs
+    xml = (
+        '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
+        f"<!DOCTYPE w:document [{''.join(entities)}]>"
+        f'<w:document xmlns:w="{W_NS}"><w:body>{body}</w:body></w:document>'
+    )
+    return docx_from_xml(xml)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from xml.parsers import expat
 
 import mammoth
 
@@ -26,6 +27,7 @@ from handlers.errors import PermanentError
 DOCUMENT_PART = "word/document.xml"
 RATIO_CHECK_MIN_BYTES = 1024 * 1024  # small parts may compress well without harm
 MAX_PARTS = 10_000
+PROLOG_BLOCK = 64 * 1024
 
 
 def _mb(n: float) -> str:
@@ -61,6 +63,55 @@ def check_archive(path: Path, policy: ExtractPolicy) -> None:
                 f"DOCX part {info.filename} is compressed {ratio:.0f}:1; limit is"
                 f" {policy.max_compression_ratio:.0f}:1 (a decompression bomb?)"
             )
+    _check_no_doctype(path, infos)
+
+
+class _Doctype(Exception):
+    pass
+
+
+class _PrologEnd(Exception):
+    pass
+
+
+def _check_no_doctype(path: Path, infos: list[zipfile.ZipInfo]) -> None:
+    """Refuse any XML part with a DOCTYPE: entities can expand ~1 KB into millions of words.
+
+    Word never writes a DOCTYPE. Only each part's prolog is read (a DOCTYPE
+    must come before the root element), with expat, so every encoding is
+    understood as the parsers would understand it.
+    """
+    with zipfile.ZipFile(path) as archive:
+        for info in infos:
+            if info.filename.endswith((".xml", ".rels")) and _has_doctype(archive, info):
+                raise PermanentError(
+                    f"DOCX part {info.filename} declares a DOCTYPE or entities, which Word"
+                    " never writes; refused (an entity-expansion attack?)"
+                )
+
+
+def _has_doctype(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bool:
+    parser = expat.ParserCreate()
+
+    def doctype(*_: object) -> None:
+        raise _Doctype
+
+    def root(*_: object) -> None:
+        raise _PrologEnd
+
+    parser.StartDoctypeDeclHandler = doctype
+    parser.EntityDeclHandler = doctype
+    parser.StartElementHandler = root
+    try:
+        with archive.open(info) as part:
+            while block := part.read(PROLOG_BLOCK):
+                parser.Parse(block, False)
+            parser.Parse(b"", True)
+    except _Doctype:
+        return True
+    except (_PrologEnd, expat.ExpatError):
+        return False  # the root element started, or the parser will refuse the part itself
+    return False
 
 
 def docx_pages(path: Path, policy: ExtractPolicy) -> Iterator[Page]:
