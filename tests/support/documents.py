@@ -145,3 +145,48 @@ def entity_expansion_docx(levels: int = 4, fan_out: int = 10, paragraphs: int = 
         f'<w:document xmlns:w="{W_NS}"><w:body>{body}</w:body></w:document>'
     )
     return docx_from_xml(xml)
+
+
+def pdf_with_glyphs(pages: list[list[bytes]]) -> bytes:
+    """A hand-written PDF: each page shows its lines (WinAnsi bytes) in Helvetica.
+
+    Bytes 0x80 and 0x81 are remapped to the ``fi`` and ``fl`` ligature glyphs
+    (as TeX and many typesetters do), so extraction must recover ligatures;
+    WinAnsi's accented letters (0xE9 é, ...) are kept.
+    """
+    objects: list[bytes] = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"",  # the page tree, once the pages are numbered
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding << /Type /Encoding"
+        b" /BaseEncoding /WinAnsiEncoding /Differences [128 /fi /fl] >> >>",
+    ]
+    kids = []
+    for lines in pages:
+        shown = b"".join(
+            b"("
+            + line.replace(b"\\", b"\\\\").replace(b"(", b"\\(").replace(b")", b"\\)")
+            + b") Tj 0 -16 Td "
+            for line in lines
+        )
+        content = b"BT /F1 12 Tf 72 720 Td " + shown + b"ET"
+        objects.append(b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream")
+        objects.append(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources"
+            b" << /Font << /F1 3 0 R >> >> /Contents %d 0 R >>" % len(objects)
+        )
+        kids.append(b"%d 0 R" % len(objects))
+    objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(kids), len(kids))
+    out = io.BytesIO()
+    out.write(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(out.tell())
+        out.write(b"%d 0 obj\n" % number + body + b"\nendobj\n")
+    xref = out.tell()
+    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
+    for offset in offsets:
+        out.write(b"%010d 00000 n \n" % offset)
+    out.write(
+        b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    )
+    return out.getvalue()
