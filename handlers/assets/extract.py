@@ -27,6 +27,7 @@ from typing import TextIO
 from handlers.assets.chunking import PAGE_SEPARATOR, Chunk, Chunker
 from handlers.assets.formats import Document, open_document
 from handlers.assets.formats.sniff import Kind
+from handlers.assets.formats.text import too_long
 from handlers.deps import ExtractPolicy
 from handlers.errors import PermanentError
 
@@ -108,10 +109,7 @@ def _write_chunks(document: Document, request: ExtractRequest) -> ExtractSummary
 def _check_caps(chars: int, chunks: int, policy: ExtractPolicy) -> None:
     """Refuse a document whose text would cost too much to embed and store."""
     if chars > policy.max_chars:
-        raise PermanentError(
-            f"document has more than {policy.max_chars} characters of text;"
-            f" limit is {policy.max_chars}"
-        )
+        raise too_long(policy.max_chars)
     if chunks > policy.max_chunks:
         raise PermanentError(
             f"document makes more than {policy.max_chunks} chunks; limit is {policy.max_chunks}"

@@ -58,6 +58,51 @@ def split_text(text: str, piece_chars: int = PIECE_CHARS) -> Iterator[Page]:
     yield Page(None, text[pos:])
 
 
+def too_long(max_chars: int) -> PermanentError:
+    return PermanentError(
+        f"document has more than {max_chars} characters of text; limit is {max_chars}"
+    )
+
+
+class Pieces:
+    """Text that arrives in parts, handed on as pages cut at blank lines.
+
+    Like ``split_text``, joining the pages with ``PAGE_SEPARATOR`` gives back
+    the text exactly. More than ``max_chars`` in all is refused as it
+    arrives, which also bounds what a text without blank lines can hold.
+    """
+
+    def __init__(self, max_chars: int, piece_chars: int = PIECE_CHARS) -> None:
+        self.max_chars = max_chars
+        self.piece_chars = piece_chars
+        self.chars = 0
+        self._parts: list[str] = []
+        self._held = 0
+
+    def add(self, text: str) -> Iterator[Page]:
+        if not text:
+            return
+        self.chars += len(text)
+        if self.chars > self.max_chars:
+            raise too_long(self.max_chars)
+        self._parts.append(text)
+        self._held += len(text)
+        if self._held < self.piece_chars:
+            return
+        held = "".join(self._parts)
+        cut = held.rfind(PAGE_SEPARATOR)
+        if cut < 0:
+            self._parts = [held]
+            return
+        yield Page(None, held[:cut])
+        rest = held[cut + len(PAGE_SEPARATOR) :]
+        self._parts, self._held = [rest], len(rest)
+
+    def finish(self) -> Iterator[Page]:
+        yield Page(None, "".join(self._parts))
+        self._parts, self._held = [], 0
+
+
 def text_pages(path: Path) -> Iterator[Page]:
     """Plain text and markdown (markdown is indexed as written: its marks carry structure)."""
     return split_text(read_text(path))
