@@ -76,7 +76,11 @@ class Runtime:
         )
         auth = s.http.storage_auth_header
         providers = self._providers = open_providers(s)
-        cpu = self._cpu = ProcessCpuPool(s.extract.workers, preload=["handlers.assets.extract"])
+        cpu = self._cpu = ProcessCpuPool(
+            s.extract.workers,
+            preload=["handlers.assets.extract"],
+            memory_limit_bytes=s.extract.memory_limit_bytes,
+        )
         await cpu.start()
         self._deps = Deps(
             db=db,

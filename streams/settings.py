@@ -187,6 +187,11 @@ class ExtractSettings(_Group):
     max_chunks: int = Field(
         25_000, ge=10, description="chunks per document (each one is embedded); more are refused"
     )
+    memory_limit_bytes: int = Field(
+        512 * 1024 * 1024,
+        ge=128 * 1024 * 1024,
+        description="address space of each extraction process; a document needing more fails",
+    )
 
 
 class SentrySettings(_Group):

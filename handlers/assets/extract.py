@@ -14,6 +14,7 @@ as a backstop if even that does not end the work.
 
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import threading
@@ -58,10 +59,23 @@ class _TimeUp(BaseException):
 
 
 def extract_to_file(request: ExtractRequest) -> ExtractSummary:
-    """Extract and chunk ``request.path`` into JSON lines at ``request.out_path``."""
-    with time_limit(request.policy.time_limit_s):
-        document = open_document(Path(request.path), request.mime_type, request.policy)
-        return _write_chunks(document, request)
+    """Extract and chunk ``request.path`` into JSON lines at ``request.out_path``.
+
+    A MemoryError (the process's memory ceiling, see ``cpu_pool``) is raised
+    again only after the parser's frames, and the document tree they hold,
+    are gone: otherwise the process could not even report it.
+    """
+    out_of_memory = False
+    try:
+        with time_limit(request.policy.time_limit_s):
+            document = open_document(Path(request.path), request.mime_type, request.policy)
+            return _write_chunks(document, request)
+    except MemoryError:
+        out_of_memory = True
+    if out_of_memory:
+        gc.collect()  # parsers' trees have cycles (parent links)
+        raise MemoryError("the document needs more memory than this process may use")
+    raise AssertionError("unreachable")
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from handlers import ledger
 from handlers.assets import store
 from handlers.assets.extract import ExtractRequest, ExtractSummary, extract_to_file, read_chunks
 from handlers.assets.fetch import fetch_to_file
-from handlers.cpu_pool import CpuTimeout, CpuWorkerLost
+from handlers.cpu_pool import CpuMemoryExceeded, CpuTimeout, CpuWorkerLost
 from handlers.deps import Deps
 from handlers.errors import PermanentError, RetryableError
 from handlers.types import Job, Outcome
@@ -101,6 +101,10 @@ async def _extract(deps: Deps, source: Path, mime_type: str, out: Path) -> Extra
         raise PermanentError(
             f"extracting the text took longer than the {limit_s:g} s limit and was stopped;"
             " the file may be damaged or too complex"
+        ) from None
+    except CpuMemoryExceeded as exc:
+        raise PermanentError(
+            f"the document {exc} to extract (the limit of each extraction process)"
         ) from None
     except CpuWorkerLost as exc:
         raise RetryableError(f"the extraction process stopped: {exc}") from None

@@ -190,3 +190,51 @@ def pdf_with_glyphs(pages: list[list[bytes]]) -> bytes:
         b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
     )
     return out.getvalue()
+
+
+def formatted_docx(xml_mib: float, seed: int = 1) -> bytes:
+    """A DOCX whose document.xml is ~``xml_mib`` MiB of heavily formatted text.
+
+    Every word sits in its own run with Word's usual run properties (fonts,
+    size, language, revision ids), so text is ~3 % of the XML, as in documents
+    edited with tracked formatting: a 200 MiB document.xml holds ~6 M
+    characters, inside the default character cap.
+    """
+    rnd = random.Random(seed)
+    head = (
+        f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<w:document xmlns:w="{W_NS}">'
+        "<w:body>"
+    )
+    run = (
+        '<w:r w:rsidRPr="00{rsid:06X}"><w:rPr><w:rFonts w:ascii="Calibri" w:hAnsi="Calibri"'
+        ' w:cs="Calibri"/><w:color w:val="1F2937"/><w:sz w:val="22"/><w:szCs w:val="22"/>'
+        '<w:lang w:val="en-US"/></w:rPr><w:t xml:space="preserve">{text} </w:t></w:r>'
+    )
+    target = int(xml_mib * 2**20) - 1024  # the other parts fit in the rest of the MiB
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        with archive.open("word/document.xml", "w", force_zip64=True) as part:
+            written = part.write(head.encode())
+            number = 0
+            tail = b"</w:body></w:document>"
+            while True:
+                number += 1
+                if number % 30 == 1:
+                    para = f'<w:p><w:pPr><w:pStyle w:val="Heading1"/></w:pPr>{run}</w:p>'.format(
+                        rsid=number, text=f"Section {number // 30}"
+                    )
+                else:
+                    runs = "".join(
+                        run.format(rsid=rnd.randrange(2**24), text=words(1, seed=number * 40 + i))
+                        for i in range(40)
+                    )
+                    para = (
+                        f'<w:p w:rsidR="00{number:06X}"><w:pPr><w:spacing w:after="120"/>'
+                        f"</w:pPr>{runs}</w:p>"
+                    )
+                if written + len(para) + len(tail) > target:
+                    break
+                written += part.write(para.encode())
+            part.write(tail)
+        archive.writestr("[Content_Types].xml", "<Types/>")
+    return out.getvalue()

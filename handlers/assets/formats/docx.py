@@ -11,7 +11,8 @@ HTML-to-text converter as HTML files: headings become ``#`` lines and list
 items ``-``/``1.`` lines, with no escaping.
 
 Mammoth holds the whole XML tree (~26 bytes of memory per byte of XML), so a
-document whose XML parts exceed ``MAMMOTH_MAX_XML_BYTES`` is read by
+document whose XML parts exceed ``MAMMOTH_MAX_XML_BYTES`` (2 MiB: up to ~190 MB
+for mammoth) is read by
 ``docx_stream`` instead, which writes the same HTML from a stream of XML
 events in bounded memory.
 """
@@ -37,7 +38,7 @@ from handlers.errors import PermanentError
 DOCUMENT_PART = "word/document.xml"
 RATIO_CHECK_MIN_BYTES = 1024 * 1024  # small parts may compress well without harm
 MAX_PARTS = 10_000
-MAMMOTH_MAX_XML_BYTES = 8 * 1024 * 1024  # mammoth needs ~26x this in memory
+MAMMOTH_MAX_XML_BYTES = 2 * 1024 * 1024  # mammoth needs 25-60x this in memory
 XML_SUFFIXES = (".xml", ".rels")
 NO_TEXT = "DOCX has no text to index"
 PROLOG_BLOCK = 64 * 1024
@@ -142,6 +143,8 @@ def _mammoth_pages(path: Path) -> Iterator[Page]:
             html = to_html(f)
     except (KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise PermanentError(f"DOCX is damaged and cannot be read ({_short(exc)})") from None
+    except MemoryError:
+        raise  # the process's memory ceiling: reported as such by the pool
     except Exception as exc:  # mammoth's XML and zip layers raise many types
         raise PermanentError(f"DOCX cannot be read ({_short(exc)})") from None
     text = html_to_text(html)

@@ -78,6 +78,8 @@ def open_pdf(path: Path, policy: ExtractPolicy) -> PdfPages:
         raise
     except (FileNotDecryptedError, DependencyError):
         raise PermanentError(_ENCRYPTED) from None
+    except MemoryError:
+        raise  # the process's memory ceiling: reported as such by the pool
     except Exception as exc:  # pypdf raises many types for damaged files
         raise PermanentError(f"PDF is damaged and cannot be read ({_short(exc)})") from None
     del reader
