@@ -164,5 +164,5 @@ def test_json_over_its_size_limit_is_refused(tmp_path: Path) -> None:
 
     path = _write(tmp_path, "a.json", "[" + ",".join(["1"] * 6_000_000) + "]")
     assert path.stat().st_size > text.JSON_MAX_BYTES
-    with pytest.raises(PermanentError, match=r"JSON is 11 MB; JSON files over 10 MB"):
+    with pytest.raises(PermanentError, match=r"JSON is 11 MB; JSON files over 8 MB"):
         _pages(path, "application/json")

@@ -47,7 +47,7 @@ def read_text(path: Path) -> str:
 
 EMPTY = "file is empty: no text to index"
 READ_BYTES = 1024 * 1024
-JSON_MAX_BYTES = 10 * 1024 * 1024  # parsed whole: up to ~25x this in memory
+JSON_MAX_BYTES = 8 * 1024 * 1024  # parsed whole: up to ~35x this in memory
 
 
 def text_encoding(path: Path) -> str:
@@ -231,18 +231,27 @@ def json_pages(path: Path) -> Iterator[Page]:
 
 
 def flatten(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
-    """(path, text) for each non-empty scalar, in document order (iteratively: no recursion)."""
-    stack: list[tuple[str, Any]] = [(path, value)]
+    """(path, text) for each non-empty scalar, in document order.
+
+    Iterative (no recursion), and each container's children are visited
+    through an iterator, so no list of every path is ever built.
+    """
+    stack: list[Iterator[tuple[str, Any]]] = [iter([(path, value)])]
     while stack:
-        where, item = stack.pop()
-        if isinstance(item, dict):
-            for key in reversed(list(item)):
-                stack.append((f"{where}.{key}" if where else str(key), item[key]))
-        elif isinstance(item, list):
-            for i in range(len(item) - 1, -1, -1):
-                stack.append((f"{where}[{i}]", item[i]))
-        elif item is not None and str(item).strip():
-            yield where, _scalar(item)
+        for where, item in stack[-1]:
+            if isinstance(item, dict | list):
+                stack.append(_children(where, item))
+                break
+            if item is not None and str(item).strip():
+                yield where, _scalar(item)
+        else:
+            stack.pop()
+
+
+def _children(where: str, item: dict[Any, Any] | list[Any]) -> Iterator[tuple[str, Any]]:
+    if isinstance(item, dict):
+        return ((f"{where}.{key}" if where else str(key), v) for key, v in item.items())
+    return ((f"{where}[{i}]", v) for i, v in enumerate(item))
 
 
 def _scalar(item: Any) -> str:
