@@ -10,7 +10,7 @@ tables, so the document is converted to HTML and rendered with the same
 HTML-to-text converter as HTML files: headings become ``#`` lines and list
 items ``-``/``1.`` lines, with no escaping.
 
-Mammoth holds the whole XML tree (~26 bytes of memory per byte of XML), so a
+Mammoth holds the whole XML tree (25-60 bytes of memory per byte of XML), so a
 document whose XML parts exceed ``MAMMOTH_MAX_XML_BYTES`` (2 MiB: up to ~190 MB
 for mammoth) is read by
 ``docx_stream`` instead, which writes the same HTML from a stream of XML
