@@ -7,20 +7,25 @@ server, and measures:
 - pages/s for 10/100/1000-page PDFs and words/s for 10k/100k/1M-word DOCX
   files, one asset at a time, from publishing the job to ``completed``;
 - many PDFs at once versus pypdf extracting the same pages in one process
-  (this process, nothing else running): the ratio of the two rates;
+  (this process, nothing else running): the ratio of the two rates (the
+  worker extracts PDF text with PDFium; its rate alone is printed too);
+- a memory table: peak RSS of the extraction process, the worker and the
+  whole process tree for DOCX files of 10, 40 and 200 MiB of document.xml
+  and a PDF at the page cap (``--no-memory`` skips it);
 - peak RSS of the worker and its extraction processes during the
   1000-page PDF (VmRSS of the process tree sampled every 20 ms; VmHWM of
   each process);
 - event-loop lag while ingesting, from the worker's own ``worker.loop_lag``
   windows (a 50 ms timer's lateness; 10 s windows) and ``worker.loop_stalled``.
 
-    eval "$(scripts/services env)"; .venv/bin/python bench/ingest.py [--many 40]
+    eval "$(scripts/services env)"; .venv/bin/python bench/ingest.py [--many 40] [--no-memory]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import tempfile
@@ -31,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import pypdfium2 as pdfium
 from pypdf import PdfReader
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +48,7 @@ from handlers.deps import ExtractPolicy  # noqa: E402
 from schemas.envelope import JobEnvelope  # noqa: E402
 from streams.looplag import percentile  # noqa: E402
 from streams.migrate import migrate  # noqa: E402
-from tests.support.documents import DOCX_MIME, docx_words, pdf_bytes  # noqa: E402
+from tests.support.documents import DOCX_MIME, docx_words, formatted_docx, pdf_bytes  # noqa: E402
 from tests.support.http import FileServer, file_server  # noqa: E402
 from tests.support.stack import Stack  # noqa: E402
 from tests.support.worker import WorkerProcess  # noqa: E402
@@ -68,6 +74,10 @@ def pdf(pages: int) -> bytes:
 
 def docx(words: int) -> bytes:
     return cached(f"docx-{words}.docx", lambda: docx_words(words))
+
+
+def formatted(xml_mib: int) -> bytes:
+    return cached(f"docx-xml-{xml_mib}mib.docx", lambda: formatted_docx(xml_mib))
 
 
 # --- process tree memory --------------------------------------------------------------
@@ -149,6 +159,9 @@ class TreeMemory:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> TreeMemory:
+        for pid in [self.pid, *descendants(self.pid)]:  # VmHWM from now on (Linux >= 4.0)
+            with contextlib.suppress(OSError):
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
         self._thread.start()
         return self
 
@@ -229,6 +242,28 @@ def pypdf_alone(bodies: list[bytes], workdir: Path) -> tuple[float, int]:
     return pages / (time.perf_counter() - started), words
 
 
+def pdfium_alone(bodies: list[bytes], workdir: Path) -> float:
+    """Pages per second of PDFium's text extraction in this one process (what the worker uses)."""
+    paths = []
+    for i, body in enumerate(bodies):
+        path = workdir / f"pdfium-{i}.pdf"
+        path.write_bytes(body)
+        paths.append(path)
+    pages = 0
+    started = time.perf_counter()
+    for path in paths:
+        document = pdfium.PdfDocument(str(path))
+        for index in range(len(document)):
+            page = document[index]
+            textpage = page.get_textpage()
+            textpage.get_text_bounded()
+            textpage.close()
+            page.close()
+            pages += 1
+        document.close()
+    return pages / (time.perf_counter() - started)
+
+
 async def pool_alone(bodies: list[bytes], workdir: Path) -> float:
     """Pages per second of ``extract_to_file`` through the pool, 4 documents in flight."""
     pool = ProcessCpuPool(2, preload=["handlers.assets.extract"])
@@ -298,6 +333,8 @@ async def report(
 ) -> None:
     first_event = len(bench.worker.events)
     lag_1000 = await one_at_a_time(bench, pdfs, docxs, worker_pid)
+    if args.memory:
+        await memory_table(bench, worker_pid)
     events_before = len(bench.worker.events)
     await many_at_once(bench, pdfs[100], args.many, workdir, worker_pid)
     lag_many = bench.lag_windows(events_before)
@@ -354,6 +391,31 @@ async def one_at_a_time(
     return lag_1000
 
 
+async def memory_table(bench: Bench, worker_pid: int) -> None:
+    """Peak RSS per process and of the whole worker for the largest documents the guards take."""
+    cases = [
+        (f"DOCX, document.xml {n} MiB", f"docxmem{n}", formatted(n), DOCX_MIME)
+        for n in (10, 40, 200)
+    ]
+    cap = ExtractPolicy().max_pages
+    cases.append((f"PDF, {cap} pages (the page cap)", "pdfcap", pdf(cap), PDF))
+    print(
+        "\npeak memory, one document at a time (VmHWM of each process; summed VmRSS of the"
+        " worker and its descendants, sampled every 20 ms):"
+    )
+    print("  | document | file | elapsed | extraction process | worker | whole worker |")
+    for label, name, body, mime in cases:
+        memory = TreeMemory(worker_pid)
+        with memory:
+            elapsed = await bench.ingest([(name, body, mime)])
+        children = [v for pid, v in memory.hwm.items() if pid != worker_pid]
+        print(
+            f"  | {label} | {len(body) / 2**20:.1f} MB | {elapsed:.1f} s | {mb(max(children))} |"
+            f" {mb(memory.hwm.get(worker_pid, 0))} | {mb(memory.peak_sum)} |",
+            flush=True,
+        )
+
+
 async def many_at_once(
     bench: Bench, body: bytes, count: int, workdir: Path, worker_pid: int
 ) -> None:
@@ -364,8 +426,10 @@ async def many_at_once(
     pages = count * 100
     rate = pages / elapsed
     alone, _ = pypdf_alone([body] * count, workdir)
+    pdfium = pdfium_alone([body] * count, workdir)
     print(f"\n{count} x 100-page PDFs at once: {elapsed:.2f} s, {rate:.1f} pages/s")
     print(f"  pypdf extract_text alone, one process, same pages: {alone:.1f} pages/s")
+    print(f"  PDFium (pypdfium2) alone, one process, same pages: {pdfium:.1f} pages/s")
     print(f"  ratio worker / pypdf alone: {rate / alone:.2f}")
     per_page = [v / pages * 1000 for v in (split.worker, split.extraction, split.rest_of_machine)]
     print(
@@ -389,6 +453,12 @@ async def many_at_once(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--many", type=int, default=40, help="100-page PDFs ingested at once")
+    parser.add_argument(
+        "--no-memory",
+        dest="memory",
+        action="store_false",
+        help="skip the memory table (DOCX up to 200 MiB of XML, PDF at the page cap)",
+    )
     asyncio.run(run(parser.parse_args()))
     return 0
 

@@ -9,7 +9,10 @@ fresh interpreter), never forked from the worker's threaded,
 event-loop-running process; each asks the kernel to kill it when the worker
 dies, so a SIGKILLed worker leaves no orphans behind (a forkserver would
 outlive it). They are replaced after ``recycle_after`` tasks so memory a
-parser kept does not accumulate.
+parser kept does not accumulate. With ``memory_limit_bytes`` each process
+gets that ceiling on its address space (``RLIMIT_AS``): a document that needs
+more fails alone (``CpuMemoryExceeded``) instead of the kernel choosing
+which process of the pod to kill.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import importlib
 import logging
 import multiprocessing
 import os
+import resource
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -45,6 +49,14 @@ class CpuWorkerLost(Exception):
     """The process running the work died (crash, out of memory) or was stopped."""
 
 
+class CpuMemoryExceeded(Exception):
+    """The work needed more memory than the pool's per-process ceiling."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(f"needs more than {limit_bytes / 2**20:.0f} MB")
+        self.limit_bytes = limit_bytes
+
+
 def _pid(_: object) -> int:
     return os.getpid()
 
@@ -52,10 +64,12 @@ def _pid(_: object) -> int:
 PR_SET_PDEATHSIG = 1
 
 
-def _init_child(parent_pid: int, preload: tuple[str, ...]) -> None:
+def _init_child(parent_pid: int, preload: tuple[str, ...], memory_limit: int | None) -> None:
     _die_with_parent(parent_pid)
     for module in preload:  # import now, not in the first job's time
         importlib.import_module(module)
+    if memory_limit is not None:  # past it, allocations fail (MemoryError) in this process only
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     # Only the worker decides when to stop; a terminal's Ctrl-C must not break the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in ("pypdf", "mammoth"):
@@ -79,10 +93,13 @@ def _notify(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *arg
 
 
 class _Slot:
-    def __init__(self, index: int, context: Any, preload: tuple[str, ...]) -> None:
+    def __init__(
+        self, index: int, context: Any, preload: tuple[str, ...], memory_limit: int | None
+    ) -> None:
         self.index = index
         self._preload = preload
         self._context = context
+        self._memory_limit = memory_limit
         self.tasks = 0
         self.executor = self._new()
 
@@ -92,12 +109,14 @@ class _Slot:
             max_workers=1,
             mp_context=self._context,
             initializer=_init_child,
-            initargs=(os.getpid(), self._preload),
+            initargs=(os.getpid(), self._preload, self._memory_limit),
         )
 
+    def processes(self) -> list[Any]:
+        return list((getattr(self.executor, "_processes", None) or {}).values())
+
     def kill(self) -> None:
-        processes = getattr(self.executor, "_processes", None) or {}
-        for process in list(processes.values()):
+        for process in self.processes():
             if process.is_alive():
                 process.kill()
 
@@ -116,12 +135,16 @@ class ProcessCpuPool:
         grace_s: float = 10.0,
         recycle_after: int = 50,
         preload: Sequence[str] = (),
+        memory_limit_bytes: int | None = None,
     ) -> None:
         context = multiprocessing.get_context("spawn")
         self.workers = workers
         self.grace_s = grace_s
         self.recycle_after = recycle_after
-        self._slots = [_Slot(i, context, tuple(preload)) for i in range(workers)]
+        self.memory_limit_bytes = memory_limit_bytes
+        self._slots = [
+            _Slot(i, context, tuple(preload), memory_limit_bytes) for i in range(workers)
+        ]
         self._free: asyncio.Queue[_Slot] = asyncio.Queue()
         for slot in self._slots:
             self._free.put_nowait(slot)
@@ -142,14 +165,29 @@ class ProcessCpuPool:
             self._release(slot, None)
             raise
         slot.tasks += 1
+        processes = slot.processes()
         killer = loop.call_later(timeout_s + self.grace_s, self._kill, slot, future)
         future.add_done_callback(partial(_notify, loop, self._finished, slot, killer))
         try:
             return await asyncio.shield(asyncio.wrap_future(future))
+        except MemoryError:
+            if self.memory_limit_bytes is None:
+                raise
+            raise CpuMemoryExceeded(self.memory_limit_bytes) from None
         except BrokenProcessPool:
             if getattr(future, "conveyor_killed", False):
                 raise CpuTimeout(f"still running {timeout_s + self.grace_s:g} s later") from None
+            if await self._aborted_at_the_ceiling(processes):
+                raise CpuMemoryExceeded(self.memory_limit_bytes or 0) from None
             raise CpuWorkerLost("the process died while working (out of memory?)") from None
+
+    async def _aborted_at_the_ceiling(self, processes: list[Any]) -> bool:
+        """C++ parsers (PDFium) abort when an allocation fails: with a ceiling, that is why."""
+        if self.memory_limit_bytes is None:
+            return False
+        for process in processes:  # dead or dying (a core dump takes a moment)
+            await asyncio.to_thread(process.join, 5.0)
+        return any(p.exitcode == -signal.SIGABRT for p in processes)
 
     def _kill(self, slot: _Slot, future: concurrent.futures.Future[Any]) -> None:
         if future.done():

@@ -67,6 +67,8 @@ class ExtractPolicy:
     max_unpacked_bytes: int = 200 * 1024 * 1024
     max_compression_ratio: float = 100.0
     time_limit_s: float = 120.0
+    max_chars: int = 10_000_000
+    max_chunks: int = 25_000
 
 
 @dataclass(frozen=True, slots=True)

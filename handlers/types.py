@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Generic, TypeVar
@@ -22,11 +22,13 @@ class Job(Generic[P]):
     organization_id: str | None
     payload: P
     deadline: datetime | None = None
+    created_at: datetime | None = None
+    # Where this run of the job was first delivered ("topic:partition:offset"): the
+    # same for redeliveries and retries, new for a replay from the dead-letter topic.
+    origin: str | None = None
 
     def next_attempt(self) -> Job[P]:
-        return Job(
-            self.id, self.type, self.attempt + 1, self.organization_id, self.payload, self.deadline
-        )
+        return replace(self, attempt=self.attempt + 1)
 
 
 class Outcome(StrEnum):

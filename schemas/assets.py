@@ -15,6 +15,21 @@ class AssetStatus(StrEnum):
     FAILED = "failed"
 
 
+class StatusWriter(BaseModel):
+    """The job run writing a status: its id, where this run was first delivered, its age.
+
+    ``origin`` is the same for every redelivery and retry of one run and new
+    for a replay from the dead-letter topic; ``created_at`` (the envelope's)
+    orders different jobs of one asset.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job_id: str
+    origin: str | None = None
+    created_at: datetime | None = None
+
+
 class AssetStatusUpdate(BaseModel):
     """A change of an asset's status; invalid combinations do not construct."""
 

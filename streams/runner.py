@@ -85,7 +85,7 @@ class JobRunner:
         finally:
             JOB_CONTEXT.reset(token)
 
-    def _decode_typed(self, value: bytes, attempts: int) -> Job[BaseModel] | None:
+    def _decode_typed(self, value: bytes, attempts: int, origin: str) -> Job[BaseModel] | None:
         """One-pass validation of envelope and payload; None sends the caller the slow way.
 
         The slow way validates envelope and payload separately so that a bad
@@ -104,6 +104,8 @@ class JobRunner:
             envelope.organization_id,
             envelope.payload,
             envelope.deadline,
+            envelope.created_at,
+            origin,
         )
 
     def _decode(self, record: Record) -> Job[BaseModel] | Failure:
@@ -116,7 +118,9 @@ class JobRunner:
                 f"the limit for a job is {self.max_job_bytes / 2**20:.1f} MB"
             )
             return Failure(Stage.DECODE, error, attempts)
-        fast = self._decode_typed(record.value, attempts)
+        topic, partition, offset, _ = record.origin()
+        origin = f"{topic}:{partition}:{offset}"
+        fast = self._decode_typed(record.value, attempts, origin)
         if fast is not None:
             return fast
         try:
@@ -144,6 +148,8 @@ class JobRunner:
             envelope.organization_id,
             payload,
             envelope.deadline,
+            envelope.created_at,
+            origin,
         )
 
     async def _run_job(self, record: Record, job: Job[BaseModel]) -> None:

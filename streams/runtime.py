@@ -76,7 +76,11 @@ class Runtime:
         )
         auth = s.http.storage_auth_header
         providers = self._providers = open_providers(s, db)
-        cpu = self._cpu = ProcessCpuPool(s.extract.workers, preload=["handlers.assets.extract"])
+        cpu = self._cpu = ProcessCpuPool(
+            s.extract.workers,
+            preload=["handlers.assets.extract"],
+            memory_limit_bytes=s.extract.memory_limit_bytes,
+        )
         await cpu.start()
         self._deps = Deps(
             db=db,
@@ -100,6 +104,8 @@ class Runtime:
                 max_unpacked_bytes=s.extract.max_unpacked_bytes,
                 max_compression_ratio=s.extract.max_compression_ratio,
                 time_limit_s=s.extract.time_limit_s,
+                max_chars=s.extract.max_chars,
+                max_chunks=s.extract.max_chunks,
             ),
         )
         self._loop_lag.start()

@@ -234,6 +234,17 @@ class ExtractSettings(_Group):
         200 * 1024 * 1024, ge=1024 * 1024, description="DOCX size once decompressed"
     )
     max_compression_ratio: float = Field(100.0, ge=2, description="per DOCX part of 1 MiB or more")
+    max_chars: int = Field(
+        10_000_000, ge=1000, description="characters of text per document; longer ones are refused"
+    )
+    max_chunks: int = Field(
+        25_000, ge=10, description="chunks per document (each one is embedded); more are refused"
+    )
+    memory_limit_bytes: int = Field(
+        512 * 1024 * 1024,
+        ge=128 * 1024 * 1024,
+        description="address space of each extraction process; a document needing more fails",
+    )
 
 
 class SentrySettings(_Group):

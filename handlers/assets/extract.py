@@ -14,6 +14,7 @@ as a backstop if even that does not end the work.
 
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import threading
@@ -27,6 +28,7 @@ from typing import TextIO
 from handlers.assets.chunking import PAGE_SEPARATOR, Chunk, Chunker
 from handlers.assets.formats import Document, open_document
 from handlers.assets.formats.sniff import Kind
+from handlers.assets.formats.text import too_long
 from handlers.deps import ExtractPolicy
 from handlers.errors import PermanentError
 
@@ -57,10 +59,23 @@ class _TimeUp(BaseException):
 
 
 def extract_to_file(request: ExtractRequest) -> ExtractSummary:
-    """Extract and chunk ``request.path`` into JSON lines at ``request.out_path``."""
-    with time_limit(request.policy.time_limit_s):
-        document = open_document(Path(request.path), request.mime_type, request.policy)
-        return _write_chunks(document, request)
+    """Extract and chunk ``request.path`` into JSON lines at ``request.out_path``.
+
+    A MemoryError (the process's memory ceiling, see ``cpu_pool``) is raised
+    again only after the parser's frames, and the document tree they hold,
+    are gone: otherwise the process could not even report it.
+    """
+    out_of_memory = False
+    try:
+        with time_limit(request.policy.time_limit_s):
+            document = open_document(Path(request.path), request.mime_type, request.policy)
+            return _write_chunks(document, request)
+    except MemoryError:
+        out_of_memory = True
+    if out_of_memory:
+        gc.collect()  # parsers' trees have cycles (parent links)
+        raise MemoryError("the document needs more memory than this process may use")
+    raise AssertionError("unreachable")
 
 
 @contextmanager
@@ -89,17 +104,30 @@ def time_limit(seconds: float) -> Iterator[None]:
 
 def _write_chunks(document: Document, request: ExtractRequest) -> ExtractSummary:
     chunker = Chunker(request.chunk_size, request.chunk_overlap)
+    policy = request.policy
     count = chars = pages = 0
     with open(request.out_path, "w", encoding="utf-8") as out:
         for page in document.pages:
             chars += len(page.text) + (len(PAGE_SEPARATOR) if pages else 0)
             pages += 1
+            _check_caps(chars, count, policy)
             count += _write(out, chunker.feed(page))
         count += _write(out, chunker.finish())
+        _check_caps(chars, count, policy)
     unreadable = tuple(document.unreadable_pages)
     if count == 0:
         raise PermanentError(_no_text(document, unreadable))
     return ExtractSummary(document.kind.value, document.page_count, count, chars, unreadable)
+
+
+def _check_caps(chars: int, chunks: int, policy: ExtractPolicy) -> None:
+    """Refuse a document whose text would cost too much to embed and store."""
+    if chars > policy.max_chars:
+        raise too_long(policy.max_chars)
+    if chunks > policy.max_chunks:
+        raise PermanentError(
+            f"document makes more than {policy.max_chunks} chunks; limit is {policy.max_chunks}"
+        )
 
 
 def _write(out: TextIO, chunks: list[Chunk]) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from array import array
+from enum import Enum
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -21,11 +22,11 @@ from handlers import ledger
 from handlers.assets import store
 from handlers.assets.extract import ExtractRequest, ExtractSummary, extract_to_file, read_chunks
 from handlers.assets.fetch import fetch_to_file
-from handlers.cpu_pool import CpuTimeout, CpuWorkerLost
+from handlers.cpu_pool import CpuMemoryExceeded, CpuTimeout, CpuWorkerLost
 from handlers.deps import Deps
 from handlers.errors import PermanentError, RetryableError
 from handlers.types import Job, Outcome
-from schemas.assets import AssetStatus, AssetStatusUpdate
+from schemas.assets import AssetStatus, AssetStatusUpdate, StatusWriter
 from schemas.envelope import JobEnvelope
 from schemas.jobs import AssetProcess
 
@@ -41,8 +42,10 @@ PROGRESS_ACQUIRE_S = 1.0  # progress is best effort: never wait long for a conne
 async def handle(job: Job[AssetProcess], deps: Deps) -> Outcome:
     """Index one asset; its chunks are replaced in one transaction with the ledger row."""
     asset = await _begin(job, deps)
-    if asset is None:
+    if asset is _Start.PROCESSED:
         await _publish_follow_up(job, deps)
+        return Outcome.SKIPPED
+    if asset is _Start.SUPERSEDED:
         return Outcome.SKIPPED
     with tempfile.TemporaryDirectory(prefix="conveyor-") as tmp:
         source = await fetch_to_file(deps.http, asset.source_url, deps.fetch, Path(tmp))
@@ -51,26 +54,37 @@ async def handle(job: Job[AssetProcess], deps: Deps) -> Outcome:
         source.unlink()
         count = await _store(job, deps, asset, chunks_path, summary)
     if count is None:
-        await _settle_duplicate(deps, asset.id)
+        await _settle_duplicate(job, deps)
         return Outcome.SKIPPED
     log.info("asset.indexed", asset_id=asset.id, chunks_count=count, pages=summary.page_count)
     await _publish_follow_up(job, deps)
     return Outcome.SUCCEEDED
 
 
-async def _begin(job: Job[AssetProcess], deps: Deps) -> store.AssetRow | None:
-    """Load the asset and mark it ``processing``; None when this job already finished."""
+class _Start(Enum):
+    PROCESSED = "this job's effects are committed (ledger)"
+    SUPERSEDED = "the asset's status is final from this run or a newer job"
+
+
+async def _begin(job: Job[AssetProcess], deps: Deps) -> store.AssetRow | _Start:
+    """Load the asset and mark it ``processing``, unless that would move its status back."""
     asset_id = job.payload.asset_id
     async with deps.db.acquire() as conn:
         asset = await store.load_asset(conn, asset_id)
         if asset is None:
             raise PermanentError(f"asset {asset_id} does not exist")
         if await ledger.processed_outcome(conn, job.id) is not None:
-            return None
-        await store.set_status(
-            conn, asset_id, AssetStatusUpdate(status=AssetStatus.PROCESSING, progress=0)
-        )
+            return _Start.PROCESSED
+        started = AssetStatusUpdate(status=AssetStatus.PROCESSING, progress=0)
+        if not await store.set_status(conn, asset_id, started, writer(job)):
+            log.info("asset.status_final", asset_id=asset_id, status=asset.status)
+            return _Start.SUPERSEDED
     return asset
+
+
+def writer(job: Job[AssetProcess]) -> StatusWriter:
+    """This run of the job, as the writer of the asset's status."""
+    return StatusWriter(job_id=job.id, origin=job.origin, created_at=job.created_at)
 
 
 async def _extract(deps: Deps, source: Path, mime_type: str, out: Path) -> ExtractSummary:
@@ -87,6 +101,10 @@ async def _extract(deps: Deps, source: Path, mime_type: str, out: Path) -> Extra
         raise PermanentError(
             f"extracting the text took longer than the {limit_s:g} s limit and was stopped;"
             " the file may be damaged or too complex"
+        ) from None
+    except CpuMemoryExceeded as exc:
+        raise PermanentError(
+            f"the document {exc} to extract (the limit of each extraction process)"
         ) from None
     except CpuWorkerLost as exc:
         raise RetryableError(f"the extraction process stopped: {exc}") from None
@@ -123,7 +141,7 @@ async def _store(
     of this job already stored the chunks.
     """
     vectors_path = chunks_path.with_suffix(".vectors")
-    progress = _Progress(deps.db, asset.id, summary.chars)
+    progress = _Progress(deps.db, asset.id, summary.chars, writer(job))
     await progress.write(EXTRACTED_PERCENT)
     await _embed_to_file(deps, asset, chunks_path, vectors_path, progress)
     embedder = deps.embedder
@@ -139,7 +157,7 @@ async def _store(
                 await store.insert_chunks(conn, asset, batch, vectors, embedder.model, dims)
                 count += len(batch)
         done = AssetStatusUpdate(status=AssetStatus.COMPLETED, chunks_count=count, progress=100)
-        await store.set_status(conn, asset.id, done)
+        await store.set_status(conn, asset.id, done, writer(job))
     return count
 
 
@@ -166,9 +184,10 @@ def _read_vectors(vectors_file: BinaryIO, count: int, dims: int) -> list[list[fl
 class _Progress:
     """Writes the asset's progress percent, outside the job's transaction, as it advances."""
 
-    def __init__(self, db: Any, asset_id: str, total_chars: int) -> None:
+    def __init__(self, db: Any, asset_id: str, total_chars: int, writer: StatusWriter) -> None:
         self._db = db
         self._asset_id = asset_id
+        self._writer = writer
         self._total = max(total_chars, 1)
         self._last = 0
 
@@ -183,17 +202,18 @@ class _Progress:
         update = AssetStatusUpdate(status=AssetStatus.PROCESSING, progress=percent)
         try:
             async with self._db.acquire(timeout=PROGRESS_ACQUIRE_S) as conn:
-                await store.set_status(conn, self._asset_id, update)
+                await store.set_status(conn, self._asset_id, update, self._writer)
         except TimeoutError:
             log.debug("asset.progress_skipped", percent=percent)
 
 
-async def _settle_duplicate(deps: Deps, asset_id: str) -> None:
+async def _settle_duplicate(job: Job[AssetProcess], deps: Deps) -> None:
     """Another delivery of this job stored the chunks; undo our ``processing`` mark."""
+    asset_id = job.payload.asset_id
     async with deps.db.acquire() as conn:
         count = await store.count_chunks(conn, asset_id)
         done = AssetStatusUpdate(status=AssetStatus.COMPLETED, chunks_count=count, progress=100)
-        await store.set_status(conn, asset_id, done)
+        await store.set_status(conn, asset_id, done, writer(job))
 
 
 async def on_give_up(job: Job[AssetProcess], summary: str, deps: Deps) -> None:
@@ -203,6 +223,7 @@ async def on_give_up(job: Job[AssetProcess], summary: str, deps: Deps) -> None:
             conn,
             job.payload.asset_id,
             AssetStatusUpdate(status=AssetStatus.FAILED, error=readable(summary)),
+            writer(job),
         )
 
 

@@ -7,19 +7,35 @@ from datetime import UTC, datetime
 from typing import Any
 
 from handlers.assets.chunking import Chunk
-from schemas.assets import AssetStatusUpdate
+from schemas.assets import AssetStatusUpdate, StatusWriter
 
 LOAD_ASSET = """
 SELECT id, organization_id, source_url, mime_type, filename, status
 FROM assets WHERE id = $1
 """
 
+# Status only moves forward. A write is refused when the asset's status is
+# final (completed, failed) and was written by a newer job, or by the same job
+# when the write is ``processing`` over ``completed``, ``processing`` over
+# ``failed`` from the same run (a stale copy; a replay from the dead-letter
+# topic is a new run and may reopen it), or ``failed`` over ``completed``.
 UPDATE_STATUS = """
 UPDATE assets
 SET status = $2, error = $3, chunks_count = COALESCE($4, chunks_count),
     progress = COALESCE($5, progress), processed_at = COALESCE($6, processed_at),
+    status_job_id = $7, status_job_origin = $8, status_job_created_at = $9,
     updated_at = now()
 WHERE id = $1
+  AND NOT COALESCE(
+    status IN ('completed', 'failed') AND (
+      status_job_created_at > $9
+      OR (status_job_id = $7 AND (
+        ($2 = 'processing' AND (status = 'completed' OR status_job_origin = $8))
+        OR ($2 = 'failed' AND status = 'completed')
+      ))
+    ),
+    false)
+RETURNING true
 """
 
 DELETE_CHUNKS = "DELETE FROM asset_chunks WHERE asset_id = $1"
@@ -56,12 +72,17 @@ async def load_asset(conn: Any, asset_id: str) -> AssetRow | None:
     return None if row is None else AssetRow(**dict(row))
 
 
-async def set_status(conn: Any, asset_id: str, update: AssetStatusUpdate) -> None:
-    """The one way an asset's status changes."""
+async def set_status(
+    conn: Any, asset_id: str, update: AssetStatusUpdate, writer: StatusWriter
+) -> bool:
+    """The one way an asset's status changes; False when it would move backwards.
+
+    See ``UPDATE_STATUS`` for what counts as backwards.
+    """
     processed_at = update.processed_at
     if processed_at is None and update.status in ("completed", "failed"):
         processed_at = datetime.now(UTC)
-    await conn.execute(
+    applied = await conn.fetchval(
         UPDATE_STATUS,
         asset_id,
         update.status.value,
@@ -69,7 +90,11 @@ async def set_status(conn: Any, asset_id: str, update: AssetStatusUpdate) -> Non
         update.chunks_count,
         update.progress,
         processed_at,
+        writer.job_id,
+        writer.origin,
+        writer.created_at,
     )
+    return bool(applied)
 
 
 async def count_chunks(conn: Any, asset_id: str) -> int:

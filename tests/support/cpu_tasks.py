@@ -39,3 +39,14 @@ def hang_deaf(_: object) -> None:
 
 def crash(_: object) -> None:
     os._exit(3)
+
+
+def allocate(megabytes: int) -> int:
+    """Hold ``megabytes`` of memory at once; returns its size."""
+    block = bytearray(megabytes * 2**20)
+    return len(block)
+
+
+def abort(_: object) -> None:
+    """Die as a C++ library does when an allocation fails (PDFium aborts)."""
+    os.abort()

@@ -96,3 +96,145 @@ def zip_bomb_docx(member_bytes: int, *, compressible: bool = True) -> bytes:
                 member.write(bytes(size) if compressible else rnd.randbytes(size))
                 left -= size
     return out.getvalue()
+
+
+def docx_from_xml(document_xml: str | bytes, **parts: str | bytes) -> bytes:
+    """A minimal DOCX archive around a hand-written ``word/document.xml`` (and other parts)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(
+            "[Content_Types].xml",
+            '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/'
+            '2006/content-types"><Default Extension="xml" ContentType="application/xml"/>'
+            '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.'
+            'relationships+xml"/><Override PartName="/word/document.xml" ContentType="'
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"
+            '"/></Types>',
+        )
+        archive.writestr(
+            "_rels/.rels",
+            '<?xml version="1.0"?><Relationships xmlns="http://schemas.openxmlformats.org/'
+            'package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.'
+            "openxmlformats.org/officeDocument/2006/relationships/officeDocument"
+            '" Target="word/document.xml"/></Relationships>',
+        )
+        archive.writestr("word/document.xml", document_xml)
+        for name, body in parts.items():
+            archive.writestr(name, body)
+    return out.getvalue()
+
+
+W_NS = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+
+
+def entity_expansion_docx(levels: int = 4, fan_out: int = 10, paragraphs: int = 15) -> bytes:
+    """A ~1.3 KB DOCX whose document.xml expands nested internal entities ("billion laughs").
+
+    Each paragraph references the top entity, which expands to
+    ``fan_out ** levels`` copies of a 50-character line: with the defaults,
+    15 paragraphs of 510,000 characters each (7.6 M characters from under
+    1 KB). expat's amplification limit only applies past 8 MiB of output.
+    """
+    entities = ['<!ENTITY e0 "All work and no play makes Jack a dull boy, again. ">']
+    for level in range(1, levels + 1):
+        entities.append(f'<!ENTITY e{level} "{f"&e{level - 1};" * fan_out}">')
+    body = f"<w:p><w:r><w:t>&e{levels};</w:t></w:r></w:p>" * paragraphs
+    xml = (
+        '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
+        f"<!DOCTYPE w:document [{''.join(entities)}]>"
+        f'<w:document xmlns:w="{W_NS}"><w:body>{body}</w:body></w:document>'
+    )
+    return docx_from_xml(xml)
+
+
+def pdf_with_glyphs(pages: list[list[bytes]]) -> bytes:
+    """A hand-written PDF: each page shows its lines (WinAnsi bytes) in Helvetica.
+
+    Bytes 0x80 and 0x81 are remapped to the ``fi`` and ``fl`` ligature glyphs
+    (as TeX and many typesetters do), so extraction must recover ligatures;
+    WinAnsi's accented letters (0xE9 é, ...) are kept.
+    """
+    objects: list[bytes] = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"",  # the page tree, once the pages are numbered
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding << /Type /Encoding"
+        b" /BaseEncoding /WinAnsiEncoding /Differences [128 /fi /fl] >> >>",
+    ]
+    kids = []
+    for lines in pages:
+        shown = b"".join(
+            b"("
+            + line.replace(b"\\", b"\\\\").replace(b"(", b"\\(").replace(b")", b"\\)")
+            + b") Tj 0 -16 Td "
+            for line in lines
+        )
+        content = b"BT /F1 12 Tf 72 720 Td " + shown + b"ET"
+        objects.append(b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream")
+        objects.append(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources"
+            b" << /Font << /F1 3 0 R >> >> /Contents %d 0 R >>" % len(objects)
+        )
+        kids.append(b"%d 0 R" % len(objects))
+    objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(kids), len(kids))
+    out = io.BytesIO()
+    out.write(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(out.tell())
+        out.write(b"%d 0 obj\n" % number + body + b"\nendobj\n")
+    xref = out.tell()
+    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
+    for offset in offsets:
+        out.write(b"%010d 00000 n \n" % offset)
+    out.write(
+        b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    )
+    return out.getvalue()
+
+
+def formatted_docx(xml_mib: float, seed: int = 1) -> bytes:
+    """A DOCX whose document.xml is ~``xml_mib`` MiB of heavily formatted text.
+
+    Every word sits in its own run with Word's usual run properties (fonts,
+    size, language, revision ids), so text is ~3 % of the XML, as in documents
+    edited with tracked formatting: a 200 MiB document.xml holds ~6 M
+    characters, inside the default character cap.
+    """
+    rnd = random.Random(seed)
+    head = (
+        f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<w:document xmlns:w="{W_NS}">'
+        "<w:body>"
+    )
+    run = (
+        '<w:r w:rsidRPr="00{rsid:06X}"><w:rPr><w:rFonts w:ascii="Calibri" w:hAnsi="Calibri"'
+        ' w:cs="Calibri"/><w:color w:val="1F2937"/><w:sz w:val="22"/><w:szCs w:val="22"/>'
+        '<w:lang w:val="en-US"/></w:rPr><w:t xml:space="preserve">{text} </w:t></w:r>'
+    )
+    target = int(xml_mib * 2**20) - 1024  # the other parts fit in the rest of the MiB
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        with archive.open("word/document.xml", "w", force_zip64=True) as part:
+            written = part.write(head.encode())
+            number = 0
+            tail = b"</w:body></w:document>"
+            while True:
+                number += 1
+                if number % 30 == 1:
+                    para = f'<w:p><w:pPr><w:pStyle w:val="Heading1"/></w:pPr>{run}</w:p>'.format(
+                        rsid=number, text=f"Section {number // 30}"
+                    )
+                else:
+                    runs = "".join(
+                        run.format(rsid=rnd.randrange(2**24), text=words(1, seed=number * 40 + i))
+                        for i in range(40)
+                    )
+                    para = (
+                        f'<w:p w:rsidR="00{number:06X}"><w:pPr><w:spacing w:after="120"/>'
+                        f"</w:pPr>{runs}</w:p>"
+                    )
+                if written + len(para) + len(tail) > target:
+                    break
+                written += part.write(para.encode())
+            part.write(tail)
+        archive.writestr("[Content_Types].xml", "<Types/>")
+    return out.getvalue()

@@ -10,15 +10,17 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from handlers.assets import process
 from handlers.assets.extract import ExtractRequest, extract_to_file
-from handlers.cpu_pool import CpuTimeout, CpuWorkerLost, ProcessCpuPool
-from handlers.deps import ExtractPolicy
+from handlers.cpu_pool import CpuMemoryExceeded, CpuTimeout, CpuWorkerLost, ProcessCpuPool
+from handlers.deps import ChunkingPolicy, ExtractPolicy
 from handlers.errors import PermanentError
 from tests.support import cpu_tasks
-from tests.support.documents import pdf_bytes
+from tests.support.documents import DOCX_MIME, formatted_docx, pdf_bytes
 
 
 @pytest.fixture
@@ -103,6 +105,42 @@ async def test_a_document_over_the_extraction_time_limit_is_refused(
     assert await pool.run(cpu_tasks.pid, None, timeout_s=5) > 0
 
 
+async def test_work_past_the_memory_ceiling_fails_alone_and_the_pool_goes_on() -> None:
+    pool = ProcessCpuPool(1, memory_limit_bytes=256 * 2**20)
+    try:
+        await pool.start()
+        with pytest.raises(CpuMemoryExceeded, match="needs more than 256 MB"):
+            await pool.run(cpu_tasks.allocate, 300, timeout_s=10)
+        with pytest.raises(CpuMemoryExceeded):  # a C++ parser aborts instead of raising
+            await pool.run(cpu_tasks.abort, None, timeout_s=10)
+        assert await pool.run(cpu_tasks.allocate, 50, timeout_s=10) == 50 * 2**20
+    finally:
+        pool.shutdown()
+
+
+async def test_a_document_needing_more_than_the_ceiling_is_refused_with_that_reason(
+    tmp_path: Path,
+) -> None:
+    """mammoth on 2 MiB of formatted XML peaks near 190 MB: over a 160 MB ceiling."""
+    source = tmp_path / "formatted.docx"
+    source.write_bytes(formatted_docx(1.9))
+    request = ExtractRequest(str(source), DOCX_MIME, str(tmp_path / "out.jsonl"), ExtractPolicy())
+    pool = ProcessCpuPool(1, memory_limit_bytes=160 * 2**20, preload=["handlers.assets.extract"])
+    try:
+        await pool.start()
+        with pytest.raises(CpuMemoryExceeded, match="needs more than 160 MB"):
+            await pool.run(extract_to_file, request, timeout_s=60)
+    finally:
+        pool.shutdown()
+    roomy = ProcessCpuPool(1, memory_limit_bytes=512 * 2**20, preload=["handlers.assets.extract"])
+    try:
+        await roomy.start()
+        summary = await roomy.run(extract_to_file, request, timeout_s=60)
+        assert summary.chunks > 50
+    finally:
+        roomy.shutdown()
+
+
 OWNER = """
 import asyncio, os, signal, sys
 from handlers.cpu_pool import ProcessCpuPool
@@ -135,3 +173,17 @@ def test_pool_processes_die_with_a_killed_worker(tmp_path: Path) -> None:
     while any(Path(f"/proc/{pid}").exists() for pid in children):
         assert time.monotonic() < deadline, "extraction processes outlived the worker"
         time.sleep(0.05)
+
+
+class _CeilingPool:
+    async def run(self, fn: object, arg: object, *, timeout_s: float) -> object:
+        raise CpuMemoryExceeded(512 * 2**20)
+
+
+async def test_asset_process_turns_the_ceiling_into_a_permanent_reason(tmp_path: Path) -> None:
+    deps = SimpleNamespace(cpu=_CeilingPool(), extract=ExtractPolicy(), chunking=ChunkingPolicy())
+    with pytest.raises(PermanentError) as caught:
+        await process._extract(deps, tmp_path / "a.pdf", "application/pdf", tmp_path / "o")  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        "the document needs more than 512 MB to extract (the limit of each extraction process)"
+    )

@@ -127,3 +127,42 @@ def test_extraction_writes_the_same_chunks_as_chunking_the_whole_text(tmp_path: 
     assert summary.chunks == len(expected) and summary.page_count == 4
     assert written[-1].char_end == summary.chars
     assert {c.page_start for c in written} == {1, 2, 3, 4}
+
+
+def test_long_text_read_in_blocks_is_the_files_text(tmp_path: Path) -> None:
+    body = "\r\n\n".join(f"para {i} naïve 😀 " + "x" * (i % 300) for i in range(4000))
+    assert _text(_write(tmp_path, "a.txt", body.encode()), "text/plain") == body
+    pages = _pages(tmp_path / "a.txt", "text/plain")
+    assert len(pages) > 5, "read and handed on in pieces"
+    latin = ("a" * 3_000_000 + "caf\xe9").encode("latin-1")  # the odd byte far past a block
+    assert _text(_write(tmp_path, "b.txt", latin), "text/plain").endswith("café")
+
+
+def test_long_html_parsed_in_blocks_gives_the_text_of_the_whole_page(tmp_path: Path) -> None:
+    rows = "".join(
+        f"<h2>Part {i}</h2><p>Some <b>bold</b> text &amp; more, naïve {i}</p>"
+        f"<ul><li>one</li><li>two</li></ul><pre>  kept  {i}</pre>"
+        for i in range(6000)
+    )
+    html = f"<html><body>{rows}</body></html>"
+    text = _text(_write(tmp_path, "a.html", html), "text/html")
+    assert text == html_to_text(html)
+    assert len(_pages(tmp_path / "a.html", "text/html")) > 5
+
+
+def test_csv_rows_are_read_as_needed(tmp_path: Path) -> None:
+    body = "name,age\n" + "".join(f"n{i},{20 + i % 50}\n" for i in range(5000))
+    lines = [
+        line for line in _text(_write(tmp_path, "a.csv", body), "text/csv").splitlines() if line
+    ]
+    assert len(lines) == 5000 and lines[-1] == "name: n4999 | age: 69"
+
+
+def test_json_over_its_size_limit_is_refused(tmp_path: Path) -> None:
+    from handlers.assets.formats import text
+    from handlers.errors import PermanentError
+
+    path = _write(tmp_path, "a.json", "[" + ",".join(["1"] * 6_000_000) + "]")
+    assert path.stat().st_size > text.JSON_MAX_BYTES
+    with pytest.raises(PermanentError, match=r"JSON is 11 MB; JSON files over 8 MB"):
+        _pages(path, "application/json")

@@ -9,7 +9,15 @@ import pytest
 from handlers.assets.formats import open_document
 from handlers.deps import ExtractPolicy
 from handlers.errors import PermanentError
-from tests.support.documents import DOCX_MIME, docx_bytes, pdf_bytes, zip_bomb_docx
+from tests.support.documents import (
+    DOCX_MIME,
+    W_NS,
+    docx_bytes,
+    docx_from_xml,
+    entity_expansion_docx,
+    pdf_bytes,
+    zip_bomb_docx,
+)
 from tests.unit.test_extract_formats import extract
 
 PDF = "application/pdf"
@@ -126,3 +134,55 @@ def test_a_damaged_docx_is_refused(tmp_path: Path) -> None:
 def test_invalid_json_says_where(tmp_path: Path) -> None:
     message = _refused(tmp_path, b'{"a": 1,\n "b": }', "application/json")
     assert message.startswith("JSON is invalid at line 2, column 7")
+
+
+def test_a_docx_declaring_entities_is_refused_before_anything_expands(tmp_path: Path) -> None:
+    """Entity expansion: a ~1 KB DOCX whose document.xml becomes 7.6 M characters.
+
+    Before this guard it was extracted into ~16,000 chunks (each one then
+    embedded and sent to the LLM). Word never writes a DOCTYPE.
+    """
+    body = entity_expansion_docx()
+    assert len(body) < 1500
+    path = tmp_path / "laughs.docx"
+    path.write_bytes(body)
+    with pytest.raises(PermanentError) as caught:
+        extract(tmp_path, path, DOCX_MIME)
+    assert str(caught.value) == (
+        "DOCX part word/document.xml declares a DOCTYPE or entities, which Word never"
+        " writes; refused (an entity-expansion attack?)"
+    )
+
+
+@pytest.mark.parametrize("part", ["word/styles.xml", "word/footnotes.xml", "word/_rels/x.rels"])
+def test_a_doctype_in_any_xml_part_is_refused(tmp_path: Path, part: str) -> None:
+    document = (
+        f'<?xml version="1.0"?><w:document xmlns:w="{W_NS}"><w:body><w:p><w:r>'
+        "<w:t>fine</w:t></w:r></w:p></w:body></w:document>"
+    )
+    evil = '<?xml version="1.0"?>\n<!-- x --><!DOCTYPE x [<!ENTITY a "b">]><x>&a;</x>'
+    message = _refused(tmp_path, docx_from_xml(document, **{part: evil}), DOCX_MIME)
+    assert message.startswith(f"DOCX part {part} declares a DOCTYPE or entities")
+
+
+def test_a_doctype_in_utf16_is_refused_too(tmp_path: Path) -> None:
+    evil = '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE x [<!ENTITY a "b">]><x>&a;</x>'
+    body = docx_from_xml(evil.encode("utf-16"))
+    message = _refused(tmp_path, body, DOCX_MIME)
+    assert message.startswith("DOCX part word/document.xml declares a DOCTYPE")
+
+
+def test_text_past_the_character_cap_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "long.txt"
+    path.write_text(("word " * 100 + "\n\n") * 50)  # 25,100 characters
+    with pytest.raises(PermanentError) as caught:
+        extract(tmp_path, path, "text/plain", max_chars=10_000)
+    assert str(caught.value) == ("document has more than 10000 characters of text; limit is 10000")
+
+
+def test_text_past_the_chunk_cap_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "long.txt"
+    path.write_text(("word " * 100 + "\n\n") * 50)  # ~52 chunks of 600 characters
+    with pytest.raises(PermanentError) as caught:
+        extract(tmp_path, path, "text/plain", max_chunks=20)
+    assert str(caught.value) == "document makes more than 20 chunks; limit is 20"

@@ -46,10 +46,10 @@ def _lazy(kind: Kind, path: Path, policy: ExtractPolicy) -> Iterator[Page]:
     if kind is Kind.DOCX:
         yield from docx_pages(path, policy)
     elif kind is Kind.HTML:
-        yield from html_pages(path)
+        yield from html_pages(path, policy.max_chars)
     elif kind is Kind.CSV:
         yield from csv_pages(path)
     elif kind is Kind.JSON:
         yield from json_pages(path)
     else:
-        yield from text_pages(path)
+        yield from text_pages(path, policy.max_chars)

@@ -1,12 +1,20 @@
-"""DOCX through mammoth, after the archive passes the decompression-bomb guard.
+"""DOCX: mammoth for ordinary documents, a streaming reader for large ones.
 
-Mammoth offers raw text, HTML and (deprecated) markdown. Raw text loses
-headings and list structure; its markdown writer backslash-escapes ``.``,
-``-``, ``(`` and the like, which pollutes the indexed text ("3\\.5"). Its
-HTML output is the best-supported path and keeps headings, lists and
+Every archive first passes the guards (a Word document, not encrypted,
+within the unpacked-size and compression-ratio limits, no DOCTYPE in any XML
+part). Mammoth offers raw text, HTML and (deprecated) markdown. Raw text
+loses headings and list structure; its markdown writer backslash-escapes
+``.``, ``-``, ``(`` and the like, which pollutes the indexed text ("3\\.5").
+Its HTML output is the best-supported path and keeps headings, lists and
 tables, so the document is converted to HTML and rendered with the same
 HTML-to-text converter as HTML files: headings become ``#`` lines and list
 items ``-``/``1.`` lines, with no escaping.
+
+Mammoth holds the whole XML tree (25-60 bytes of memory per byte of XML), so a
+document whose XML parts exceed ``MAMMOTH_MAX_XML_BYTES`` (2 MiB: up to ~190 MB
+for mammoth) is read by
+``docx_stream`` instead, which writes the same HTML from a stream of XML
+events in bounded memory.
 """
 
 from __future__ import annotations
@@ -14,10 +22,14 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
+from xml.etree import ElementTree
+from xml.parsers import expat
 
 import mammoth
 
 from handlers.assets.chunking import Page
+from handlers.assets.formats.docx_stream import stream_pages
 from handlers.assets.formats.html import html_to_text
 from handlers.assets.formats.text import split_text
 from handlers.deps import ExtractPolicy
@@ -26,13 +38,17 @@ from handlers.errors import PermanentError
 DOCUMENT_PART = "word/document.xml"
 RATIO_CHECK_MIN_BYTES = 1024 * 1024  # small parts may compress well without harm
 MAX_PARTS = 10_000
+MAMMOTH_MAX_XML_BYTES = 2 * 1024 * 1024  # mammoth needs 25-60x this in memory
+XML_SUFFIXES = (".xml", ".rels")
+NO_TEXT = "DOCX has no text to index"
+PROLOG_BLOCK = 64 * 1024
 
 
 def _mb(n: float) -> str:
     return f"{n / (1024 * 1024):.0f} MB"
 
 
-def check_archive(path: Path, policy: ExtractPolicy) -> None:
+def check_archive(path: Path, policy: ExtractPolicy) -> list[zipfile.ZipInfo]:
     """Refuse archives that are not Word documents or would expand too far.
 
     Python's zipfile never inflates a member past the size its header
@@ -61,24 +77,88 @@ def check_archive(path: Path, policy: ExtractPolicy) -> None:
                 f"DOCX part {info.filename} is compressed {ratio:.0f}:1; limit is"
                 f" {policy.max_compression_ratio:.0f}:1 (a decompression bomb?)"
             )
+    _check_no_doctype(path, infos)
+    return infos
+
+
+class _Doctype(Exception):
+    pass
+
+
+class _PrologEnd(Exception):
+    pass
+
+
+def _check_no_doctype(path: Path, infos: list[zipfile.ZipInfo]) -> None:
+    """Refuse any XML part with a DOCTYPE: entities can expand ~1 KB into millions of words.
+
+    Word never writes a DOCTYPE. Only each part's prolog is read (a DOCTYPE
+    must come before the root element), with expat, so every encoding is
+    understood as the parsers would understand it.
+    """
+    with zipfile.ZipFile(path) as archive:
+        for info in infos:
+            if info.filename.endswith(XML_SUFFIXES) and _has_doctype(archive, info):
+                raise PermanentError(
+                    f"DOCX part {info.filename} declares a DOCTYPE or entities, which Word"
+                    " never writes; refused (an entity-expansion attack?)"
+                )
+
+
+def _has_doctype(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bool:
+    parser = expat.ParserCreate()
+
+    def doctype(*_: object) -> None:
+        raise _Doctype
+
+    def root(*_: object) -> None:
+        raise _PrologEnd
+
+    parser.StartDoctypeDeclHandler = doctype
+    parser.EntityDeclHandler = doctype
+    parser.StartElementHandler = root
+    try:
+        with archive.open(info) as part:
+            while block := part.read(PROLOG_BLOCK):
+                parser.Parse(block, False)
+            parser.Parse(b"", True)
+    except _Doctype:
+        return True
+    except (_PrologEnd, expat.ExpatError):
+        return False  # the root element started, or the parser will refuse the part itself
+    return False
 
 
 def docx_pages(path: Path, policy: ExtractPolicy) -> Iterator[Page]:
-    check_archive(path, policy)
+    infos = check_archive(path, policy)
+    xml_bytes = sum(i.file_size for i in infos if i.filename.endswith(XML_SUFFIXES))
+    if xml_bytes <= MAMMOTH_MAX_XML_BYTES:
+        return _mammoth_pages(path)
+    return _streamed_pages(path, {i.filename for i in infos}, policy)
+
+
+def _mammoth_pages(path: Path) -> Iterator[Page]:
     try:
         with path.open("rb") as f:
-            html = mammoth.convert_to_html(
-                f, convert_image=_no_image, external_file_access=False
-            ).value
+            html = to_html(f)
     except (KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise PermanentError(f"DOCX is damaged and cannot be read ({_short(exc)})") from None
+    except MemoryError:
+        raise  # the process's memory ceiling: reported as such by the pool
     except Exception as exc:  # mammoth's XML and zip layers raise many types
         raise PermanentError(f"DOCX cannot be read ({_short(exc)})") from None
     text = html_to_text(html)
     del html
     if not text.strip():
-        raise PermanentError("DOCX has no text to index")
+        raise PermanentError(NO_TEXT)
     return split_text(text)
+
+
+def to_html(docx: BinaryIO) -> str:
+    """mammoth's HTML for the document; images are never opened (no external file access)."""
+    result = mammoth.convert_to_html(docx, convert_image=_no_image, external_file_access=False)
+    html: str = result.value
+    return html
 
 
 def _no_image(image: object) -> list[object]:
@@ -88,6 +168,19 @@ def _no_image(image: object) -> list[object]:
     into the HTML) or, for a linked image, a URL or local file (CVE-2025-11849).
     """
     return []
+
+
+def _streamed_pages(path: Path, names: set[str], policy: ExtractPolicy) -> Iterator[Page]:
+    has_text = False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for page in stream_pages(archive, names, policy.max_chars):
+                has_text = has_text or (not page.text.isspace() and bool(page.text))
+                yield page
+    except (ElementTree.ParseError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+        raise PermanentError(f"DOCX is damaged and cannot be read ({_short(exc)})") from None
+    if not has_text:
+        raise PermanentError(NO_TEXT)
 
 
 def _short(exc: BaseException) -> str:

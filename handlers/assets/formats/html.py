@@ -16,7 +16,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from handlers.assets.chunking import Page
-from handlers.assets.formats.text import decode, split_text
+from handlers.assets.formats.text import Pieces, read_blocks
 from handlers.errors import PermanentError
 
 SKIP = frozenset(
@@ -208,8 +208,19 @@ def html_to_text(html: str) -> str:
     return parser.take()
 
 
-def html_pages(path: Path) -> Iterator[Page]:
-    text = html_to_text(decode(path.read_bytes()))
-    if not text.strip():
+def html_pages(path: Path, max_chars: int) -> Iterator[Page]:
+    """The page's text, parsed as the file is read in blocks (memory does not grow with it)."""
+    parser = HtmlText()
+    pieces = Pieces(max_chars)
+    has_text = False
+    for block in read_blocks(path):
+        parser.feed(block)
+        text = parser.take()
+        has_text = has_text or bool(text.strip())
+        yield from pieces.add(text)
+    parser.close()
+    text = parser.take()
+    if not (has_text or text.strip()):
         raise PermanentError("HTML page has no text to index")
-    return split_text(text)
+    yield from pieces.add(text)
+    yield from pieces.finish()

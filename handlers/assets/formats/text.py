@@ -4,12 +4,14 @@ Text-like documents have no pages; they are handed to the chunker in
 pieces of about ``PIECE_CHARS`` so nothing downstream holds the whole text
 at once. Plain text is cut at blank lines, which is exactly the separator
 the chunker puts between pieces, so offsets match the file's own text.
+Text, markdown, HTML and CSV files are read in blocks, so memory does not
+grow with the file; JSON is parsed whole, up to ``JSON_MAX_BYTES``.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
-import io
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -39,8 +41,40 @@ def decode(raw: bytes) -> str:
 def read_text(path: Path) -> str:
     text = decode(path.read_bytes())
     if not text.strip():
-        raise PermanentError("file is empty: no text to index")
+        raise PermanentError(EMPTY)
     return text
+
+
+EMPTY = "file is empty: no text to index"
+READ_BYTES = 1024 * 1024
+JSON_MAX_BYTES = 8 * 1024 * 1024  # parsed whole: up to ~35x this in memory
+
+
+def text_encoding(path: Path) -> str:
+    """``decode``'s choice for the whole file, made reading it in blocks."""
+    with path.open("rb") as f:
+        if f.read(2) in (b"\xff\xfe", b"\xfe\xff"):
+            return "utf-16"
+        f.seek(0)
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        try:
+            while block := f.read(READ_BYTES):
+                decoder.decode(block)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return "latin-1"
+    return "utf-8-sig"
+
+
+def read_blocks(path: Path, block_chars: int = PIECE_CHARS) -> Iterator[str]:
+    """The file's text (decoded as ``decode`` would), ``block_chars`` at a time."""
+    encoding = text_encoding(path)
+    try:
+        with path.open(encoding=encoding, newline="") as f:
+            while block := f.read(block_chars):
+                yield block
+    except UnicodeDecodeError:
+        raise PermanentError("file claims to be UTF-16 text but is not") from None
 
 
 def split_text(text: str, piece_chars: int = PIECE_CHARS) -> Iterator[Page]:
@@ -58,9 +92,64 @@ def split_text(text: str, piece_chars: int = PIECE_CHARS) -> Iterator[Page]:
     yield Page(None, text[pos:])
 
 
-def text_pages(path: Path) -> Iterator[Page]:
-    """Plain text and markdown (markdown is indexed as written: its marks carry structure)."""
-    return split_text(read_text(path))
+def too_long(max_chars: int) -> PermanentError:
+    return PermanentError(
+        f"document has more than {max_chars} characters of text; limit is {max_chars}"
+    )
+
+
+class Pieces:
+    """Text that arrives in parts, handed on as pages cut at blank lines.
+
+    Like ``split_text``, joining the pages with ``PAGE_SEPARATOR`` gives back
+    the text exactly. More than ``max_chars`` in all is refused as it
+    arrives, which also bounds what a text without blank lines can hold.
+    """
+
+    def __init__(self, max_chars: int, piece_chars: int = PIECE_CHARS) -> None:
+        self.max_chars = max_chars
+        self.piece_chars = piece_chars
+        self.chars = 0
+        self._parts: list[str] = []
+        self._held = 0
+
+    def add(self, text: str) -> Iterator[Page]:
+        if not text:
+            return
+        self.chars += len(text)
+        if self.chars > self.max_chars:
+            raise too_long(self.max_chars)
+        self._parts.append(text)
+        self._held += len(text)
+        if self._held < self.piece_chars:
+            return
+        held = "".join(self._parts)
+        cut = held.rfind(PAGE_SEPARATOR)
+        if cut < 0:
+            self._parts = [held]
+            return
+        yield Page(None, held[:cut])
+        rest = held[cut + len(PAGE_SEPARATOR) :]
+        self._parts, self._held = [rest], len(rest)
+
+    def finish(self) -> Iterator[Page]:
+        yield Page(None, "".join(self._parts))
+        self._parts, self._held = [], 0
+
+
+def text_pages(path: Path, max_chars: int) -> Iterator[Page]:
+    """Plain text and markdown (markdown is indexed as written: its marks carry structure).
+
+    Read in blocks: memory does not grow with the file.
+    """
+    pieces = Pieces(max_chars)
+    has_text = False
+    for block in read_blocks(path):
+        has_text = has_text or not block.isspace()
+        yield from pieces.add(block)
+    if not has_text:
+        raise PermanentError(EMPTY)
+    yield from pieces.finish()
 
 
 def grouped(lines: Iterable[str], per_piece: int) -> Iterator[Page]:
@@ -79,20 +168,26 @@ def csv_pages(path: Path) -> Iterator[Page]:
 
     Naming the column in every row keeps each chunk understandable on its own.
     """
-    text = read_text(path)
-    sample = text[: 64 * 1024]
+    encoding = text_encoding(path)
+    with path.open(encoding=encoding, newline="") as f:
+        sample = f.read(64 * 1024)
+    if not sample.strip():
+        raise PermanentError(EMPTY)
     try:
         dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t|")
         has_header = csv.Sniffer().has_header(sample)
     except csv.Error:
         dialect, has_header = csv.excel, True
     try:
-        rows = csv.reader(io.StringIO(text, newline=""), dialect)
-        header = next(rows, None) if has_header else None
-        lines = (_row_line(row, header) for row in rows)
-        yield from grouped((line for line in lines if line), CSV_ROWS_PER_PIECE)
+        with path.open(encoding=encoding, newline="") as f:  # rows read as they are needed
+            rows = csv.reader(f, dialect)
+            header = next(rows, None) if has_header else None
+            lines = (_row_line(row, header) for row in rows)
+            yield from grouped((line for line in lines if line), CSV_ROWS_PER_PIECE)
     except csv.Error as exc:
         raise PermanentError(f"CSV cannot be read: {exc}") from None
+    except UnicodeDecodeError:
+        raise PermanentError("file claims to be UTF-16 text but is not") from None
 
 
 def _row_line(row: list[str], header: list[str] | None) -> str:
@@ -112,6 +207,12 @@ def json_pages(path: Path) -> Iterator[Page]:
     The path keeps each value's meaning next to it, which a pretty-printed
     dump loses once it is cut into chunks.
     """
+    size = path.stat().st_size
+    if size > JSON_MAX_BYTES:
+        raise PermanentError(
+            f"JSON is {size / 2**20:.0f} MB; JSON files over {JSON_MAX_BYTES / 2**20:.0f} MB"
+            " are not indexed (convert it to CSV or text)"
+        )
     try:
         data = json.loads(read_text(path))
     except json.JSONDecodeError as exc:
@@ -130,18 +231,27 @@ def json_pages(path: Path) -> Iterator[Page]:
 
 
 def flatten(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
-    """(path, text) for each non-empty scalar, in document order (iteratively: no recursion)."""
-    stack: list[tuple[str, Any]] = [(path, value)]
+    """(path, text) for each non-empty scalar, in document order.
+
+    Iterative (no recursion), and each container's children are visited
+    through an iterator, so no list of every path is ever built.
+    """
+    stack: list[Iterator[tuple[str, Any]]] = [iter([(path, value)])]
     while stack:
-        where, item = stack.pop()
-        if isinstance(item, dict):
-            for key in reversed(list(item)):
-                stack.append((f"{where}.{key}" if where else str(key), item[key]))
-        elif isinstance(item, list):
-            for i in range(len(item) - 1, -1, -1):
-                stack.append((f"{where}[{i}]", item[i]))
-        elif item is not None and str(item).strip():
-            yield where, _scalar(item)
+        for where, item in stack[-1]:
+            if isinstance(item, dict | list):
+                stack.append(_children(where, item))
+                break
+            if item is not None and str(item).strip():
+                yield where, _scalar(item)
+        else:
+            stack.pop()
+
+
+def _children(where: str, item: dict[Any, Any] | list[Any]) -> Iterator[tuple[str, Any]]:
+    if isinstance(item, dict):
+        return ((f"{where}.{key}" if where else str(key), v) for key, v in item.items())
+    return ((f"{where}[{i}]", v) for i, v in enumerate(item))
 
 
 def _scalar(item: Any) -> str:
