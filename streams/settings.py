@@ -176,10 +176,10 @@ class CrmSettings(_Group):
     )
     min_requests_per_second: float = Field(0.5, gt=0, description="floor of the adaptive limit")
     rate_decrease_factor: float = Field(
-        0.7, gt=0, lt=1, description="the adaptive limit is multiplied by this on a 429"
+        0.85, gt=0, lt=1, description="the adaptive limit is multiplied by this on a 429"
     )
     rate_increase_per_s: float = Field(
-        0.5, gt=0, description="requests/s the limit regains per second without a 429"
+        0.3, gt=0, description="requests/s the limit regains per second without a 429"
     )
     timeout_s: float = Field(20.0, gt=0, description="per HTTP request to Kommo")
     max_retries: int = Field(
