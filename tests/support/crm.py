@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
+import asyncpg
+
+from handlers.crm.connections import NewConnection, register
+from handlers.crm.crypto import Keyring, new_key
+from handlers.crm.services import CrmPolicy, CrmServices
 from handlers.providers.kommo import Kommo, KommoConfig, OAuthApp, kommo_config
 from streams.settings import Settings
 from tests.support.kommo_server import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, KommoServer
@@ -37,3 +45,42 @@ class MemoryTokens:
             self.access, self.refresh = grant.access_token, grant.refresh_token
             self.refreshes += 1
         return self.access
+
+
+KEYRING = Keyring.parse(f"k1:{new_key()}")
+
+
+async def register_account(
+    db: asyncpg.Pool,
+    server: KommoServer,
+    *,
+    expires_in_s: float = 3600.0,
+    keyring: Keyring = KEYRING,
+    webhook_secret: str = "whsec-test",
+) -> NewConnection:
+    """A connection to ``server`` as the platform's consent would register it."""
+    pair = server.grant()
+    new = NewConnection(
+        id=f"conn-{uuid.uuid4().hex[:12]}",
+        organization_id="org-1",
+        base_url=server.base_url,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        redirect_uri=REDIRECT_URI,
+        access_token=pair.access_token,
+        refresh_token=pair.refresh_token,
+        access_expires_at=datetime.now(UTC) + timedelta(seconds=expires_in_s),
+        webhook_secret=webhook_secret,
+    )
+    async with db.acquire() as conn:
+        await register(conn, keyring, new)
+    return new
+
+
+def services(
+    session: aiohttp.ClientSession, keyring: Keyring = KEYRING, **overrides: Any
+) -> CrmServices:
+    """CrmServices as a worker builds them, with quick backoffs."""
+    crm = Settings().crm
+    policy = CrmPolicy(crm.token_refresh_margin_s, crm.sync_lease_s)
+    return CrmServices(Kommo(session, config(**overrides)), keyring, policy)
