@@ -5,19 +5,25 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import asyncpg
+from pydantic import BaseModel
 
+from handlers.assets.embed import HashEmbedder
 from handlers.crm.connections import NewConnection, register
 from handlers.crm.crypto import Keyring, new_key
 from handlers.crm.services import CrmPolicy, CrmServices
+from handlers.deps import ChunkingPolicy, Deps, FetchPolicy
 from handlers.providers.kommo import Kommo, KommoConfig, OAuthApp, kommo_config
+from handlers.types import Job
+from schemas.envelope import JobEnvelope
 from streams.settings import Settings
 from tests.support.kommo_server import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, KommoServer
 
 APP = OAuthApp(CLIENT_ID, CLIENT_SECRET, REDIRECT_URI)
+P = TypeVar("P", bound=BaseModel)
 
 
 def config(**overrides: Any) -> KommoConfig:
@@ -84,3 +90,25 @@ def services(
     crm = Settings().crm
     policy = CrmPolicy(crm.token_refresh_margin_s, crm.sync_lease_s)
     return CrmServices(Kommo(session, config(**overrides)), keyring, policy)
+
+
+class NoPublisher:
+    async def publish(self, envelope: JobEnvelope, *, key: bytes | None = None) -> None:
+        raise AssertionError("CRM handlers publish nothing")
+
+
+def crm_deps(db: asyncpg.Pool, session: aiohttp.ClientSession, crm: CrmServices | None) -> Deps:
+    """The Deps a worker hands CRM handlers (the asset parts are unused)."""
+    return Deps(
+        db=db,
+        http=session,
+        embedder=HashEmbedder(8),
+        publisher=NoPublisher(),
+        chunking=ChunkingPolicy(),
+        fetch=FetchPolicy(),
+        crm=crm,
+    )
+
+
+def job(job_type: str, payload: P, job_id: str | None = None, attempt: int = 1) -> Job[P]:
+    return Job(job_id or f"job-{uuid.uuid4().hex[:12]}", job_type, attempt, "org-1", payload)

@@ -169,6 +169,7 @@ class KommoServer:
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1_000_001))
     _window: SlidingWindow | None = None
     _rng: random.Random = field(default_factory=random.Random)
+    _called: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     def __post_init__(self) -> None:
         self._rng.seed(self.seed)
@@ -232,10 +233,17 @@ class KommoServer:
 
     # --- the HTTP side -------------------------------------------------------
 
+    async def wait_for_call(self, route: str, n: int = 1, timeout_s: float = 10.0) -> None:
+        """Return once ``route`` was requested ``n`` times (answered or not)."""
+        async with asyncio.timeout(timeout_s), self._called:
+            await self._called.wait_for(lambda: self.calls[route] >= n)
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         arrived = time.monotonic()
         route, operation = self._route(request)
-        self.calls[route] += 1
+        async with self._called:
+            self.calls[route] += 1
+            self._called.notify_all()
         try:
             response = await self._serve(request, route, operation)
         except asyncio.CancelledError:  # the client gave up (hang, late, timeout)
