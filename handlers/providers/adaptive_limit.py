@@ -22,12 +22,17 @@ from collections.abc import Callable
 WINDOW_S = 1.0
 # A Retry-After longer than a per-second limit needs: the account is blocked.
 BLOCK_S = 2.0
+# Requests spaced exactly 1/limit apart put the 1st and the (limit+1)th exactly
+# one second apart, and any network jitter then crosses the server's window:
+# the ceiling stays this much under the configured limit.
+HEADROOM = 0.98
 
 
 class AdaptiveLimiter:
     """One Kommo account's request rate, found by AIMD without talking to other workers.
 
-    Starts at ``max_rate`` and spaces requests 1/rate apart. A 429 multiplies
+    Starts at ``max_rate`` (less 2 % headroom for network jitter) and spaces
+    requests 1/rate apart. A 429 multiplies
     the rate by ``decrease`` (once per round: only a request granted a
     window after the last cut is evidence that the new rate is too high); without
     429s the rate grows back by ``increase_per_s`` each second, up to
@@ -48,9 +53,10 @@ class AdaptiveLimiter:
         increase_per_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.max_rate, self.min_rate = max_rate, min(min_rate, max_rate)
+        self.max_rate = max_rate * HEADROOM
+        self.min_rate = min(min_rate, self.max_rate)
         self.decrease, self.increase_per_s = decrease, increase_per_s
-        self.rate = max_rate
+        self.rate = self.max_rate
         self._clock = clock
         self._next = 0.0
         self._paused_until = 0.0

@@ -6,7 +6,9 @@ import time
 
 import pytest
 
-from handlers.providers.adaptive_limit import BLOCK_S, WINDOW_S, AdaptiveLimiter
+from handlers.providers.adaptive_limit import BLOCK_S, HEADROOM, WINDOW_S, AdaptiveLimiter
+
+CEILING = 7.0 * HEADROOM
 
 
 class Clock:
@@ -26,13 +28,13 @@ def test_one_cut_per_window_however_many_429s_arrive() -> None:
     lim = limiter(clock)
     for _ in range(5):  # a burst granted before the cut, refused together
         lim.on_rate_limited(clock.now, None)
-    assert lim.rate == 3.5
+    assert lim.rate == pytest.approx(CEILING / 2)
     clock.now += 0.5
     lim.on_rate_limited(clock.now, None)  # granted within the window after the cut
-    assert lim.rate == 3.5
+    assert lim.rate == pytest.approx(CEILING / 2)
     granted = clock.now = clock.now + WINDOW_S
     lim.on_rate_limited(granted, None)
-    assert lim.rate == 1.75
+    assert lim.rate == pytest.approx(CEILING / 4)
     for _ in range(10):
         clock.now += WINDOW_S
         lim.on_rate_limited(clock.now, None)
@@ -42,17 +44,18 @@ def test_one_cut_per_window_however_many_429s_arrive() -> None:
 def test_the_rate_creeps_back_to_the_ceiling_but_not_while_paused() -> None:
     clock = Clock()
     lim = limiter(clock)
+    assert lim.rate == CEILING  # 2 % under the account's limit
     lim.on_rate_limited(clock.now, BLOCK_S + 3)  # blocked: paused for 5 s
-    assert lim.rate == 3.5
+    assert lim.rate == pytest.approx(CEILING / 2)
     clock.now += BLOCK_S + 3
     lim._grow(clock.now)
-    assert lim.rate == 3.5
+    assert lim.rate == pytest.approx(CEILING / 2)
     clock.now += 2.0
     lim._grow(clock.now)
-    assert lim.rate == 5.5
+    assert lim.rate == pytest.approx(CEILING / 2 + 2.0)
     clock.now += 60.0
     lim._grow(clock.now)
-    assert lim.rate == 7.0
+    assert lim.rate == CEILING
 
 
 async def test_requests_are_spaced_and_a_block_pauses_every_caller() -> None:
