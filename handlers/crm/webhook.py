@@ -49,7 +49,11 @@ RECORD = "UPDATE crm_webhook_events SET applied = $2, stale = $3 WHERE id = $1"
 
 # Apply when Kommo's time is newer; on a tie, unless the row is a tombstone.
 # Values the event does not carry keep what we knew.
-UPSERT_LEAD = """
+NEWER = """
+WHERE EXCLUDED.kommo_updated_at > t.kommo_updated_at
+   OR (EXCLUDED.kommo_updated_at = t.kommo_updated_at AND NOT t.deleted)
+"""
+UPSERT_LEAD = f"""
 INSERT INTO crm_leads AS t (connection_id, lead_id, name, status_id, pipeline_id, price,
                             responsible_user_id, kommo_updated_at, fields, event_id)
 VALUES ($1, $2, $3, $4, $5, $6::numeric, $7, $8, $9::jsonb, $10)
@@ -61,11 +65,9 @@ ON CONFLICT (connection_id, lead_id) DO UPDATE SET
     responsible_user_id = COALESCE(EXCLUDED.responsible_user_id, t.responsible_user_id),
     kommo_updated_at = EXCLUDED.kommo_updated_at, deleted = false,
     fields = EXCLUDED.fields, event_id = EXCLUDED.event_id, applied_at = now()
-WHERE EXCLUDED.kommo_updated_at > t.kommo_updated_at
-   OR (EXCLUDED.kommo_updated_at = t.kommo_updated_at AND NOT t.deleted)
-RETURNING lead_id
+{NEWER}RETURNING lead_id
 """
-UPSERT_CONTACT = """
+UPSERT_CONTACT = f"""
 INSERT INTO crm_contacts AS t (connection_id, contact_id, name, responsible_user_id,
                                kommo_updated_at, fields, event_id)
 VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)
@@ -74,9 +76,7 @@ ON CONFLICT (connection_id, contact_id) DO UPDATE SET
     responsible_user_id = COALESCE(EXCLUDED.responsible_user_id, t.responsible_user_id),
     kommo_updated_at = EXCLUDED.kommo_updated_at, deleted = false,
     fields = EXCLUDED.fields, event_id = EXCLUDED.event_id, applied_at = now()
-WHERE EXCLUDED.kommo_updated_at > t.kommo_updated_at
-   OR (EXCLUDED.kommo_updated_at = t.kommo_updated_at AND NOT t.deleted)
-RETURNING contact_id
+{NEWER}RETURNING contact_id
 """
 TOMBSTONE = """
 INSERT INTO {table} AS t (connection_id, {key}, kommo_updated_at, deleted, fields, event_id)

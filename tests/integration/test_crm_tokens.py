@@ -34,11 +34,8 @@ async def server() -> AsyncIterator[KommoServer]:
 @pytest.fixture
 async def second_db(services: Endpoints) -> AsyncIterator[asyncpg.Pool]:
     """A second worker's pool."""
-    pool = await asyncpg.create_pool(services.dsn, min_size=1, max_size=4)
-    try:
+    async with asyncpg.create_pool(services.dsn, min_size=1, max_size=4) as pool:
         yield pool
-    finally:
-        await pool.close()
 
 
 async def _stored(db: asyncpg.Pool, connection_id: str, column: str) -> str:
