@@ -11,6 +11,8 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
+from handlers.crm.crypto import new_key
+from handlers.crm.services import crm_services
 from handlers.errors import PermanentError, RetryableError
 from handlers.providers.adaptive_limit import HEADROOM
 from handlers.providers.kommo import (
@@ -20,6 +22,7 @@ from handlers.providers.kommo import (
     OutcomeUnknown,
     origin,
 )
+from streams.settings import load_settings
 from tests.support.crm import APP, MemoryTokens, config
 from tests.support.kommo_server import (
     Fault,
@@ -28,6 +31,7 @@ from tests.support.kommo_server import (
     make_fields,
     make_pipelines,
 )
+from tests.support.stack import patched_env
 
 PIPELINES = "GET /api/v4/leads/pipelines"
 LEAD_FIELDS = "GET /api/v4/leads/custom_fields"
@@ -245,3 +249,18 @@ def test_an_account_url_is_an_origin_and_next_links_stay_on_it() -> None:
         {"_links": {"next": {"href": "https://evil.example/api/v4/x?page=2"}}}, "https://a"
     )
     assert following == "https://acme.kommo.com/api/v4/x?page=2"
+
+
+async def test_a_worker_builds_crm_services_from_settings_only_with_a_keyring(
+    session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CONVEYOR_CRM__KEYRING", raising=False)
+    assert crm_services(session, load_settings().crm) is None
+    key = new_key()
+    with patched_env({"CONVEYOR_CRM__KEYRING": f"k9:{key}", "CONVEYOR_CRM__TIMEOUT_S": "3"}):
+        settings = load_settings()
+    built = crm_services(session, settings.crm)
+    assert built is not None and built.keyring.current == "k9"
+    assert built.kommo.config.timeout_s == 3.0 and built.kommo.config.requests_per_second == 7.0
+    assert built.policy.token_refresh_margin_s == settings.crm.token_refresh_margin_s
+    assert key not in repr(built.policy) + repr(built.kommo.config)
