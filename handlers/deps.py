@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import aiohttp
 
 from schemas.envelope import JobEnvelope
+
+if TYPE_CHECKING:
+    from handlers.crm.services import CrmServices
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -105,3 +108,4 @@ class Deps:
     knowledge_graph: KnowledgeGraphPolicy = KnowledgeGraphPolicy()
     cpu: CpuPool | None = None
     extract: ExtractPolicy = ExtractPolicy()
+    crm: CrmServices | None = None  # Kommo connections; None without a keyring

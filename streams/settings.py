@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
+from handlers.crm.crypto import Keyring
 from streams.redact import mask_shapes, url_password
 
 ENV_PREFIX = "CONVEYOR_"
@@ -215,6 +216,48 @@ class LlmSettings(_Group):
     output_attempts: int = Field(3, ge=1, description="asks per batch before invalid output fails")
 
 
+class CrmSettings(_Group):
+    """CRM connections (Kommo): secrets at rest, the API client and its per-account rate limit."""
+
+    keyring: SecretStr | None = Field(
+        None,
+        description="'id:base64key,...' (32-byte AES keys); the first encrypts, all decrypt",
+    )
+    requests_per_second: float = Field(
+        7.0, gt=0, description="per Kommo account and worker; Kommo allows 7"
+    )
+    min_requests_per_second: float = Field(0.5, gt=0, description="floor of the adaptive limit")
+    rate_decrease_factor: float = Field(
+        0.85, gt=0, lt=1, description="the adaptive limit is multiplied by this on a 429"
+    )
+    rate_increase_per_s: float = Field(
+        0.3, gt=0, description="requests/s the limit regains per second without a 429"
+    )
+    timeout_s: float = Field(20.0, gt=0, description="per HTTP request to Kommo")
+    max_retries: int = Field(
+        3, ge=0, description="in-job retries of a read after a 5xx or timeout, then retryable"
+    )
+    rate_limit_wait_s: float = Field(
+        20.0, ge=0, description="429 waiting a job spends in place before it yields"
+    )
+    backoff_base_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(10.0, gt=0, description="longer waits go back to the runner")
+    token_refresh_margin_s: float = Field(
+        60.0, ge=0, description="refresh an access token expiring within this"
+    )
+    page_limit: int = Field(250, ge=1, le=250, description="entities per list page (Kommo: ≤ 250)")
+    sync_lease_s: float = Field(
+        300.0, gt=0, description="a pipeline sync's claim on its connection if its worker dies"
+    )
+
+    @field_validator("keyring")
+    @classmethod
+    def _valid_keyring(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            Keyring.parse(value.get_secret_value())  # KeyringError is a ValueError
+        return value
+
+
 class ChunkingSettings(_Group):
     """Chunk size and overlap, in characters."""
 
@@ -273,6 +316,8 @@ class Settings(BaseSettings):
         extra="forbid",
         frozen=True,
         nested_model_default_partial_update=True,
+        # A bad secret (a malformed keyring, a DSN) is never echoed in an error.
+        hide_input_in_errors=True,
     )
 
     kafka: KafkaSettings = KafkaSettings()
@@ -283,6 +328,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
     llm: LlmSettings = LlmSettings()
+    crm: CrmSettings = CrmSettings()
     chunking: ChunkingSettings = ChunkingSettings()
     extract: ExtractSettings = ExtractSettings()
     sentry: SentrySettings = SentrySettings()

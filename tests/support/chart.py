@@ -14,7 +14,9 @@ fields refused as the API server does under strict field validation.
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import os
 import shutil
 import subprocess
@@ -128,6 +130,19 @@ def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[
 SECRET_PLACEHOLDER = "secret:{name}/{key}"
 
 
+def secret_placeholder(env_name: str, name: str, key: str) -> str:
+    """What a test pretends Secret ``name``'s ``key`` holds, in the shape its setting takes.
+
+    Most secrets are free text (``secret:<name>/<key>``); a keyring must parse,
+    so its placeholder is one key whose bytes are derived from the same text.
+    """
+    text = SECRET_PLACEHOLDER.format(name=name, key=key)
+    if env_name.endswith("KEYRING"):
+        digest = base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+        return f"k1:{digest}"
+    return text
+
+
 def container_env(
     container: Mapping[str, Any], docs: list[dict[str, Any]]
 ) -> dict[str, str | None]:
@@ -151,7 +166,7 @@ def container_env(
             env[entry["name"]] = entry["value"]
             continue
         ref = entry["valueFrom"]["secretKeyRef"]
-        value = SECRET_PLACEHOLDER.format(name=ref["name"], key=ref["key"])
+        value = secret_placeholder(entry["name"], ref["name"], ref["key"])
         env[entry["name"]] = None if ref.get("optional") else value
     return env
 

@@ -214,10 +214,13 @@ def _non_default(leaf: Any) -> Any:
     if isinstance(default, bool):
         return not default
     upper = next((m.le for m in field.metadata if isinstance(m, annotated_types.Le)), None)
+    below = next((m.lt for m in field.metadata if isinstance(m, annotated_types.Lt)), None)
     if isinstance(default, int):
         return default + 1 if upper is None or default + 1 <= upper else default - 1
     if isinstance(default, float):
-        return default + 0.25 if upper is None or default + 0.25 <= upper else default - 0.25
+        up = default + 0.25
+        fits = (upper is None or up <= upper) and (below is None or up < below)
+        return up if fits else default - 0.25
     if isinstance(default, str):
         return f"{default}-x"
     if isinstance(default, list):
@@ -300,7 +303,8 @@ def check_chart_env(chart_dir: Path = chart.CHART) -> int:
             assert isinstance(secret, SecretStr), f"{where}: {env_name(path)} not set"
             ref = SECRET_REFS[path]["name"]
             key = SECRET_KEYS[path]
-            assert secret.get_secret_value() == f"secret:{ref}/{key}", f"{where}: {path}"
+            expected = chart.secret_placeholder(env_name(path), ref, key)
+            assert secret.get_secret_value() == expected, f"{where}: {path}"
     return len(found)
 
 

@@ -1,0 +1,1 @@
+"""CRM (Kommo): connections and their secrets, pipeline sync, signed webhooks."""

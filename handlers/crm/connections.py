@@ -1,0 +1,246 @@
+"""Kommo connections in ``crm_connections``: register, read, re-encrypt, sync status.
+
+SQL as named constants, small functions taking a connection (asyncpg). Every
+secret column is encrypted with the keyring (handlers/crm/crypto.py) under
+the context ``crm_connections/<id>/<column>``; nothing here returns or logs a
+plaintext secret except the explicit ``secret`` accessor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from handlers.crm.crypto import Keyring
+from handlers.errors import PermanentError
+from handlers.providers.kommo import OAuthApp, origin
+
+SECRET_COLUMNS = (
+    "client_secret_enc",
+    "access_token_enc",
+    "refresh_token_enc",
+    "webhook_secret_enc",
+)
+
+UPSERT = """
+INSERT INTO crm_connections (
+    id, organization_id, base_url, client_id, client_secret_enc, redirect_uri,
+    access_token_enc, refresh_token_enc, access_expires_at, webhook_secret_enc
+)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (id) DO UPDATE SET
+    organization_id = EXCLUDED.organization_id,
+    base_url = EXCLUDED.base_url,
+    client_id = EXCLUDED.client_id,
+    client_secret_enc = EXCLUDED.client_secret_enc,
+    redirect_uri = EXCLUDED.redirect_uri,
+    access_token_enc = EXCLUDED.access_token_enc,
+    refresh_token_enc = EXCLUDED.refresh_token_enc,
+    access_expires_at = EXCLUDED.access_expires_at,
+    webhook_secret_enc = EXCLUDED.webhook_secret_enc,
+    needs_reauth = false,
+    reauth_reason = NULL,
+    updated_at = now()
+"""
+
+SELECT = """
+SELECT id, organization_id, base_url, client_id, redirect_uri, access_expires_at,
+       needs_reauth, reauth_reason, sync_state, sync_started_at, sync_finished_at,
+       sync_error, sync_pipelines, sync_statuses, sync_custom_fields, sync_api_calls
+FROM crm_connections
+"""
+SELECT_ONE = SELECT + " WHERE id = $1"
+SELECT_ALL = SELECT + " ORDER BY organization_id, id"
+SELECT_SECRET = "SELECT {column} FROM crm_connections WHERE id = $1"
+SELECT_SECRETS_FOR_UPDATE = f"""
+SELECT id, {", ".join(SECRET_COLUMNS)} FROM crm_connections WHERE id = $1 FOR UPDATE
+"""
+SELECT_IDS = "SELECT id FROM crm_connections ORDER BY id"
+UPDATE_SECRET = "UPDATE crm_connections SET {column} = $2, updated_at = now() WHERE id = $1"
+
+# A sync claims its connection with a lease: a second sync waits until the
+# first finishes or its lease runs out (its worker died). The same job may
+# re-claim its own lease (a retry after a timeout).
+CLAIM_SYNC = """
+UPDATE crm_connections
+SET sync_state = 'running', sync_job_id = $2, sync_started_at = now(),
+    sync_lease_until = now() + make_interval(secs => $3), sync_error = NULL, updated_at = now()
+WHERE id = $1
+  AND (sync_state <> 'running' OR sync_job_id = $2 OR sync_lease_until < now())
+RETURNING id
+"""
+OWNS_SYNC = """
+SELECT sync_job_id = $2 AND sync_state = 'running' FROM crm_connections WHERE id = $1 FOR UPDATE
+"""
+FINISH_SYNC = """
+UPDATE crm_connections
+SET sync_state = 'succeeded', sync_finished_at = now(), sync_lease_until = NULL,
+    sync_error = NULL, sync_pipelines = $3, sync_statuses = $4, sync_custom_fields = $5,
+    sync_removed = $6, sync_api_calls = $7, updated_at = now()
+WHERE id = $1 AND sync_job_id = $2
+"""
+FAIL_SYNC = """
+UPDATE crm_connections
+SET sync_state = 'failed', sync_finished_at = now(), sync_lease_until = NULL,
+    sync_error = $3, sync_api_calls = $4, updated_at = now()
+WHERE id = $1 AND sync_job_id = $2
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class NewConnection:
+    """A connection as the platform's OAuth consent leaves it (``conveyor crm connect``)."""
+
+    id: str
+    organization_id: str
+    base_url: str
+    client_id: str
+    client_secret: str
+    redirect_uri: str
+    access_token: str
+    refresh_token: str
+    access_expires_at: datetime
+    webhook_secret: str
+
+    def __repr__(self) -> str:
+        return f"NewConnection(id={self.id!r}, base_url={self.base_url!r}, secrets='***')"
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """A connection without its secrets, and its last sync (for handlers and ``crm list``)."""
+
+    id: str
+    organization_id: str
+    base_url: str
+    client_id: str
+    redirect_uri: str
+    access_expires_at: datetime
+    needs_reauth: bool
+    reauth_reason: str | None
+    sync_state: str
+    sync_started_at: datetime | None
+    sync_finished_at: datetime | None
+    sync_error: str | None
+    sync_pipelines: int | None
+    sync_statuses: int | None
+    sync_custom_fields: int | None
+    sync_api_calls: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SyncCounts:
+    pipelines: int
+    statuses: int
+    custom_fields: int
+    removed: int
+    api_calls: int
+
+
+def context(connection_id: str, column: str) -> str:
+    """What a secret's ciphertext is bound to: this row and this column."""
+    return f"crm_connections/{connection_id}/{column.removesuffix('_enc')}"
+
+
+async def register(conn: asyncpg.Connection, keyring: Keyring, new: NewConnection) -> None:
+    """Insert the connection, or replace its settings and tokens (a re-consent clears
+    ``needs_reauth``)."""
+
+    def seal(column: str, value: str) -> str:
+        return keyring.encrypt(value, context(new.id, column))
+
+    await conn.execute(
+        UPSERT,
+        new.id,
+        new.organization_id,
+        origin(new.base_url),
+        new.client_id,
+        seal("client_secret_enc", new.client_secret),
+        new.redirect_uri,
+        seal("access_token_enc", new.access_token),
+        seal("refresh_token_enc", new.refresh_token),
+        new.access_expires_at,
+        seal("webhook_secret_enc", new.webhook_secret),
+    )
+
+
+async def load(conn: asyncpg.Connection, connection_id: str) -> Connection:
+    """The connection; PermanentError when there is none (a job naming it cannot succeed)."""
+    row = await conn.fetchrow(SELECT_ONE, connection_id)
+    if row is None:
+        raise PermanentError(f"no CRM connection {connection_id!r}")
+    return Connection(**dict(row))
+
+
+async def list_connections(conn: asyncpg.Connection) -> list[Connection]:
+    return [Connection(**dict(row)) for row in await conn.fetch(SELECT_ALL)]
+
+
+async def secret(
+    conn: asyncpg.Connection, keyring: Keyring, connection_id: str, column: str
+) -> str:
+    """One decrypted secret column (``webhook_secret_enc``, ``client_secret_enc``...)."""
+    if column not in SECRET_COLUMNS:
+        raise ValueError(f"{column} is not a secret column")
+    stored = await conn.fetchval(SELECT_SECRET.format(column=column), connection_id)
+    if stored is None:
+        raise PermanentError(f"no CRM connection {connection_id!r}")
+    return keyring.decrypt(stored, context(connection_id, column))
+
+
+def oauth_app(connection: Connection, client_secret: str) -> OAuthApp:
+    return OAuthApp(connection.client_id, client_secret, connection.redirect_uri)
+
+
+async def reencrypt_all(conn: asyncpg.Connection, keyring: Keyring) -> int:
+    """Re-encrypt every secret under the keyring's current key; returns values rewritten.
+
+    Each connection in its own transaction with its row locked, so a token
+    refresh in between is never overwritten with the old token.
+    """
+    rewritten = 0
+    for connection_id in [r["id"] for r in await conn.fetch(SELECT_IDS)]:
+        async with conn.transaction():
+            row = await conn.fetchrow(SELECT_SECRETS_FOR_UPDATE, connection_id)
+            if row is None:
+                continue
+            for column in SECRET_COLUMNS:
+                moved = keyring.reencrypt(row[column], context(connection_id, column))
+                if moved is not None:
+                    await conn.execute(UPDATE_SECRET.format(column=column), connection_id, moved)
+                    rewritten += 1
+    return rewritten
+
+
+async def claim_sync(
+    conn: asyncpg.Connection, connection_id: str, job_id: str, lease_s: float
+) -> bool:
+    return await conn.fetchval(CLAIM_SYNC, connection_id, job_id, lease_s) is not None
+
+
+async def owns_sync(conn: asyncpg.Connection, connection_id: str, job_id: str) -> bool:
+    """Inside the apply transaction: lock the row and check the lease is still ours."""
+    return bool(await conn.fetchval(OWNS_SYNC, connection_id, job_id))
+
+
+async def finish_sync(
+    conn: asyncpg.Connection, connection_id: str, job_id: str, counts: SyncCounts
+) -> None:
+    await conn.execute(
+        FINISH_SYNC,
+        connection_id,
+        job_id,
+        counts.pipelines,
+        counts.statuses,
+        counts.custom_fields,
+        counts.removed,
+        counts.api_calls,
+    )
+
+
+async def fail_sync(
+    conn: asyncpg.Connection, connection_id: str, job_id: str, error: str, api_calls: int
+) -> None:
+    await conn.execute(FAIL_SYNC, connection_id, job_id, error, api_calls)

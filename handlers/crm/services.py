@@ -1,0 +1,55 @@
+"""What CRM handlers receive in ``Deps.crm``: the Kommo side, the keyring, the policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from handlers.crm.connections import Connection
+from handlers.crm.crypto import Keyring
+from handlers.crm.tokens import ConnectionTokens
+from handlers.errors import PermanentError
+from handlers.providers.kommo import Kommo, KommoClient, kommo_config
+
+
+@dataclass(frozen=True, slots=True)
+class CrmPolicy:
+    token_refresh_margin_s: float
+    sync_lease_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class CrmServices:
+    """Built once per process; shared by every CRM job (one limiter per Kommo account)."""
+
+    kommo: Kommo
+    keyring: Keyring
+    policy: CrmPolicy
+
+    def tokens(self, db: asyncpg.Pool, connection_id: str) -> ConnectionTokens:
+        return ConnectionTokens(
+            db, connection_id, self.keyring, self.kommo, self.policy.token_refresh_margin_s
+        )
+
+    def client(self, db: asyncpg.Pool, connection: Connection) -> KommoClient:
+        return self.kommo.client(connection.base_url, self.tokens(db, connection.id))
+
+
+def crm_services(session: aiohttp.ClientSession, crm_settings: Any) -> CrmServices | None:
+    """From ``settings.crm`` (read by streams/, passed in); None without a keyring."""
+    if crm_settings.keyring is None:
+        return None
+    return CrmServices(
+        Kommo(session, kommo_config(crm_settings)),
+        Keyring.parse(crm_settings.keyring.get_secret_value()),
+        CrmPolicy(crm_settings.token_refresh_margin_s, crm_settings.sync_lease_s),
+    )
+
+
+def require(crm: CrmServices | None) -> CrmServices:
+    if crm is None:
+        raise PermanentError("CRM is not configured: set the crm.keyring setting")
+    return crm

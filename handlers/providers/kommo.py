@@ -1,0 +1,463 @@
+"""Kommo API v4 client (aiohttp): timed out, rate-limited per account, retried, classified.
+
+What we use from Kommo's API and where it is documented: docs/KOMMO.md.
+
+- Every request has a timeout and waits for the account's AdaptiveLimiter.
+- 429: the limiter slows down (AIMD) and pauses for ``Retry-After``; the
+  request is retried in place until ``rate_limit_wait_s`` of waiting is
+  spent, then ``RetryableError(delay_s=...)`` hands the wait to the runner.
+- 5xx, 408, timeouts, dropped connections: reads are retried in place with
+  backoff (``max_retries``), then RetryableError. A write (POST) whose answer
+  is lost may have been applied: ``OutcomeUnknown`` (retryable) is raised at
+  once, so the caller can look before it writes again.
+- 401: the token source refreshes once (serialized per connection), and the
+  request is retried once; a second 401 is permanent.
+- Any other 4xx: PermanentError with Kommo's problem detail.
+
+Tokens, client secrets and refresh tokens never appear in errors or logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import aiohttp
+import structlog
+
+from handlers.errors import PermanentError, RetryableError
+from handlers.limits import backoff_s, retry_after_s
+from handlers.providers.adaptive_limit import AdaptiveLimiter
+
+log = structlog.get_logger("conveyor.kommo")
+
+TOKEN_PATH = "/oauth2/access_token"
+RETRYABLE_STATUS = frozenset({408, 425, 429})
+DETAIL_CHARS = 300
+MAX_PAGES = 10_000
+ENTITIES = ("leads", "contacts", "companies")
+
+
+class OutcomeUnknown(RetryableError):
+    """A write was sent but its answer was lost: Kommo may or may not have applied it."""
+
+
+class GrantRefused(PermanentError):
+    """The token endpoint refused the refresh token or code (OAuth ``invalid_grant``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KommoConfig:
+    """The client's behaviour; built from ``settings.crm`` (see ``kommo_config``)."""
+
+    requests_per_second: float
+    min_requests_per_second: float
+    rate_decrease_factor: float
+    rate_increase_per_s: float
+    timeout_s: float
+    max_retries: int
+    rate_limit_wait_s: float
+    backoff_base_s: float
+    backoff_max_s: float
+    page_limit: int
+
+
+def kommo_config(source: object) -> KommoConfig:
+    """A KommoConfig from any object with the same attribute names (``settings.crm``)."""
+    return KommoConfig(**{f.name: getattr(source, f.name) for f in fields(KommoConfig)})
+
+
+class TokenSource(Protocol):
+    """A connection's access token; refreshing is serialized across every worker."""
+
+    async def access_token(self) -> str: ...
+
+    async def refreshed_after(self, rejected: str) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthApp:
+    """The integration's OAuth credentials for one connection."""
+
+    client_id: str
+    client_secret: str
+    redirect_uri: str
+
+    def __repr__(self) -> str:
+        return f"OAuthApp(client_id={self.client_id!r}, client_secret='***')"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenGrant:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+    def __repr__(self) -> str:
+        return f"TokenGrant(expires_in={self.expires_in})"
+
+
+@dataclass
+class _Tries:
+    errors: int = 0
+    rate_limit_wait_s: float = 0.0
+    refreshed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class KommoClient:
+    """Calls one Kommo account for one connection. ``calls`` counts HTTP requests made."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        tokens: TokenSource,
+        limiter: AdaptiveLimiter,
+        config: KommoConfig,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.base_url = origin(base_url)
+        self.config = config
+        self.limiter = limiter
+        self.calls = 0
+        self._session, self._tokens, self._rand = session, tokens, rand
+
+    # --- Kommo resources -----------------------------------------------------
+
+    async def pipelines(self) -> list[dict[str, Any]]:
+        """Every lead pipeline, each with its statuses in ``_embedded.statuses``."""
+        return await self.all("/api/v4/leads/pipelines", "pipelines")
+
+    async def custom_fields(self, entity: str) -> list[dict[str, Any]]:
+        """Every custom field of ``entity`` (leads, contacts or companies), all pages."""
+        if entity not in ENTITIES:
+            raise ValueError(f"no custom fields for {entity!r}")
+        return await self.all(f"/api/v4/{entity}/custom_fields", "custom_fields")
+
+    async def lead(self, lead_id: int) -> dict[str, Any] | None:
+        """A lead, or None when Kommo has none with that id (it answers 204)."""
+        lead: dict[str, Any] | None = await self.get(f"/api/v4/leads/{lead_id}")
+        return lead
+
+    async def add_notes(self, entity: str, notes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Create notes (``entity_id``, ``note_type``, ``params``); returns their ids.
+
+        A lost answer raises OutcomeUnknown: look the note up before sending again.
+        """
+        answer = await self.post(f"/api/v4/{entity}/notes", notes)
+        created = (answer or {}).get("_embedded", {}).get("notes", [])
+        return list(created)
+
+    async def notes(
+        self,
+        entity: str,
+        entity_id: int,
+        *,
+        note_types: tuple[str, ...] = (),
+        updated_since: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """The notes of one lead/contact/company, newest first, optionally filtered."""
+        params: dict[str, str] = {"order[id]": "desc"}
+        for i, note_type in enumerate(note_types):
+            params[f"filter[note_type][{i}]"] = note_type
+        if updated_since is not None:
+            params["filter[updated_at][from]"] = str(updated_since)
+        return await self.all(f"/api/v4/{entity}/{entity_id}/notes", "notes", params)
+
+    async def find_note(
+        self, entity: str, entity_id: int, marker: str, **filters: Any
+    ) -> dict[str, Any] | None:
+        """The newest note whose ``params`` contain ``marker`` in any text value."""
+        for note in await self.notes(entity, entity_id, **filters):
+            params = note.get("params") or {}
+            if any(isinstance(v, str) and marker in v for v in params.values()):
+                return note
+        return None
+
+    # --- generic calls -------------------------------------------------------
+
+    async def get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        """GET ``path``; the decoded JSON, or None for 204 No Content."""
+        return await self._call("GET", self.base_url + path, params, None)
+
+    async def post(self, path: str, body: Any) -> Any:
+        return await self._call("POST", self.base_url + path, None, body)
+
+    async def pages(
+        self, path: str, key: str, params: Mapping[str, str] | None = None
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Each page's ``_embedded[key]``, following ``_links.next`` (on this account only)."""
+        url: str | None = self.base_url + path
+        query: Mapping[str, str] | None = {**(params or {}), "limit": str(self.config.page_limit)}
+        for _ in range(MAX_PAGES):
+            if url is None:
+                return
+            body = await self._call("GET", url, query, None)
+            if body is None:  # 204: an empty list
+                return
+            items = body.get("_embedded", {}).get(key) or []
+            if items:
+                yield list(items)
+            url, query = self._next_page(body, url), None
+        raise PermanentError(f"Kommo: more than {MAX_PAGES} pages at {path}")
+
+    async def all(
+        self, path: str, key: str, params: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        return [item async for page in self.pages(path, key, params) for item in page]
+
+    def _next_page(self, body: Any, current: str) -> str | None:
+        href = body.get("_links", {}).get("next", {}).get("href")
+        if not isinstance(href, str) or not href:
+            return None
+        parts = urlsplit(href)  # the path and query only: never another host
+        following = f"{self.base_url}{parts.path}" + (f"?{parts.query}" if parts.query else "")
+        return None if following == current else following
+
+    # --- one request, retried --------------------------------------------------
+
+    async def _call(
+        self, method: str, url: str, params: Mapping[str, str] | None, body: Any
+    ) -> Any:
+        tries = _Tries()
+        while True:
+            token = await self._tokens.access_token()
+            answer = await self._send_once(method, url, params, body, token, tries)
+            if answer is None:
+                continue
+            if 200 <= answer.status < 300:
+                return _decode(answer) if answer.status != 204 else None
+            if answer.status == 401 and not tries.refreshed:
+                tries.refreshed = True
+                await self._tokens.refreshed_after(token)
+                continue
+            await self._refuse(method, url, answer, token, tries)
+
+    async def _send_once(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, str] | None,
+        body: Any,
+        token: str,
+        tries: _Tries,
+    ) -> _Answer | None:
+        """One attempt; None when it failed in a way worth another try (after the wait)."""
+        granted = await self.limiter.acquire()
+        self.calls += 1
+        try:
+            answer = await self._send(
+                method, url, params, body, {"Authorization": f"Bearer {token}"}
+            )
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            reason = _transport_reason(exc, self.config.timeout_s)
+            if method != "GET" and not isinstance(exc, aiohttp.ClientConnectorError):
+                raise OutcomeUnknown(f"Kommo: {method} {_path(url)}: {reason}") from None
+            await self._back_off(method, url, reason, tries)
+            return None
+        if answer.status == 429:
+            wait_s = retry_after_s(answer.headers)
+            self.limiter.on_rate_limited(granted, wait_s)
+            self._spend_rate_limit_wait(method, url, wait_s, tries)
+            if wait_s:
+                await asyncio.sleep(wait_s)
+            return None
+        return answer
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, str] | None,
+        body: Any,
+        headers: dict[str, str],
+    ) -> _Answer:
+        timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
+        async with self._session.request(
+            method, url, params=params, json=body, headers=headers, timeout=timeout
+        ) as response:
+            return _Answer(response.status, dict(response.headers), await response.read())
+
+    def _spend_rate_limit_wait(
+        self, method: str, url: str, wait_s: float | None, tries: _Tries
+    ) -> None:
+        """Account a 429's wait; hand it to the runner past the budget or when it is long."""
+        cfg = self.config
+        tries.rate_limit_wait_s += wait_s if wait_s is not None else 1.0 / self.limiter.rate
+        log.info(
+            "kommo.rate_limited", path=_path(url), delay_s=wait_s, rate=round(self.limiter.rate, 2)
+        )
+        if (wait_s or 0.0) > cfg.backoff_max_s or tries.rate_limit_wait_s > cfg.rate_limit_wait_s:
+            raise RetryableError(
+                f"Kommo: {method} {_path(url)} rate limited (HTTP 429) "
+                f"for {tries.rate_limit_wait_s:.1f} s",
+                delay_s=wait_s,
+            )
+
+    async def _back_off(self, method: str, url: str, reason: str, tries: _Tries) -> None:
+        cfg = self.config
+        tries.errors += 1
+        if tries.errors > cfg.max_retries:
+            raise RetryableError(f"Kommo: {method} {_path(url)}: {reason} ({tries.errors} tries)")
+        delay = backoff_s(tries.errors, cfg.backoff_base_s, cfg.backoff_max_s, self._rand)
+        log.warning("kommo.retrying", path=_path(url), reason=reason, delay_s=round(delay, 3))
+        await asyncio.sleep(delay)
+
+    async def _refuse(
+        self, method: str, url: str, answer: _Answer, token: str, tries: _Tries
+    ) -> None:
+        """Retry a transient answer (reads), else raise the right error."""
+        detail = _problem_detail(answer.body, secrets=(token,))
+        reason = f"HTTP {answer.status}{detail}"
+        if answer.status in RETRYABLE_STATUS or answer.status >= 500:
+            if method != "GET":
+                raise OutcomeUnknown(f"Kommo: {method} {_path(url)}: {reason}")
+            await self._back_off(method, url, reason, tries)
+            return
+        hint = " (after a token refresh)" if answer.status == 401 else ""
+        raise PermanentError(f"Kommo refused {method} {_path(url)}: {reason}{hint}")
+
+
+async def request_tokens(
+    session: aiohttp.ClientSession,
+    base_url: str,
+    app: OAuthApp,
+    grant: Mapping[str, str],
+    limiter: AdaptiveLimiter,
+    timeout_s: float,
+) -> TokenGrant:
+    """POST the token endpoint: ``{"grant_type": "refresh_token", "refresh_token": ...}``
+    (or ``authorization_code`` with ``code``). Refusals raise GrantRefused; anything
+    transient raises RetryableError — and, for a refresh whose answer was lost,
+    Kommo may already have rotated the token (then the connection needs consent).
+    """
+    body = {
+        "client_id": app.client_id,
+        "client_secret": app.client_secret,
+        "redirect_uri": app.redirect_uri,
+        **grant,
+    }
+    secrets = (app.client_secret, *grant.values())
+    await limiter.acquire()
+    try:
+        async with session.post(
+            origin(base_url) + TOKEN_PATH,
+            json=body,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+        ) as response:
+            status, raw = response.status, await response.read()
+            wait_s = retry_after_s(response.headers) if status == 429 else None
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise RetryableError(f"Kommo token endpoint: {_transport_reason(exc, timeout_s)}") from None
+    if status == 200:
+        return _grant(raw)
+    detail = _problem_detail(raw, secrets=secrets)
+    if status in (400, 401, 403):
+        raise GrantRefused(f"Kommo refused the grant (invalid_grant): HTTP {status}{detail}")
+    raise RetryableError(f"Kommo token endpoint: HTTP {status}{detail}", delay_s=wait_s)
+
+
+class Kommo:
+    """The Kommo side of a process: one session, one AdaptiveLimiter per account."""
+
+    def __init__(self, session: aiohttp.ClientSession, config: KommoConfig) -> None:
+        self.session, self.config = session, config
+        self._limiters: dict[str, AdaptiveLimiter] = {}
+
+    def limiter(self, base_url: str) -> AdaptiveLimiter:
+        account = origin(base_url)
+        limiter = self._limiters.get(account)
+        if limiter is None:
+            c = self.config
+            limiter = self._limiters[account] = AdaptiveLimiter(
+                c.requests_per_second,
+                c.min_requests_per_second,
+                c.rate_decrease_factor,
+                c.rate_increase_per_s,
+            )
+        return limiter
+
+    def client(self, base_url: str, tokens: TokenSource) -> KommoClient:
+        return KommoClient(self.session, base_url, tokens, self.limiter(base_url), self.config)
+
+    async def refresh(self, base_url: str, app: OAuthApp, refresh_token: str) -> TokenGrant:
+        grant = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        return await request_tokens(
+            self.session, base_url, app, grant, self.limiter(base_url), self.config.timeout_s
+        )
+
+
+def origin(base_url: str) -> str:
+    """``scheme://host[:port]`` of an account URL; anything else is refused."""
+    parts = urlsplit(base_url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("a Kommo account URL looks like https://<subdomain>.kommo.com")
+    if parts.path.strip("/") or parts.query or parts.username or parts.password:
+        raise ValueError("a Kommo account URL has no path, query or credentials")
+    return f"{parts.scheme}://{parts.netloc.lower()}"
+
+
+def _grant(raw: bytes) -> TokenGrant:
+    try:
+        data = json.loads(raw)
+        return TokenGrant(
+            str(data["access_token"]), str(data["refresh_token"]), int(data["expires_in"])
+        )
+    except (ValueError, KeyError, TypeError):
+        raise RetryableError("Kommo token endpoint: unusable answer") from None
+
+
+def _decode(answer: _Answer) -> Any:
+    try:
+        return json.loads(answer.body) if answer.body else None
+    except ValueError:
+        raise RetryableError(f"Kommo: HTTP {answer.status} with a body that is not JSON") from None
+
+
+def _problem_detail(raw: bytes, secrets: tuple[str, ...] = ()) -> str:
+    """Kommo's problem+json in one line: title, detail, hint, validation errors."""
+    text = raw.decode("utf-8", errors="replace").strip()
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict):
+        parts = [str(doc[k]) for k in ("title", "detail", "hint") if doc.get(k)]
+        parts += _validation_errors(doc.get("validation-errors"))
+        text = "; ".join(parts)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    text = " ".join(text.split())[:DETAIL_CHARS]
+    return f": {text}" if text else ""
+
+
+def _validation_errors(value: Any) -> list[str]:
+    found = []
+    for item in value if isinstance(value, list) else []:
+        for error in item.get("errors", []) if isinstance(item, dict) else []:
+            if isinstance(error, dict):
+                found.append(f"{error.get('path')}: {error.get('code')} {error.get('detail', '')}")
+    return found
+
+
+def _transport_reason(exc: BaseException, timeout_s: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout_s:g} s"
+    return f"connection failed ({type(exc).__name__})"
+
+
+def _path(url: str) -> str:
+    return urlsplit(url).path

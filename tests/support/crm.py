@@ -1,0 +1,114 @@
+"""Helpers for CRM tests: the Kommo client's config from settings, an in-memory token source."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import aiohttp
+import asyncpg
+from pydantic import BaseModel
+
+from handlers.assets.embed import HashEmbedder
+from handlers.crm.connections import NewConnection, register
+from handlers.crm.crypto import Keyring, new_key
+from handlers.crm.services import CrmPolicy, CrmServices
+from handlers.deps import ChunkingPolicy, Deps, FetchPolicy
+from handlers.providers.kommo import Kommo, KommoConfig, OAuthApp, kommo_config
+from handlers.types import Job
+from schemas.envelope import JobEnvelope
+from streams.settings import Settings
+from tests.support.kommo_server import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, KommoServer
+
+APP = OAuthApp(CLIENT_ID, CLIENT_SECRET, REDIRECT_URI)
+P = TypeVar("P", bound=BaseModel)
+
+
+def config(**overrides: Any) -> KommoConfig:
+    """The production defaults (settings.crm), with quick backoffs unless overridden."""
+    base = kommo_config(Settings().crm)
+    quick = {"backoff_base_s": 0.01, "backoff_max_s": 2.0, "timeout_s": 2.0}
+    return dataclasses.replace(base, **{**quick, **overrides})
+
+
+class MemoryTokens:
+    """A TokenSource for one connection, kept in memory, refreshed at the real endpoint."""
+
+    def __init__(self, kommo: Kommo, server: KommoServer, expires_in: int | None = None) -> None:
+        pair = server.grant(expires_in)
+        self.kommo, self.server = kommo, server
+        self.access, self.refresh = pair.access_token, pair.refresh_token
+        self.refreshes = 0
+
+    async def access_token(self) -> str:
+        return self.access
+
+    async def refreshed_after(self, rejected: str) -> str:
+        if rejected == self.access:
+            grant = await self.kommo.refresh(self.server.base_url, APP, self.refresh)
+            self.access, self.refresh = grant.access_token, grant.refresh_token
+            self.refreshes += 1
+        return self.access
+
+
+KEYRING = Keyring.parse(f"k1:{new_key()}")
+
+
+async def register_account(
+    db: asyncpg.Pool,
+    server: KommoServer,
+    *,
+    expires_in_s: float = 3600.0,
+    keyring: Keyring = KEYRING,
+    webhook_secret: str = "whsec-test",
+) -> NewConnection:
+    """A connection to ``server`` as the platform's consent would register it."""
+    pair = server.grant()
+    new = NewConnection(
+        id=f"conn-{uuid.uuid4().hex[:12]}",
+        organization_id="org-1",
+        base_url=server.base_url,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        redirect_uri=REDIRECT_URI,
+        access_token=pair.access_token,
+        refresh_token=pair.refresh_token,
+        access_expires_at=datetime.now(UTC) + timedelta(seconds=expires_in_s),
+        webhook_secret=webhook_secret,
+    )
+    async with db.acquire() as conn:
+        await register(conn, keyring, new)
+    return new
+
+
+def services(
+    session: aiohttp.ClientSession, keyring: Keyring = KEYRING, **overrides: Any
+) -> CrmServices:
+    """CrmServices as a worker builds them, with quick backoffs."""
+    crm = Settings().crm
+    policy = CrmPolicy(crm.token_refresh_margin_s, crm.sync_lease_s)
+    return CrmServices(Kommo(session, config(**overrides)), keyring, policy)
+
+
+class NoPublisher:
+    async def publish(self, envelope: JobEnvelope, *, key: bytes | None = None) -> None:
+        raise AssertionError("CRM handlers publish nothing")
+
+
+def crm_deps(db: asyncpg.Pool, session: aiohttp.ClientSession, crm: CrmServices | None) -> Deps:
+    """The Deps a worker hands CRM handlers (the asset parts are unused)."""
+    return Deps(
+        db=db,
+        http=session,
+        embedder=HashEmbedder(8),
+        publisher=NoPublisher(),
+        chunking=ChunkingPolicy(),
+        fetch=FetchPolicy(),
+        crm=crm,
+    )
+
+
+def job(job_type: str, payload: P, job_id: str | None = None, attempt: int = 1) -> Job[P]:
+    return Job(job_id or f"job-{uuid.uuid4().hex[:12]}", job_type, attempt, "org-1", payload)
