@@ -93,7 +93,7 @@ async def kit(db: asyncpg.Pool) -> AsyncIterator[Kit]:
             embedder=HashEmbedder(8),
             publisher=Published(),
             chunking=ChunkingPolicy(batch_size=4),
-            fetch=FetchPolicy(allowed_hosts=("127.0.0.1",)),
+            fetch=FetchPolicy(allowed_hosts=("127.0.0.1:*",)),
             cpu=ThreadCpu(),
         )
         yield Kit(db, files, deps)
