@@ -28,6 +28,10 @@ from streams.settings import Settings, secret_values
 
 log = structlog.get_logger("conveyor.worker")
 
+# Commit calls at a revoke or the drain before giving up: one may only wait
+# out a commit already in flight, the next then commits.
+COMMIT_ATTEMPTS = 5
+
 
 class ConveyorApp(faust.App):
     """A Faust app whose consumer commits only what Conveyor says is finished."""
@@ -199,16 +203,43 @@ class Conveyor:
         self.tracker.revoke(revoked)  # nothing new starts on them from here on
         timeout = self.settings.worker.rebalance_drain_timeout_s
         cancelled = sum(await asyncio.gather(*(p.drain(timeout, revoked) for p in self.pools)))
-        offsets = {tp: off for tp in revoked if (off := self.tracker.committable(tp)) is not None}
-        if offsets:
-            await self.app.consumer.commit(revoked)
+        committed, attempts, left = await self.commit_finished(revoked)
+        if left:
+            # Only when the broker refuses the commit (the group moved on without
+            # this worker): the partitions' next owner runs these jobs again.
+            log.error("worker.revoke_commit_failed", uncommitted=_named(left), attempts=attempts)
         self.tracker.forget(revoked)
         log.info(
             "worker.partitions_revoked",
             partitions=len(revoked),
             cancelled=cancelled,
-            committed_offsets=len(offsets),
+            committed_offsets=len(committed),
+            commit_attempts=attempts,
         )
+
+    async def commit_finished(
+        self, tps: set[Any] | None = None
+    ) -> tuple[dict[Any, int], int, dict[Any, int]]:
+        """Commit the finished offsets of ``tps`` (default: all) and check the broker took them.
+
+        Faust's ``commit()`` returns False without committing while another
+        commit (the periodic one) is in flight, and that one took its offsets
+        before the last jobs finished. So commit until the tracker has nothing
+        left to commit, a bounded number of times. Returns (offsets to commit
+        at the start, commit calls made, offsets still not committed).
+        """
+        wanted = self._committable(tps)
+        left, attempts = wanted, 0
+        while left and attempts < COMMIT_ATTEMPTS:
+            attempts += 1
+            await self.app.consumer.commit(tps)
+            left = self._committable(tps)
+        return wanted, attempts, left
+
+    def _committable(self, tps: set[Any] | None) -> dict[Any, int]:
+        if tps is None:
+            return self.tracker.all_committable()
+        return {tp: off for tp in tps if (off := self.tracker.committable(tp)) is not None}
 
     async def drain(self) -> None:
         """Stop taking work, finish what runs (up to the drain timeout), commit."""
@@ -223,15 +254,21 @@ class Conveyor:
         timeout = self.settings.worker.drain_timeout_s
         log.info("worker.draining", in_flight=in_flight, drain_timeout_s=timeout)
         cancelled = sum(await asyncio.gather(*(p.drain(timeout) for p in self.pools)))
-        offsets = self.tracker.all_committable()
-        await consumer.commit()
+        committed, attempts, left = await self.commit_finished()
+        if left:
+            log.error("worker.drain_commit_failed", uncommitted=_named(left), attempts=attempts)
         log.info(
             "worker.drained",
             in_flight=in_flight,
             finished=in_flight - cancelled,
             cancelled=cancelled,
-            committed_offsets=len(offsets),
+            committed_offsets=len(committed),
+            commit_attempts=attempts,
         )
+
+
+def _named(offsets: dict[Any, int]) -> dict[str, int]:
+    return {f"{tp.topic}:{tp.partition}": off for tp, off in list(offsets.items())[:200]}
 
 
 def _log_seek_failure(task: asyncio.Future[None]) -> None:
