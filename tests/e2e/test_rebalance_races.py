@@ -70,7 +70,9 @@ async def test_a_commit_in_flight_at_revoke_does_not_make_jobs_end_twice(
     # Both endings are visible when a job runs again, whichever topic it is redone from.
     jobs = probe_jobs(400, max_sleep_ms=200, seed=11, fail="retryable")
 
-    first = worker_factory(stack, hooks=["--commit-delay-s", str(COMMIT_DELAY_S)], **SLOW_COMMIT_ENV)
+    first = worker_factory(
+        stack, hooks=["--commit-delay-s", str(COMMIT_DELAY_S)], **SLOW_COMMIT_ENV
+    )
     first.wait_ready()
     stack.publish(jobs)
     await wait_dlq(db, stack, 10)

@@ -19,9 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 class WorkerProcess:
     """``conveyor run`` in a child process; log lines collected as dicts."""
 
-    def __init__(
-        self, env: dict[str, str], log_path: Path, hooks: Sequence[str] = ()
-    ) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, hooks: Sequence[str] = ()) -> None:
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         # Test-only delays (tests/support/hooked_worker.py), e.g. ["--commit-delay-s", "2"].
         self.hooks = list(hooks)
