@@ -13,7 +13,7 @@ import structlog
 
 from schemas.dlq import H
 from streams import metrics
-from streams.consumer import TrackedTransport
+from streams.consumer import TrackedConsumer, TrackedTransport
 from streams.logs import SecretMasker
 from streams.metrics import HealthServer
 from streams.mirror import MirrorRunner
@@ -88,7 +88,9 @@ class Conveyor:
 
     def _seek_back(self, tp: Any, offset: int) -> None:
         """Re-read a partition from ``offset``: the transport skipped records there."""
-        task = asyncio.ensure_future(self.app.consumer.seek(tp, offset))
+        consumer = self.app.consumer
+        assert isinstance(consumer, TrackedConsumer)
+        task = asyncio.ensure_future(consumer.seek_on_consumer_thread({tp: offset}))
         task.add_done_callback(_log_seek_failure)
 
     async def _send(
@@ -185,12 +187,17 @@ class Conveyor:
         self.app.agent(topic, name=f"conveyor.{topic_name}", concurrency=1)(agent)
 
     def _agent(self, pool: JobPool, delayed: bool) -> Any:
+        app = self.app
+
         async def agent(stream: Any) -> None:
             # The stream's channel, not ``stream.events()``: Conveyor tracks
             # offsets itself, so Faust's per-event acking, sensors and
             # task-per-step iteration are cost without use here.
             async for event in stream.channel:
                 message = event.message
+                if message.generation_id != app.consumer_generation_id:
+                    _stale(message, app.consumer_generation_id)
+                    continue
                 record = Record.from_faust(message)
                 pool.submit(message.tp, record, _due_in_s(record) if delayed else 0.0)
 
@@ -269,6 +276,23 @@ class Conveyor:
 
 def _named(offsets: dict[Any, int]) -> dict[str, int]:
     return {f"{tp.topic}:{tp.partition}": off for tp, off in list(offsets.items())[:200]}
+
+
+def _stale(message: Any, generation: int) -> None:
+    """A record fetched before the last rebalance, delivered after it: not ours to run.
+
+    Faust delivers to a full queue through a put task, which can wait out a
+    rebalance and deliver afterwards. Its partition's new owner (this worker
+    or another) reads it again from where that owner starts.
+    """
+    log.info(
+        "worker.stale_dropped",
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        generation=message.generation_id,
+        current_generation=generation,
+    )
 
 
 def _log_seek_failure(task: asyncio.Future[None]) -> None:
