@@ -14,6 +14,8 @@ import structlog
 from schemas.dlq import H
 from streams import metrics
 from streams.consumer import TrackedConsumer, TrackedTransport
+from streams.crashguard import CrashGuard
+from streams.isolation import Isolation
 from streams.logs import SecretMasker
 from streams.metrics import HealthServer
 from streams.mirror import MirrorRunner
@@ -23,7 +25,7 @@ from streams.publish import RecordPublisher
 from streams.records import Headers, Record
 from streams.registry import JobSpec, Registry
 from streams.runner import JobRunner
-from streams.runtime import Runtime
+from streams.runtime import APPLICATION_NAME, Runtime
 from streams.settings import Settings, secret_values
 
 log = structlog.get_logger("conveyor.worker")
@@ -31,6 +33,7 @@ log = structlog.get_logger("conveyor.worker")
 # Commit calls at a revoke or the drain before giving up: one may only wait
 # out a commit already in flight, the next then commits.
 COMMIT_ATTEMPTS = 5
+RELEASE_TIMEOUT_S = 5.0
 
 
 class ConveyorApp(faust.App):
@@ -44,11 +47,13 @@ class ConveyorApp(faust.App):
     async def on_start(self) -> None:
         await super().on_start()
         await self.conveyor.runtime.open()
+        await self.conveyor.guard.open()
         await self.conveyor.start_health()
 
     async def on_shutdown(self) -> None:
         await super().on_shutdown()
         await self.conveyor.stop_health()
+        await self.conveyor.guard.close()
         await self.conveyor.runtime.close()
 
 
@@ -67,6 +72,15 @@ class Conveyor:
             mask=SecretMasker(secret_values(settings)).mask,
         )
         self.runtime = Runtime(settings, registry, self.records)
+        self.isolation = Isolation()
+        guarded = [s for s in registry.consumed if s.policy.max_crashes]
+        self.guard = CrashGuard(
+            settings.postgres.dsn.get_secret_value(),
+            settings.kafka.group_id,
+            [t for s in guarded for t in (s.topic, registry.retry_topic(s))],
+            self.isolation,
+            APPLICATION_NAME,
+        )
         self.pools: list[JobPool] = []
         self.draining = asyncio.Event()
         self.joined = False  # set by the consumer on its first assignment
@@ -85,6 +99,11 @@ class Conveyor:
     async def stop_health(self) -> None:
         if self._health is not None:
             await self._health.stop()
+
+    def on_starts(self, starts: dict[Any, int]) -> None:
+        """Where the consumer starts each assigned partition (see ``TrackedConsumer``)."""
+        self.tracker.set_positions(starts)
+        self.guard.assigned(starts, self.app.consumer_generation_id)
 
     def _seek_back(self, tp: Any, offset: int) -> None:
         """Re-read a partition from ``offset``: the transport skipped records there."""
@@ -112,6 +131,7 @@ class Conveyor:
                     self.runtime.deps,
                     self.records,
                     self.settings.kafka.max_job_bytes,
+                    self.guard,
                 )
             await runner.run(record)
 
@@ -211,6 +231,7 @@ class Conveyor:
         timeout = self.settings.worker.rebalance_drain_timeout_s
         cancelled = sum(await asyncio.gather(*(p.drain(timeout, revoked) for p in self.pools)))
         committed, attempts, left = await self.commit_finished(revoked)
+        await self._release(revoked)  # before the next owner claims them
         if left:
             # Only when the broker refuses the commit (the group moved on without
             # this worker): the partitions' next owner runs these jobs again.
@@ -243,6 +264,15 @@ class Conveyor:
             left = self._committable(tps)
         return wanted, attempts, left
 
+    async def _release(self, tps: set[Any] | None) -> None:
+        """Tell the crash guard these partitions ended cleanly (no death to count)."""
+        try:
+            await asyncio.wait_for(self.guard.release(tps), RELEASE_TIMEOUT_S)
+        except TimeoutError:
+            # Postgres unreachable: the next owner counts one death for the
+            # records that may have been running, and reruns them alone.
+            log.warning("crashguard.release_timed_out", timeout_s=RELEASE_TIMEOUT_S)
+
     def _committable(self, tps: set[Any] | None) -> dict[Any, int]:
         if tps is None:
             return self.tracker.all_committable()
@@ -262,6 +292,7 @@ class Conveyor:
         log.info("worker.draining", in_flight=in_flight, drain_timeout_s=timeout)
         cancelled = sum(await asyncio.gather(*(p.drain(timeout) for p in self.pools)))
         committed, attempts, left = await self.commit_finished()
+        await self._release(None)
         if left:
             log.error("worker.drain_commit_failed", uncommitted=_named(left), attempts=attempts)
         log.info(

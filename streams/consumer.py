@@ -40,6 +40,8 @@ class RevokeHandler(Protocol):
 
     async def on_revoke(self, revoked: set[Any]) -> None: ...
 
+    def on_starts(self, starts: dict[Any, int]) -> None: ...
+
 
 class TrackedConsumer(faust_aiokafka.Consumer):
     """Commits the end of each partition's run of finished offsets, nothing more."""
@@ -144,7 +146,7 @@ class TrackedConsumer(faust_aiokafka.Consumer):
             fresh = {tp: earliest.get(tp) or 0 for tp in unset}
             await self.seek_on_consumer_thread(fresh)
             starts.update(fresh)
-        self._conveyor.tracker.set_positions(starts)
+        self._conveyor.on_starts(starts)
 
     async def seek_on_consumer_thread(self, offsets: Mapping[Any, int]) -> None:
         """Seek partitions on aiokafka's own thread and loop (it is not thread-safe).
