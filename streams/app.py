@@ -100,10 +100,10 @@ class Conveyor:
         if self._health is not None:
             await self._health.stop()
 
-    def on_starts(self, starts: dict[Any, int]) -> None:
-        """Where the consumer starts each assigned partition (see ``TrackedConsumer``)."""
+    def on_starts(self, starts: dict[Any, int], ends: dict[Any, int]) -> None:
+        """Where the consumer starts each assigned partition, and where its log ends now."""
         self.tracker.set_positions(starts)
-        self.guard.assigned(starts, self.app.consumer_generation_id)
+        self.guard.assigned(starts, ends, self.app.consumer_generation_id)
 
     def _seek_back(self, tp: Any, offset: int) -> None:
         """Re-read a partition from ``offset``: the transport skipped records there."""

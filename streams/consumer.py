@@ -40,7 +40,7 @@ class RevokeHandler(Protocol):
 
     async def on_revoke(self, revoked: set[Any]) -> None: ...
 
-    def on_starts(self, starts: dict[Any, int]) -> None: ...
+    def on_starts(self, starts: dict[Any, int], ends: dict[Any, int]) -> None: ...
 
 
 class TrackedConsumer(faust_aiokafka.Consumer):
@@ -146,7 +146,8 @@ class TrackedConsumer(faust_aiokafka.Consumer):
             fresh = {tp: earliest.get(tp) or 0 for tp in unset}
             await self.seek_on_consumer_thread(fresh)
             starts.update(fresh)
-        self._conveyor.on_starts(starts)
+        ends = await self.highwaters(*assignment) if assignment else {}
+        self._conveyor.on_starts(starts, dict(ends))
 
     async def seek_on_consumer_thread(self, offsets: Mapping[Any, int]) -> None:
         """Seek partitions on aiokafka's own thread and loop (it is not thread-safe).

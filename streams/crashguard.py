@@ -48,7 +48,7 @@ log = structlog.get_logger("conveyor.crashguard")
 MIN_WINDOW = 4
 MAX_WINDOW = 2048
 
-CLAIM = "SELECT * FROM job_journal_claim($1, $2, $3, $4, $5)"
+CLAIM = "SELECT * FROM job_journal_claim($1, $2, $3, $4, $5, $6)"
 RESERVE = """
 UPDATE job_journal AS j SET reserved_to = GREATEST(j.reserved_to, u.r), updated_at = now()
   FROM unnest($3::text[], $4::integer[], $5::bigint[]) AS u(t, p, r)
@@ -151,26 +151,31 @@ class CrashGuard:
 
     # -- assignment ------------------------------------------------------------------------
 
-    def assigned(self, starts: dict[Any, int], generation: int) -> None:
-        """Partitions assigned, with the offsets they start at: claim the guarded ones."""
-        fresh: dict[Hashable, int] = {}
+    def assigned(self, starts: dict[Any, int], ends: dict[Any, int], generation: int) -> None:
+        """Partitions assigned, where they start and where their logs end: claim the guarded ones.
+
+        Records written after a death cannot have caused it: suspects stop
+        at the log's end, whatever was reserved beyond it.
+        """
+        fresh: dict[Hashable, tuple[int, int]] = {}
         for tp, start in starts.items():
             part = self._parts.get(tp)
             if tp.topic in self.topics and (part is None or part.generation != generation):
                 self._parts[tp] = _Partition(tp.topic, tp.partition, generation)
-                fresh[tp] = start
+                fresh[tp] = (start, ends.get(tp, start))
         if fresh:
             task = asyncio.ensure_future(self._claim(fresh))
             task.add_done_callback(_log_failure)
 
-    async def _claim(self, starts: dict[Hashable, int]) -> None:
-        parts = [(tp, self._parts[tp]) for tp in starts]
+    async def _claim(self, bounds: dict[Hashable, tuple[int, int]]) -> None:
+        parts = [(tp, self._parts[tp]) for tp in bounds]
         rows = await self._write(
             CLAIM,
             self._owner,
             [p.topic for _, p in parts],
             [p.partition for _, p in parts],
-            list(starts.values()),
+            [start for start, _ in bounds.values()],
+            [end for _, end in bounds.values()],
         )
         by_key = {(p.topic, p.partition): p for _, p in parts}
         for topic, partition, offset, crashes in rows:

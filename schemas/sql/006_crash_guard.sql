@@ -34,14 +34,17 @@ CREATE TABLE job_crashes (
 );
 
 -- A worker is assigned partitions starting at `p_starts` (their committed
--- offsets): count the deaths its predecessors left behind, take ownership,
--- and return every suspect from the start on with its count.
+-- offsets) and ending at `p_ends` (their logs' ends now): count the deaths
+-- its predecessors left behind, take ownership, and return every suspect
+-- from the start on with its count. A reservation past the log's end names
+-- records that did not exist yet: they are not suspects.
 CREATE FUNCTION job_journal_claim(
     p_group      text,
     p_owner      text,
     p_topics     text[],
     p_partitions integer[],
-    p_starts     bigint[]
+    p_starts     bigint[],
+    p_ends       bigint[]
 ) RETURNS TABLE (out_topic text, out_partition integer, out_offset bigint, out_crashes integer)
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -51,15 +54,15 @@ BEGIN
        AND c.record_offset < a.s;
 
     WITH left_behind AS (
-        SELECT j.topic, j.partition, j.reserved_to, j.isolated_offset, a.s
+        SELECT j.topic, j.partition, j.reserved_to, j.isolated_offset, a.s, a.e
           FROM job_journal AS j
-          JOIN unnest(p_topics, p_partitions, p_starts) AS a(t, p, s)
+          JOIN unnest(p_topics, p_partitions, p_starts, p_ends) AS a(t, p, s, e)
             ON j.group_id = p_group AND j.topic = a.t AND j.partition = a.p
          WHERE j.reserved_to IS NOT NULL OR j.isolated_offset IS NOT NULL
            FOR UPDATE OF j
     ), suspects AS (
         SELECT l.topic, l.partition, o.o
-          FROM left_behind AS l, generate_series(l.s, l.reserved_to) AS o(o)
+          FROM left_behind AS l, generate_series(l.s, LEAST(l.reserved_to, l.e - 1)) AS o(o)
          WHERE l.isolated_offset IS NULL
         UNION ALL
         SELECT l.topic, l.partition, l.isolated_offset

@@ -41,9 +41,10 @@ async def guards(services: Endpoints) -> AsyncIterator[Guards]:
 TOPIC = TP("jobs", 0)
 
 
-async def started(guard: CrashGuard, start: int, generation: int = 1) -> CrashGuard:
+async def started(guard: CrashGuard, start: int, end: int = 10_000) -> CrashGuard:
+    """A guard assigned TOPIC, starting at ``start``, its log ending at ``end``."""
     await guard.open()
-    guard.assigned({TOPIC: start}, generation)
+    guard.assigned({TOPIC: start}, {TOPIC: end}, generation=1)
     return guard
 
 
@@ -154,3 +155,17 @@ async def test_a_reservation_from_a_worker_that_lost_the_partition_is_refused(
     while not part.lost:
         await part.changed.wait()
     assert part.lost, "the old owner's late reservation changed nothing"
+
+
+async def test_records_written_after_a_death_are_not_suspects(
+    guards: Guards, db: asyncpg.Pool
+) -> None:
+    first = await started(guards(), 0)
+    await enter(first, 0)
+    top = await reserved_to(db, first)
+    assert top >= 2
+    await first.close()
+
+    second = await started(guards(), 0, end=2)  # only offsets 0 and 1 existed
+    await enter(second, 0)
+    assert second._parts[TOPIC].suspects == {0: 1, 1: 1}
