@@ -66,6 +66,15 @@ async def reserved_to(db: asyncpg.Pool, guard: CrashGuard) -> int:
     return value
 
 
+async def died_running_0(guards: Guards, db: asyncpg.Pool) -> int:
+    """A worker died running offset 0 of TOPIC; returns how far it had reserved."""
+    first = await started(guards(), 0)
+    await enter(first, 0)
+    top = await reserved_to(db, first)
+    await first.close()  # nothing released
+    return top
+
+
 async def test_a_death_blames_the_reserved_records_and_a_lone_run_narrows_it_to_one(
     guards: Guards, db: asyncpg.Pool
 ) -> None:
@@ -96,12 +105,7 @@ async def test_a_death_blames_the_reserved_records_and_a_lone_run_narrows_it_to_
 async def test_suspects_that_finish_are_forgotten_and_a_clean_release_blames_nobody(
     guards: Guards, db: asyncpg.Pool
 ) -> None:
-    first = await started(guards(), 0)
-    await enter(first, 0)
-    await first.close()
-
-    top = await reserved_to(db, first)
-    await first.close()
+    top = await died_running_0(guards, db)
 
     second = await started(guards(), 0)
     assert await enter(second, top + 1) is not None  # claimed
@@ -126,9 +130,7 @@ async def test_suspects_that_finish_are_forgotten_and_a_clean_release_blames_nob
 async def test_counts_below_the_committed_offset_are_pruned(
     guards: Guards, db: asyncpg.Pool
 ) -> None:
-    first = await started(guards(), 0)
-    await enter(first, 0)
-    await first.close()
+    await died_running_0(guards, db)
     second = await started(guards(), 0)
     await enter(second, 0)  # a suspect, alone
     await second.close()
@@ -160,11 +162,7 @@ async def test_a_reservation_from_a_worker_that_lost_the_partition_is_refused(
 async def test_records_written_after_a_death_are_not_suspects(
     guards: Guards, db: asyncpg.Pool
 ) -> None:
-    first = await started(guards(), 0)
-    await enter(first, 0)
-    top = await reserved_to(db, first)
-    assert top >= 2
-    await first.close()
+    assert await died_running_0(guards, db) >= 2
 
     second = await started(guards(), 0, end=2)  # only offsets 0 and 1 existed
     await enter(second, 0)
