@@ -46,6 +46,7 @@ from streams.retry import outage_wait_s
 log = structlog.get_logger("conveyor.crashguard")
 
 MIN_WINDOW = 4
+UNKNOWN_END = 2**62  # no end offset known: every reserved record is a suspect
 MAX_WINDOW = 2048
 
 CLAIM = "SELECT * FROM job_journal_claim($1, $2, $3, $4, $5, $6)"
@@ -162,7 +163,7 @@ class CrashGuard:
             part = self._parts.get(tp)
             if tp.topic in self.topics and (part is None or part.generation != generation):
                 self._parts[tp] = _Partition(tp.topic, tp.partition, generation)
-                fresh[tp] = (start, ends.get(tp, start))
+                fresh[tp] = (start, ends.get(tp, UNKNOWN_END))
         if fresh:
             task = asyncio.ensure_future(self._claim(fresh))
             task.add_done_callback(_log_failure)
