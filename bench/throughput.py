@@ -6,10 +6,12 @@ commit their offsets. The rate is measured from the consumer group's
 committed offsets (read with the admin API): from the moment 10 % were
 committed to the moment all were, so start-up and the group join are left
 out. Conveyor runs the diagnostic ``probe`` job type with ``record=False``
-(decode, validate, timeout, handler, decision, offset tracking; no
-database write) at log level ``warning``.
+(decode, validate, timeout, handler, decision, offset tracking, the
+crash-loop guard; no database write) at log level ``warning``. At
+concurrency 8 it also runs with the crash-loop guard off
+(``max_crashes=0``) and on, in adjacent pairs, and prints the median ratio.
 
-    .venv/bin/python -m bench.throughput [--messages 100000]
+    .venv/bin/python -m bench.throughput [--messages 100000] [--guard-pairs 3]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -162,7 +165,9 @@ def run_faust(
     )
 
 
-def run_conveyor(stack: Stack, concurrency: int, workdir: Path) -> subprocess.Popen[bytes]:
+def run_conveyor(
+    stack: Stack, concurrency: int, workdir: Path, guard: bool = True
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         **stack.env,
@@ -171,7 +176,9 @@ def run_conveyor(stack: Stack, concurrency: int, workdir: Path) -> subprocess.Po
         "CONVEYOR_LOGGING__LEVEL": "warning",
         "CONVEYOR_DLQ_MIRROR__ENABLED": "false",
     }
-    log = (workdir / f"conveyor-{concurrency}.log").open("wb")
+    if not guard:  # the runner without its start journal (the crash-loop guard off)
+        env["CONVEYOR_JOBS__PROBE__MAX_CRASHES"] = "0"
+    log = (workdir / f"conveyor-{concurrency}-{stack.prefix}.log").open("wb")
     return subprocess.Popen(
         [sys.executable, "-m", "streams.cli", "run"],
         env=env,
@@ -181,9 +188,33 @@ def run_conveyor(stack: Stack, concurrency: int, workdir: Path) -> subprocess.Po
     )
 
 
+def conveyor_rate(
+    bootstrap: str, dsn: str, n: int, concurrency: int, workdir: Path, *, guard: bool
+) -> float:
+    stack = Stack(bootstrap, dsn)
+    stack.create_topics()
+    topic = stack.registry().topic_for("probe")
+    publish(bootstrap, topic, n, job=True)
+    return measure(
+        bootstrap,
+        f"{stack.prefix}-group",
+        topic,
+        n,
+        lambda: run_conveyor(stack, concurrency, workdir, guard),
+        terminate,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=100000)
+    parser.add_argument(
+        "--guard-pairs",
+        type=int,
+        default=1,
+        help="runs of the runner at concurrency 8 with the crash-loop guard off and on "
+        "(alternating; medians reported)",
+    )
     args = parser.parse_args()
     bootstrap = os.environ.get("CONVEYOR_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     dsn = os.environ.get(
@@ -218,18 +249,15 @@ def main() -> int:
             lambda t=t, g=g, c=conc: run_faust(bootstrap, t, g, c, workdir),
             terminate,
         )
-        stack = Stack(bootstrap, dsn)
-        stack.create_topics()
-        t = stack.registry().topic_for("probe")
-        publish(bootstrap, t, n, job=True)
-        results[f"Conveyor runner, concurrency {conc}"] = measure(
-            bootstrap,
-            f"{stack.prefix}-group",
-            t,
-            n,
-            lambda s=stack, c=conc: run_conveyor(s, c, workdir),
-            terminate,
+        results[f"Conveyor runner, concurrency {conc}"] = conveyor_rate(
+            bootstrap, dsn, n, conc, workdir, guard=True
         )
+    guard: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(args.guard_pairs):
+        for on in (False, True):
+            guard[on].append(conveyor_rate(bootstrap, dsn, n, 8, workdir, guard=on))
+    results["Conveyor runner, concurrency 8, guard off"] = statistics.median(guard[False])
+    results["Conveyor runner, concurrency 8, guard on"] = statistics.median(guard[True])
     print(f"\nno-op throughput, {n} messages, {PARTITIONS} partitions (msg/s):")
     for name, rate in results.items():
         print(f"  {name:40s} {rate:10.0f}")
@@ -239,6 +267,12 @@ def main() -> int:
             / results[f"bare Faust agent, concurrency {conc}"]
         )
         print(f"  ratio runner / bare Faust at concurrency {conc}: {ratio:.2f}")
+    pairs = [on / off for on, off in zip(guard[True], guard[False], strict=True)]
+    print(
+        f"  ratio crash-loop guard on / off at concurrency 8: {statistics.median(pairs):.2f}"
+        f" (median of {len(pairs)} adjacent pair(s): {[round(r, 2) for r in pairs]};"
+        f" on {[round(r) for r in guard[True]]}, off {[round(r) for r in guard[False]]})"
+    )
     return 0
 
 

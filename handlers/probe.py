@@ -1,6 +1,7 @@
 """``probe``: a diagnostic job for reliability tests and benchmarks.
 
-It sleeps, optionally fails on purpose, then records one row in
+It sleeps, optionally fails on purpose (or kills its own worker process,
+to test the crash-loop guard), then records one row in
 ``probe_effects`` in the same transaction as its ledger row, so tests can
 count effects and prove each job applied exactly once.
 """
@@ -8,6 +9,8 @@ count effects and prove each job applied exactly once.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 from handlers import ledger
 from handlers.deps import Deps
@@ -40,3 +43,5 @@ async def _fail(mode: str) -> None:
         raise PermanentError("probe asked to fail (permanent)")
     if mode == "hang":
         await asyncio.Event().wait()
+    if mode == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)

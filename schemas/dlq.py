@@ -17,6 +17,7 @@ class Stage(StrEnum):
     VALIDATE = "validate"
     HANDLE = "handle"
     TIMEOUT = "timeout"
+    CRASHED = "crashed"  # the worker died running it, ``max_crashes`` times
 
 
 class H(StrEnum):

@@ -56,6 +56,7 @@ class Probe(Payload):
     """A diagnostic job for reliability tests and benchmarks: sleep, then record."""
 
     sleep_ms: int = Field(0, ge=0, le=600_000)
-    fail: Literal["none", "retryable", "permanent", "hang"] = "none"
+    # "kill": SIGKILL the worker process itself (tests of the crash-loop guard).
+    fail: Literal["none", "retryable", "permanent", "hang", "kill"] = "none"
     fail_times: int = Field(0, ge=0, description="fail this many attempts, then succeed")
     record: bool = True

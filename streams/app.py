@@ -13,7 +13,9 @@ import structlog
 
 from schemas.dlq import H
 from streams import metrics
-from streams.consumer import TrackedTransport
+from streams.consumer import TrackedConsumer, TrackedTransport
+from streams.crashguard import CrashGuard
+from streams.isolation import Isolation
 from streams.logs import SecretMasker
 from streams.metrics import HealthServer
 from streams.mirror import MirrorRunner
@@ -23,10 +25,15 @@ from streams.publish import RecordPublisher
 from streams.records import Headers, Record
 from streams.registry import JobSpec, Registry
 from streams.runner import JobRunner
-from streams.runtime import Runtime
+from streams.runtime import APPLICATION_NAME, Runtime
 from streams.settings import Settings, secret_values
 
 log = structlog.get_logger("conveyor.worker")
+
+# Commit calls at a revoke or the drain before giving up: one may only wait
+# out a commit already in flight, the next then commits.
+COMMIT_ATTEMPTS = 5
+RELEASE_TIMEOUT_S = 5.0
 
 
 class ConveyorApp(faust.App):
@@ -40,11 +47,13 @@ class ConveyorApp(faust.App):
     async def on_start(self) -> None:
         await super().on_start()
         await self.conveyor.runtime.open()
+        await self.conveyor.guard.open()
         await self.conveyor.start_health()
 
     async def on_shutdown(self) -> None:
         await super().on_shutdown()
         await self.conveyor.stop_health()
+        await self.conveyor.guard.close()
         await self.conveyor.runtime.close()
 
 
@@ -63,6 +72,15 @@ class Conveyor:
             mask=SecretMasker(secret_values(settings)).mask,
         )
         self.runtime = Runtime(settings, registry, self.records)
+        self.isolation = Isolation()
+        guarded = [s for s in registry.consumed if s.policy.max_crashes]
+        self.guard = CrashGuard(
+            settings.postgres.dsn.get_secret_value(),
+            settings.kafka.group_id,
+            [t for s in guarded for t in (s.topic, registry.retry_topic(s))],
+            self.isolation,
+            APPLICATION_NAME,
+        )
         self.pools: list[JobPool] = []
         self.draining = asyncio.Event()
         self.joined = False  # set by the consumer on its first assignment
@@ -82,9 +100,16 @@ class Conveyor:
         if self._health is not None:
             await self._health.stop()
 
+    def on_starts(self, starts: dict[Any, int], ends: dict[Any, int]) -> None:
+        """Where the consumer starts each assigned partition, and where its log ends now."""
+        self.tracker.set_positions(starts)
+        self.guard.assigned(starts, ends, self.app.consumer_generation_id)
+
     def _seek_back(self, tp: Any, offset: int) -> None:
         """Re-read a partition from ``offset``: the transport skipped records there."""
-        task = asyncio.ensure_future(self.app.consumer.seek(tp, offset))
+        consumer = self.app.consumer
+        assert isinstance(consumer, TrackedConsumer)
+        task = asyncio.ensure_future(consumer.seek_on_consumer_thread({tp: offset}))
         task.add_done_callback(_log_seek_failure)
 
     async def _send(
@@ -106,6 +131,7 @@ class Conveyor:
                     self.runtime.deps,
                     self.records,
                     self.settings.kafka.max_job_bytes,
+                    self.guard,
                 )
             await runner.run(record)
 
@@ -181,12 +207,17 @@ class Conveyor:
         self.app.agent(topic, name=f"conveyor.{topic_name}", concurrency=1)(agent)
 
     def _agent(self, pool: JobPool, delayed: bool) -> Any:
+        app = self.app
+
         async def agent(stream: Any) -> None:
             # The stream's channel, not ``stream.events()``: Conveyor tracks
             # offsets itself, so Faust's per-event acking, sensors and
             # task-per-step iteration are cost without use here.
             async for event in stream.channel:
                 message = event.message
+                if message.generation_id != app.consumer_generation_id:
+                    _stale(message, app.consumer_generation_id)
+                    continue
                 record = Record.from_faust(message)
                 pool.submit(message.tp, record, _due_in_s(record) if delayed else 0.0)
 
@@ -199,16 +230,53 @@ class Conveyor:
         self.tracker.revoke(revoked)  # nothing new starts on them from here on
         timeout = self.settings.worker.rebalance_drain_timeout_s
         cancelled = sum(await asyncio.gather(*(p.drain(timeout, revoked) for p in self.pools)))
-        offsets = {tp: off for tp in revoked if (off := self.tracker.committable(tp)) is not None}
-        if offsets:
-            await self.app.consumer.commit(revoked)
+        committed, attempts, left = await self.commit_finished(revoked)
+        await self._release(revoked)  # before the next owner claims them
+        if left:
+            # Only when the broker refuses the commit (the group moved on without
+            # this worker): the partitions' next owner runs these jobs again.
+            log.error("worker.revoke_commit_failed", uncommitted=_named(left), attempts=attempts)
         self.tracker.forget(revoked)
         log.info(
             "worker.partitions_revoked",
             partitions=len(revoked),
             cancelled=cancelled,
-            committed_offsets=len(offsets),
+            committed_offsets=len(committed),
+            commit_attempts=attempts,
         )
+
+    async def commit_finished(
+        self, tps: set[Any] | None = None
+    ) -> tuple[dict[Any, int], int, dict[Any, int]]:
+        """Commit the finished offsets of ``tps`` (default: all) and check the broker took them.
+
+        Faust's ``commit()`` returns False without committing while another
+        commit (the periodic one) is in flight, and that one took its offsets
+        before the last jobs finished. So commit until the tracker has nothing
+        left to commit, a bounded number of times. Returns (offsets to commit
+        at the start, commit calls made, offsets still not committed).
+        """
+        wanted = self._committable(tps)
+        left, attempts = wanted, 0
+        while left and attempts < COMMIT_ATTEMPTS:
+            attempts += 1
+            await self.app.consumer.commit(tps)
+            left = self._committable(tps)
+        return wanted, attempts, left
+
+    async def _release(self, tps: set[Any] | None) -> None:
+        """Tell the crash guard these partitions ended cleanly (no death to count)."""
+        try:
+            await asyncio.wait_for(self.guard.release(tps), RELEASE_TIMEOUT_S)
+        except TimeoutError:
+            # Postgres unreachable: the next owner counts one death for the
+            # records that may have been running, and reruns them alone.
+            log.warning("crashguard.release_timed_out", timeout_s=RELEASE_TIMEOUT_S)
+
+    def _committable(self, tps: set[Any] | None) -> dict[Any, int]:
+        if tps is None:
+            return self.tracker.all_committable()
+        return {tp: off for tp in tps if (off := self.tracker.committable(tp)) is not None}
 
     async def drain(self) -> None:
         """Stop taking work, finish what runs (up to the drain timeout), commit."""
@@ -223,15 +291,39 @@ class Conveyor:
         timeout = self.settings.worker.drain_timeout_s
         log.info("worker.draining", in_flight=in_flight, drain_timeout_s=timeout)
         cancelled = sum(await asyncio.gather(*(p.drain(timeout) for p in self.pools)))
-        offsets = self.tracker.all_committable()
-        await consumer.commit()
+        committed, attempts, left = await self.commit_finished()
+        await self._release(None)
+        if left:
+            log.error("worker.drain_commit_failed", uncommitted=_named(left), attempts=attempts)
         log.info(
             "worker.drained",
             in_flight=in_flight,
             finished=in_flight - cancelled,
             cancelled=cancelled,
-            committed_offsets=len(offsets),
+            committed_offsets=len(committed),
+            commit_attempts=attempts,
         )
+
+
+def _named(offsets: dict[Any, int]) -> dict[str, int]:
+    return {f"{tp.topic}:{tp.partition}": off for tp, off in list(offsets.items())[:200]}
+
+
+def _stale(message: Any, generation: int) -> None:
+    """A record fetched before the last rebalance, delivered after it: not ours to run.
+
+    Faust delivers to a full queue through a put task, which can wait out a
+    rebalance and deliver afterwards. Its partition's new owner (this worker
+    or another) reads it again from where that owner starts.
+    """
+    log.info(
+        "worker.stale_dropped",
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        generation=message.generation_id,
+        current_generation=generation,
+    )
 
 
 def _log_seek_failure(task: asyncio.Future[None]) -> None:

@@ -12,8 +12,10 @@ Overrides (see docs/RELIABILITY.md for why each is needed):
 - ``_drain_messages``: each record is delivered with a direct ``await``
   instead of Faust's per-record ``wait_first`` race against a suspended flow
   (two tasks per record, and an abandoned delivery whose offset is skipped).
-- ``perform_seek``: the committed positions the consumer resumes from become
-  the tracker's first expected offsets, so records Faust skips are noticed.
+- ``perform_seek``: where the consumer starts each partition (its committed
+  offset, else the log start, sought explicitly) becomes the tracker's first
+  expected offset, so records Faust skips are noticed and a stale record is
+  never taken for a partition's start.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class RevokeHandler(Protocol):
     joined: bool
 
     async def on_revoke(self, revoked: set[Any]) -> None: ...
+
+    def on_starts(self, starts: dict[Any, int], ends: dict[Any, int]) -> None: ...
 
 
 class TrackedConsumer(faust_aiokafka.Consumer):
@@ -118,15 +122,50 @@ class TrackedConsumer(faust_aiokafka.Consumer):
             raise
 
     async def perform_seek(self) -> None:
+        """Seek to the committed offsets, and tell the tracker where each partition starts.
+
+        aiokafka's ``seek_to_committed`` only seeks to a committed offset above
+        0, and Faust records a committed 0 as "none". A partition with nothing
+        (or 0) committed would keep whatever position its fetcher reached —
+        past records Faust fetched and dropped while the flow was stopped —
+        and its first record seen would become its start. So such a partition
+        is sought explicitly to where the consumer starts it: the log start
+        (``auto_offset_reset`` is earliest; a committed 0 below the log start
+        resets there too).
+        """
         await super().perform_seek()
         assignment = self.assignment()
-        self._conveyor.tracker.set_positions(
-            {
-                tp: off
-                for tp, off in self._committed_offset.items()
-                if off is not None and tp in assignment
-            }
-        )
+        starts = {
+            tp: off
+            for tp, off in self._committed_offset.items()
+            if off is not None and tp in assignment
+        }
+        unset = [tp for tp in assignment if tp not in starts]
+        if unset:
+            earliest = await self.earliest_offsets(*unset)
+            fresh = {tp: earliest.get(tp) or 0 for tp in unset}
+            await self.seek_on_consumer_thread(fresh)
+            starts.update(fresh)
+        ends = await self.highwaters(*assignment) if assignment else {}
+        self._conveyor.on_starts(starts, dict(ends))
+
+    async def seek_on_consumer_thread(self, offsets: Mapping[Any, int]) -> None:
+        """Seek partitions on aiokafka's own thread and loop (it is not thread-safe).
+
+        Faust's ``seek()`` calls aiokafka from this (the main) thread, where it
+        can race the fetcher, which may then overwrite the new position.
+        Partitions no longer assigned when the seek runs are left alone.
+        """
+        thread = self._thread
+        consumer = thread._ensure_consumer()
+
+        async def seek() -> None:
+            assigned = consumer.assignment()
+            for tp, offset in offsets.items():
+                if tp in assigned:
+                    consumer.seek(tp, offset)
+
+        await thread.call_thread(seek)
 
     async def on_partitions_revoked(self, revoked: set[Any]) -> None:
         await self._conveyor.on_revoke(set(revoked))

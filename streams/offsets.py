@@ -9,14 +9,18 @@ or was handed to a retry or dead-letter topic with the broker's
 acknowledgement. The committable offset of a partition is the smallest
 unfinished offset, or one past the highest finished one.
 
-Offsets are also accepted strictly in sequence, starting at the committed
-position. Faust can skip records without telling its agents: a read-offset
-it restores after a rebalance, or a delivery cut short when flow is
-suspended, makes it drop the records below that offset. A tracker that only
-counted what it was given would then commit past jobs nobody ran. So a
-record beyond the next expected offset is refused and a seek back to the
-expected offset is requested; only if the gap survives several seeks (a
-transactional producer's control records, say) is it accepted as real.
+Offsets are also accepted strictly in sequence, starting at the position
+the consumer starts the partition from at assignment (its committed offset,
+or where the consumer resets to when there is none) — never at the first
+record seen, which may be a stale delivery from before a rebalance. Until
+that start is known nothing of the partition runs. Faust can skip records
+without telling its agents: a read-offset it restores after a rebalance, or
+a delivery cut short when flow is suspended, makes it drop the records below
+that offset. A tracker that only counted what it was given would then commit
+past jobs nobody ran. So a record beyond the next expected offset is refused
+and a seek back to the expected offset is requested; only if the gap
+survives several seeks (a transactional producer's control records, say) is
+it accepted as real.
 """
 
 from __future__ import annotations
@@ -85,6 +89,7 @@ class OffsetTracker(Generic[TP]):
     ) -> None:
         self._partitions: dict[TP, PartitionOffsets] = {}
         self._assigned: set[TP] = set()
+        self._unknown_start: set[TP] = set()
         self._on_gap = on_gap
         self._clock = clock
 
@@ -92,12 +97,13 @@ class OffsetTracker(Generic[TP]):
         """Partitions handed to this worker: their offsets start fresh."""
         for tp in tps:
             self._assigned.add(tp)
+            self._unknown_start.discard(tp)
             old = self._partitions.pop(tp, None)
             if old is not None:
                 old.revoked = True
 
     def set_positions(self, positions: dict[TP, int]) -> None:
-        """The committed positions the consumer resumed from: the first expected offsets."""
+        """Where the consumer starts each assigned partition: its first expected offset."""
         for tp, offset in positions.items():
             if tp in self._assigned:
                 part = self._partitions.setdefault(tp, PartitionOffsets())
@@ -116,8 +122,11 @@ class OffsetTracker(Generic[TP]):
         """Start ``offset``; None when it must not run now (see the module docstring)."""
         if tp not in self._assigned:
             return None  # revoked: the partition's new owner runs it
-        part = self._partitions.setdefault(tp, PartitionOffsets())
-        if part.expected is not None and offset != part.expected:
+        part = self._partitions.get(tp)
+        if part is None or part.expected is None:
+            self._start_unknown(tp, offset)
+            return None  # where the partition starts is not known yet
+        if offset != part.expected:
             if offset < part.expected:
                 return None  # a redelivery of an offset already started here
             if not self._accept_gap(tp, part, offset):
@@ -130,6 +139,11 @@ class OffsetTracker(Generic[TP]):
         part.pending.add(offset)
         part.highest = max(part.highest, offset)
         return Ticket(part, offset)
+
+    def _start_unknown(self, tp: TP, offset: int) -> None:
+        if tp not in self._unknown_start:
+            self._unknown_start.add(tp)
+            log.warning("offsets.start_unknown", partition=str(tp), offset=offset)
 
     def _accept_gap(self, tp: TP, part: PartitionOffsets, offset: int) -> bool:
         expected = part.expected

@@ -4,6 +4,11 @@
 was handed to the retry topic, or to the dead-letter topic, with the
 broker's acknowledgement. Cancellation (drain, revoke) propagates and leaves
 the record unfinished, so its offset is never committed.
+
+Every run holds the crash guard's gate: shared, or alone for a record
+suspected of having killed a worker; past ``max_crashes`` such a record is
+dead-lettered (stage ``crashed``) without running again. See
+``streams/crashguard.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from handlers.types import Job, Outcome
 from schemas.dlq import Stage
 from schemas.envelope import JobEnvelope
 from streams import alerts, metrics
+from streams.crashguard import CrashGuard
+from streams.isolation import Isolation
 from streams.logs import JOB_CONTEXT, bind_job
 from streams.publish import Failure, RecordPublisher
 from streams.records import Record
@@ -42,6 +49,10 @@ log = structlog.get_logger("conveyor.runner")
 GIVE_UP_HOOK_ATTEMPTS = 5
 
 
+class WorkerDied(PermanentError):
+    """The worker process died while running this job, too many times to try again."""
+
+
 class JobRunner:
     """Runs the records of one job type (its source and retry topics)."""
 
@@ -52,8 +63,10 @@ class JobRunner:
         deps: Deps,
         publisher: RecordPublisher,
         max_job_bytes: int = 1024 * 1024,
+        guard: CrashGuard | None = None,
     ) -> None:
         self.max_job_bytes = max_job_bytes
+        self.guard = guard
         self._typed = typed_envelope(spec.payload_model)
         self.spec = spec
         self.registry = registry
@@ -76,14 +89,70 @@ class JobRunner:
             }
         )
         try:
-            job = self._decode(record)
-            if isinstance(job, Failure):
-                await self._dead_letter(record, job, None)
-                return
-            bind_job(job_id=job.id)
-            await self._run_job(record, job)
+            if self.guard is None:
+                await self._run(record)
+            elif self.spec.policy.max_crashes:
+                await self._run_guarded(record, self.guard)
+            else:
+                await self._run_beside(record, self.guard.isolation)
         finally:
             JOB_CONTEXT.reset(token)
+
+    async def _run_guarded(self, record: Record, guard: CrashGuard) -> None:
+        tp = (record.topic, record.partition)
+        entry = guard.enter_now(tp, record.offset) or await guard.enter(tp, record.offset)
+        if not entry.alone:
+            try:
+                await self._run(record)
+            finally:
+                guard.isolation.release_shared()
+            return
+        finished = False
+        try:
+            if entry.crashes >= self.spec.policy.max_crashes:
+                await self._crashed(record, entry.crashes)
+            else:
+                log.info("job.running_alone", deaths=entry.crashes)
+                await self._run(record)
+            finished = True
+        finally:
+            await guard.leave_alone(entry, finished)
+
+    async def _run_beside(self, record: Record, isolation: Isolation) -> None:
+        """A job type without the guard still waits while a suspect runs alone."""
+        if not isolation.try_shared():
+            await isolation.shared()
+        try:
+            await self._run(record)
+        finally:
+            isolation.release_shared()
+
+    async def _run(self, record: Record) -> None:
+        job = self._decode(record)
+        if isinstance(job, Failure):
+            await self._dead_letter(record, job, None)
+            return
+        bind_job(job_id=job.id)
+        await self._run_job(record, job)
+
+    async def _crashed(self, record: Record, crashes: int) -> None:
+        """Dead-letter a record whose runs took the worker down ``crashes`` times."""
+        limit = self.spec.policy.max_crashes
+        summary = f"the worker died {crashes} times running this job; it is not run again"
+        error = WorkerDied(f"{summary} (max_crashes={limit})")
+        attempts = record.attempts_before + crashes
+        # Decoding once more is safe enough to name the job and run its give-up
+        # hook; if even that killed the worker, the next delivery skips both.
+        job = self._decode(record) if crashes == limit else None
+        if job is None or isinstance(job, Failure):
+            failure = Failure(Stage.CRASHED, error, attempts)
+            await self._dead_letter(record, failure, None)
+            return
+        bind_job(job_id=job.id)
+        failure = Failure(Stage.CRASHED, error, attempts, job.type, job.id)
+        decision = DeadLetter(f"crashed: {error}", summary)
+        await self._give_up(job, decision)
+        await self._dead_letter(record, failure, decision)
 
     def _decode_typed(self, value: bytes, attempts: int, origin: str) -> Job[BaseModel] | None:
         """One-pass validation of envelope and payload; None sends the caller the slow way.

@@ -84,6 +84,12 @@ class JobPolicy(_Group):
     backoff_base_s: float = Field(1.0, gt=0)
     backoff_max_s: float = Field(300.0, gt=0)
     in_place_max_s: float = Field(5.0, ge=0, description="waits up to this long retry in place")
+    max_crashes: int = Field(
+        3,
+        ge=0,
+        description="worker deaths while running one job before it is dead-lettered "
+        "unrun (stage crashed); 0 turns the guard off",
+    )
 
 
 class JobsSettings(_Group):

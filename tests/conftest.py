@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import asyncpg
@@ -62,9 +62,10 @@ def stack(services: Endpoints) -> Stack:
 def worker_factory(tmp_path: Path) -> Iterator[type[WorkerProcess] | object]:
     started: list[WorkerProcess] = []
 
-    def start(stack: Stack, **extra: str) -> WorkerProcess:
+    def start(stack: Stack, hooks: Sequence[str] = (), **extra: str) -> WorkerProcess:
         env = {**stack.env, **extra}
-        worker = WorkerProcess(env, tmp_path / f"worker-{len(started)}.log").start()
+        log = tmp_path / f"worker-{len(started)}.log"
+        worker = WorkerProcess(env, log, hooks).start()
         started.append(worker)
         return worker
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,10 @@ ROOT = Path(__file__).resolve().parents[2]
 class WorkerProcess:
     """``conveyor run`` in a child process; log lines collected as dicts."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, hooks: Sequence[str] = ()) -> None:
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        # Test-only delays (tests/support/hooked_worker.py), e.g. ["--commit-delay-s", "2"].
+        self.hooks = list(hooks)
         self.log_path = log_path
         self.events: list[dict[str, Any]] = []
         self._cond = threading.Condition()
@@ -28,8 +30,11 @@ class WorkerProcess:
         self._reader: threading.Thread | None = None
 
     def start(self) -> WorkerProcess:
+        command = ["-m", "streams.cli", "run"]
+        if self.hooks:
+            command = ["-m", "tests.support.hooked_worker", *self.hooks, "--", "run"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "run"],
+            [sys.executable, *command],
             env=self.env,
             cwd=ROOT,
             stdout=subprocess.PIPE,

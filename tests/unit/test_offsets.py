@@ -6,9 +6,11 @@ TP = ("jobs", 0)
 OTHER = ("jobs", 1)
 
 
-def tracker() -> OffsetTracker[tuple[str, int]]:
+def tracker(at: int = 0) -> OffsetTracker[tuple[str, int]]:
+    """A tracker whose partitions both start at offset ``at``."""
     t: OffsetTracker[tuple[str, int]] = OffsetTracker()
     t.assign([TP, OTHER])
+    t.set_positions({TP: at, OTHER: at})
     return t
 
 
@@ -23,7 +25,7 @@ def test_nothing_started_nothing_to_commit() -> None:
 
 
 def test_out_of_order_completion_commits_only_the_contiguous_run() -> None:
-    t = tracker()
+    t = tracker(at=10)
     tickets = [start(t, TP, o) for o in range(10, 15)]
     tickets[2].finish()
     tickets[4].finish()
@@ -81,6 +83,7 @@ def test_a_real_gap_is_accepted_after_repeated_seeks() -> None:
         on_gap=lambda tp, off: seeks.append(off), clock=clock
     )
     t.assign([TP])
+    t.set_positions({TP: 3})
     start(t, TP, 3).finish()
     for _ in range(GAP_SEEKS):
         assert t.start(TP, 7) is None
@@ -109,7 +112,7 @@ def test_committed_offsets_are_not_offered_again() -> None:
 
 
 def test_revoke_stops_new_starts_but_counts_running_jobs_that_finish() -> None:
-    t = tracker()
+    t = tracker(at=5)
     start(t, TP, 5).finish()
     running = start(t, TP, 6)
     t.revoke([TP])
@@ -119,7 +122,7 @@ def test_revoke_stops_new_starts_but_counts_running_jobs_that_finish() -> None:
     assert t.committable(TP) == 7, "work that finished during the revoke is committed"
     t.forget([TP])
     assert t.committable(TP) is None
-    assert list(t.partitions()) == []
+    assert TP not in list(t.partitions())
 
 
 def test_unassigned_partitions_never_start() -> None:
@@ -128,13 +131,38 @@ def test_unassigned_partitions_never_start() -> None:
 
 
 def test_reassignment_starts_fresh() -> None:
-    t = tracker()
+    t = tracker(at=5)
     stale = start(t, TP, 5)
     t.assign([TP])
+    t.set_positions({TP: 3})
     stale.finish()
     assert t.committable(TP) is None
     start(t, TP, 3).finish()
     assert t.committable(TP) == 4
+
+
+def test_nothing_starts_before_the_partitions_start_is_known() -> None:
+    t: OffsetTracker[tuple[str, int]] = OffsetTracker()
+    t.assign([TP])
+    assert t.start(TP, 864) is None, "the first record seen is not the partition's start"
+    t.set_positions({TP: 0})
+    start(t, TP, 0).finish()
+    assert t.committable(TP) == 1
+
+
+def test_a_stale_record_past_the_start_is_a_gap_not_the_start() -> None:
+    # A record fetched before a rebalance and delivered after it, on a
+    # partition with no committed offset: the start (0) comes from the
+    # consumer, so offset 864 is refused and a seek back to 0 requested.
+    seeks: list[int] = []
+    t: OffsetTracker[tuple[str, int]] = OffsetTracker(on_gap=lambda tp, off: seeks.append(off))
+    t.assign([TP])
+    t.set_positions({TP: 0})
+    assert t.start(TP, 864) is None
+    assert seeks == [0]
+    for offset in range(3):
+        start(t, TP, offset).finish()
+    assert t.committable(TP) == 3
 
 
 def test_partitions_are_independent() -> None:

@@ -54,6 +54,7 @@ def pool(
 ) -> tuple[JobPool, OffsetTracker[tuple[str, int]]]:
     tracker: OffsetTracker[tuple[str, int]] = OffsetTracker()
     tracker.assign([TP, OTHER])
+    tracker.set_positions({TP: 0, OTHER: 0})
     calls = flow if flow is not None else []
     return JobPool("t", concurrency, gate, tracker, flow=calls.append, high_water=4), tracker
 
