@@ -9,6 +9,7 @@ waits they impose take a second, not minutes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -306,8 +307,8 @@ async def test_usage_counts_every_message_once_per_organization_and_day(
         other.organization_id,
         message(other.id, kit.lead_id, kit.key("k-b")),
     )
-    runs = [until_done(lambda j=j: kit.send(j, deps)) for j in jobs + jobs[:5]]  # 5 redelivered
-    outcomes = await asyncio.gather(*runs, until_done(lambda: kit.send(theirs, deps)))
+    runs = [until_done(functools.partial(kit.send, j, deps)) for j in [*jobs, *jobs[:5], theirs]]
+    outcomes = await asyncio.gather(*runs)  # 5 of them redelivered while the first runs
     assert outcomes.count(Outcome.SKIPPED) == 5
     assert len(markers_on(kit.server, kit.lead_id)) == 21
     assert await sent_today(db, kit.organization_id) == 20

@@ -20,6 +20,7 @@ from schemas.envelope import JobEnvelope
 from schemas.jobs import MessageSend
 from tests.support.kommo_server import KommoServer
 from tests.support.stack import Stack
+from tests.support.waiting import eventually
 
 MARKER = re.compile(r"\[conveyor:[0-9a-f]{20}\]")
 
@@ -36,7 +37,7 @@ def message(
     return MessageSend(
         connection_id=connection_id,
         lead_id=lead_id,
-        channel=channel,  # type: ignore[arg-type]
+        channel=channel,
         text=text or f"Hello from {key}",
         idempotency_key=key,
     )
@@ -132,6 +133,31 @@ def notes_per_key(server: KommoServer, keys: list[str]) -> Counter[str]:
         for m in markers_on(server, lead)
     )
     return Counter({key: by_marker[marker_of(key)] for key in keys})
+
+
+def out_of_order(server: KommoServer, envelopes: list[JobEnvelope]) -> list[int]:
+    """Leads whose notes are not exactly one per job, in publish order ([] is right)."""
+    expected: dict[int, list[str]] = {}
+    for envelope in envelopes:
+        lead = int(envelope.payload["lead_id"])
+        expected.setdefault(lead, []).append(marker_of(envelope.payload["idempotency_key"]))
+    return [lead for lead, markers in expected.items() if markers_on(server, lead) != markers]
+
+
+async def wait_for_notes(
+    server: KommoServer, keys: list[str], timeout_s: float = 300.0
+) -> Counter[str]:
+    """Wait until Kommo holds a note for every key; how many it holds per key."""
+
+    async def count() -> Counter[str]:
+        return notes_per_key(server, keys)
+
+    return await eventually(
+        count,
+        lambda c: all(c[k] for k in keys),
+        timeout_s=timeout_s,
+        what=f"a note for each of {len(keys)} keys",
+    )
 
 
 async def ledger(db: asyncpg.Pool, key: str) -> asyncpg.Record:
