@@ -54,7 +54,9 @@ class MemoryTokens:
         return self.access
 
 
-KEYRING = Keyring.parse(f"k1:{new_key()}")
+# This process's keyring; a worker subprocess gets the same text (``worker_env``).
+KEYRING_TEXT = f"k1:{new_key()}"
+KEYRING = Keyring.parse(KEYRING_TEXT)
 
 
 async def register_account(

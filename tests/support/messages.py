@@ -18,6 +18,7 @@ from handlers.messaging.message import marker_of
 from handlers.types import Outcome
 from schemas.envelope import JobEnvelope
 from schemas.jobs import MessageSend
+from tests.support.crm import KEYRING_TEXT
 from tests.support.kommo_server import KommoServer
 from tests.support.stack import Stack
 from tests.support.waiting import eventually
@@ -70,6 +71,28 @@ def message_envelopes(
             )
         )
     return envelopes
+
+
+def worker_env(
+    *, lease_s: float = 3.0, settle_s: float = 1.0, timeout_s: float = 0.5
+) -> dict[str, str]:
+    """Settings for a worker subprocess that sends messages to a local Kommo account.
+
+    The keyring is this process's (so it decrypts what ``register_account``
+    stored); the runner's timeout covers a lookup and a POST, each within a
+    lease, and retries wait in place up to a lease plus the settle time, so
+    a lead's messages keep their order while one of them is being resolved.
+    """
+    return {
+        "CONVEYOR_CRM__KEYRING": KEYRING_TEXT,
+        "CONVEYOR_CRM__TIMEOUT_S": str(timeout_s),
+        "CONVEYOR_CRM__MESSAGE_LEASE_S": str(lease_s),
+        "CONVEYOR_CRM__MESSAGE_SETTLE_S": str(settle_s),
+        "CONVEYOR_CRM__BACKOFF_BASE_S": "0.05",
+        "CONVEYOR_JOBS__MESSAGE_SEND__TIMEOUT_S": str(3 * lease_s),
+        "CONVEYOR_JOBS__MESSAGE_SEND__MAX_ATTEMPTS": "50",
+        "CONVEYOR_JOBS__MESSAGE_SEND__IN_PLACE_MAX_S": str(lease_s + settle_s + 1.0),
+    }
 
 
 def lead_key(envelope: JobEnvelope) -> bytes:
