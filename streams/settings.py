@@ -255,6 +255,16 @@ class CrmSettings(_Group):
     sync_lease_s: float = Field(
         300.0, gt=0, description="a pipeline sync's claim on its connection if its worker dies"
     )
+    message_lease_s: float = Field(
+        60.0,
+        gt=0,
+        description="a message.send run's claim on its message (lookup or POST); > timeout_s",
+    )
+    message_settle_s: float = Field(
+        60.0,
+        ge=0,
+        description="how long after an unanswered POST its note may still appear in Kommo",
+    )
 
     @field_validator("keyring")
     @classmethod

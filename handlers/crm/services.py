@@ -19,6 +19,8 @@ from handlers.providers.kommo import Kommo, KommoClient, kommo_config
 class CrmPolicy:
     token_refresh_margin_s: float
     sync_lease_s: float
+    message_lease_s: float
+    message_settle_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +47,12 @@ def crm_services(session: aiohttp.ClientSession, crm_settings: Any) -> CrmServic
     return CrmServices(
         Kommo(session, kommo_config(crm_settings)),
         Keyring.parse(crm_settings.keyring.get_secret_value()),
-        CrmPolicy(crm_settings.token_refresh_margin_s, crm_settings.sync_lease_s),
+        CrmPolicy(
+            crm_settings.token_refresh_margin_s,
+            crm_settings.sync_lease_s,
+            crm_settings.message_lease_s,
+            crm_settings.message_settle_s,
+        ),
     )
 
 

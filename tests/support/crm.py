@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -53,7 +54,9 @@ class MemoryTokens:
         return self.access
 
 
-KEYRING = Keyring.parse(f"k1:{new_key()}")
+# This process's keyring; a worker subprocess gets the same text (``worker_env``).
+KEYRING_TEXT = f"k1:{new_key()}"
+KEYRING = Keyring.parse(KEYRING_TEXT)
 
 
 async def register_account(
@@ -63,12 +66,13 @@ async def register_account(
     expires_in_s: float = 3600.0,
     keyring: Keyring = KEYRING,
     webhook_secret: str = "whsec-test",
+    organization_id: str = "org-1",
 ) -> NewConnection:
     """A connection to ``server`` as the platform's consent would register it."""
     pair = server.grant()
     new = NewConnection(
         id=f"conn-{uuid.uuid4().hex[:12]}",
-        organization_id="org-1",
+        organization_id=organization_id,
         base_url=server.base_url,
         client_id=CLIENT_ID,
         client_secret=CLIENT_SECRET,
@@ -84,12 +88,20 @@ async def register_account(
 
 
 def services(
-    session: aiohttp.ClientSession, keyring: Keyring = KEYRING, **overrides: Any
+    session: aiohttp.ClientSession,
+    keyring: Keyring = KEYRING,
+    *,
+    policy: Mapping[str, float] | None = None,
+    **overrides: Any,
 ) -> CrmServices:
-    """CrmServices as a worker builds them, with quick backoffs."""
+    """CrmServices as a worker builds them, with quick backoffs; ``policy`` overrides
+    CrmPolicy fields (``message_lease_s``...), ``overrides`` the client's config."""
     crm = Settings().crm
-    policy = CrmPolicy(crm.token_refresh_margin_s, crm.sync_lease_s)
-    return CrmServices(Kommo(session, config(**overrides)), keyring, policy)
+    base = CrmPolicy(
+        crm.token_refresh_margin_s, crm.sync_lease_s, crm.message_lease_s, crm.message_settle_s
+    )
+    chosen = dataclasses.replace(base, **(policy or {}))
+    return CrmServices(Kommo(session, config(**overrides)), keyring, chosen)
 
 
 class NoPublisher:

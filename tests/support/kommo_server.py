@@ -22,8 +22,10 @@ part follows, is listed in docs/KOMMO.md. In short:
 
 Faults: ``faults`` is a queue of scripted faults (one consumed per matching
 request): a status (401, 429, 5xx...), optionally after performing the
-operation; slow; hang; and ``late`` — perform the operation, then answer
-after ``delay_s`` (past the client's timeout). ``chaos`` adds faults at
+operation; slow; hang; ``late`` — perform the operation, then answer
+after ``delay_s`` (past the client's timeout); and ``deferred`` — perform it
+``delay_s`` after the request arrived even if the client has gone by then (a
+server that finishes a write after the client gave up). ``chaos`` adds faults at
 random (seeded). ``calls`` counts requests per route.
 """
 
@@ -77,7 +79,8 @@ class Fault:
 
     ``kind``: ``status`` (answer ``status``; with ``after`` the operation is
     performed first), ``slow`` (wait ``delay_s``, then answer normally),
-    ``hang`` (never answer) or ``late`` (perform, then answer after ``delay_s``).
+    ``hang`` (never answer), ``late`` (perform, then answer after ``delay_s``) or
+    ``deferred`` (perform after ``delay_s`` whether or not the client still waits).
     """
 
     kind: str
@@ -170,6 +173,7 @@ class KommoServer:
     _window: SlidingWindow | None = None
     _rng: random.Random = field(default_factory=random.Random)
     _called: asyncio.Condition = field(default_factory=asyncio.Condition)
+    _deferred: set[asyncio.Task[web.Response]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._rng.seed(self.seed)
@@ -261,6 +265,9 @@ class KommoServer:
         try:
             if route != "POST /oauth2/access_token":
                 self._authorize(request)
+            if fault is not None and fault.kind == "deferred":
+                await request.read()  # the body outlives the connection
+                return await self._defer(operation, fault.delay_s)
             if fault is None or fault.kind == "slow":
                 if fault is not None:
                     await asyncio.sleep(fault.delay_s)
@@ -282,6 +289,18 @@ class KommoServer:
             await operation()
         headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
         return _problem(fault.status, fault.detail or f"injected HTTP {fault.status}", headers)
+
+    async def _defer(
+        self, operation: Callable[[], Awaitable[web.Response]], delay_s: float
+    ) -> web.Response:
+        async def later() -> web.Response:
+            await asyncio.sleep(delay_s)
+            return await operation()
+
+        task = asyncio.ensure_future(later())
+        self._deferred.add(task)
+        task.add_done_callback(self._deferred.discard)
+        return await asyncio.shield(task)  # a client that gives up does not stop it
 
     def _next_fault(self, route: str) -> Fault | None:
         for fault in self.faults:
@@ -453,6 +472,9 @@ class KommoServer:
         self, request: web.Request, entity: str, owner: int | None
     ) -> web.Response:
         query = request.query
+        store = {"leads": self.leads, "contacts": self.contacts}.get(entity)
+        if owner is not None and store is not None and owner not in store:
+            return web.Response(status=204)  # a deleted lead's notes are not listed
         found = [n for n in self.notes[entity] if owner is None or n["entity_id"] == owner]
         ids = {int(v) for v in _many(query, "filter[id]") if v.isdigit()}
         types = set(_many(query, "filter[note_type]"))
@@ -665,4 +687,8 @@ async def kommo_server(**options: Any) -> AsyncIterator[KommoServer]:
     app.router.add_route("*", "/{tail:.*}", server.handle)
     async with serve(app, server.host) as port:
         server.port = port
-        yield server
+        try:
+            yield server
+        finally:
+            for task in list(server._deferred):
+                task.cancel()

@@ -1,0 +1,1 @@
+"""Outbound messages (``message.send``): posted to Kommo leads exactly once."""
