@@ -46,8 +46,8 @@ from handlers.assets.extract import ExtractRequest, extract_to_file  # noqa: E40
 from handlers.cpu_pool import ProcessCpuPool  # noqa: E402
 from handlers.deps import ExtractPolicy  # noqa: E402
 from schemas.envelope import JobEnvelope  # noqa: E402
+from streams.commands.migrate import migrate  # noqa: E402
 from streams.looplag import percentile  # noqa: E402
-from streams.migrate import migrate  # noqa: E402
 from tests.support.documents import DOCX_MIME, docx_words, formatted_docx, pdf_bytes  # noqa: E402
 from tests.support.http import FileServer, file_server  # noqa: E402
 from tests.support.stack import Stack  # noqa: E402

@@ -35,7 +35,7 @@ import yaml
 from pydantic import SecretStr
 
 import streams
-from streams.cli import _parser
+from streams.commands.cli import _parser
 from streams.registry import build_registry
 from streams.settings import (
     ENV_PREFIX,

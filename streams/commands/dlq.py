@@ -27,9 +27,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from schemas.dlq import HEADER_PREFIX, Stage
+from streams.commands.submit import producer
 from streams.registry import build_registry
 from streams.settings import Settings
-from streams.submit import producer
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
