@@ -15,10 +15,10 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
-from handlers import knowledge_graph
 from handlers.assets.embed import HashEmbedder
 from handlers.deps import ChunkingPolicy, Deps, FetchPolicy, KnowledgeGraphPolicy
 from handlers.errors import PermanentError, RetryableError
+from handlers.knowledge_graph import extract as knowledge_graph
 from handlers.limits import Budget, RateLimits
 from handlers.llm import OpenAIChat
 from handlers.openai_api import ApiClient, ApiConfig

@@ -20,10 +20,11 @@ from typing import Any
 
 import structlog
 
-from handlers import kg_store, ledger
+from handlers import ledger
 from handlers.deps import ChatModel, Deps
 from handlers.errors import PermanentError, RetryableError
-from handlers.kg_extraction import (
+from handlers.knowledge_graph import store as kg_store
+from handlers.knowledge_graph.graph import (
     Extraction,
     Graph,
     InvalidExtraction,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from handlers.kg_extraction import EntityKey, Graph
+from handlers.knowledge_graph.graph import EntityKey, Graph
 
 ASSET_ORGANIZATION = "SELECT organization_id FROM assets WHERE id = $1"
 
