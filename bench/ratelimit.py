@@ -29,10 +29,10 @@ import aiohttp
 import structlog
 from pydantic import SecretStr
 
-from handlers.assets.embed import OpenAIEmbedder
 from handlers.errors import JobError
-from handlers.limits import Budget, RateLimits
-from handlers.openai_api import ApiClient, ApiConfig
+from handlers.providers.embed import OpenAIEmbedder
+from handlers.providers.limits import Budget, RateLimits
+from handlers.providers.openai_api import ApiClient, ApiConfig
 from tests.support.openai_server import API_KEY, OpenAIServer, openai_server
 
 TEXTS_PER_JOB = 4

@@ -5,7 +5,7 @@ are set by the operator, not by users, and may well be on a private network.
 Limits are built once here, so every job of the process shares them. A job
 spends at most half its timeout waiting out 429s before it hands the wait
 back to the runner. With a database pool, the paid APIs are charged to each
-organization's daily budget before every call (handlers/budget.py).
+organization's daily budget before every call (handlers/providers/budget.py).
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from typing import Any
 import aiohttp
 import structlog
 
-from handlers.assets.embed import HashEmbedder, OpenAIEmbedder
-from handlers.budget import BudgetedChat, BudgetedEmbedder, DailyBudget
 from handlers.deps import ChatModel, Embedder, KnowledgeGraphPolicy
-from handlers.limits import Budget, RateLimits
-from handlers.llm import OpenAIChat
-from handlers.openai_api import ApiClient, ApiConfig
+from handlers.providers.budget import BudgetedChat, BudgetedEmbedder, DailyBudget
+from handlers.providers.embed import HashEmbedder, OpenAIEmbedder
+from handlers.providers.limits import Budget, RateLimits
+from handlers.providers.llm import OpenAIChat
+from handlers.providers.openai_api import ApiClient, ApiConfig
 from streams.settings import EmbeddingSettings, LlmSettings, Settings
 
 log = structlog.get_logger("conveyor.providers")

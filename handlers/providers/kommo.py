@@ -31,8 +31,8 @@ import aiohttp
 import structlog
 
 from handlers.errors import PermanentError, RetryableError
-from handlers.limits import backoff_s, retry_after_s
 from handlers.providers.adaptive_limit import AdaptiveLimiter
+from handlers.providers.limits import backoff_s, retry_after_s
 
 log = structlog.get_logger("conveyor.kommo")
 

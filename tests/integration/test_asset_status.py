@@ -20,8 +20,8 @@ import asyncpg
 import pytest
 
 from handlers.assets import process
-from handlers.assets.embed import HashEmbedder
 from handlers.deps import ChunkingPolicy, Deps, FetchPolicy
+from handlers.providers.embed import HashEmbedder
 from handlers.types import Job, Outcome
 from schemas.envelope import JobEnvelope
 from schemas.jobs import AssetProcess

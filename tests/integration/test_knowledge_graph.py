@@ -15,13 +15,13 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
-from handlers.assets.embed import HashEmbedder
 from handlers.deps import ChunkingPolicy, Deps, FetchPolicy, KnowledgeGraphPolicy
 from handlers.errors import PermanentError, RetryableError
 from handlers.knowledge_graph import extract as knowledge_graph
-from handlers.limits import Budget, RateLimits
-from handlers.llm import OpenAIChat
-from handlers.openai_api import ApiClient, ApiConfig
+from handlers.providers.embed import HashEmbedder
+from handlers.providers.limits import Budget, RateLimits
+from handlers.providers.llm import OpenAIChat
+from handlers.providers.openai_api import ApiClient, ApiConfig
 from handlers.types import Job, Outcome
 from schemas.envelope import JobEnvelope
 from schemas.jobs import KnowledgeGraphExtract

@@ -11,11 +11,11 @@ import aiohttp
 import asyncpg
 from pydantic import BaseModel
 
-from handlers.assets.embed import HashEmbedder
 from handlers.crm.connections import NewConnection, register
 from handlers.crm.crypto import Keyring, new_key
 from handlers.crm.services import CrmPolicy, CrmServices
 from handlers.deps import ChunkingPolicy, Deps, FetchPolicy
+from handlers.providers.embed import HashEmbedder
 from handlers.providers.kommo import Kommo, KommoConfig, OAuthApp, kommo_config
 from handlers.types import Job
 from schemas.envelope import JobEnvelope

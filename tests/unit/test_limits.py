@@ -9,7 +9,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from handlers.limits import (
+from handlers.providers.limits import (
     Budget,
     PauseGate,
     RateLimits,

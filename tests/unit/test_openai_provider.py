@@ -12,11 +12,11 @@ import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from handlers.assets.embed import OpenAIEmbedder, parse_embeddings
 from handlers.errors import PermanentError, RetryableError
-from handlers.limits import Budget, RateLimits
-from handlers.llm import OpenAIChat, parse_chat_content
-from handlers.openai_api import ApiClient, ApiConfig, InvalidResponse
+from handlers.providers.embed import OpenAIEmbedder, parse_embeddings
+from handlers.providers.limits import Budget, RateLimits
+from handlers.providers.llm import OpenAIChat, parse_chat_content
+from handlers.providers.openai_api import ApiClient, ApiConfig, InvalidResponse
 from tests.support.openai_server import API_KEY, Fault, OpenAIServer, fake_vector, openai_server
 
 DIMS = 16

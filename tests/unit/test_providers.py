@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from handlers.assets.embed import HashEmbedder, OpenAIEmbedder
-from handlers.llm import OpenAIChat
+from handlers.providers.embed import HashEmbedder, OpenAIEmbedder
+from handlers.providers.llm import OpenAIChat
 from streams.providers import open_providers
 from streams.settings import load_settings
 from tests.support.openai_server import API_KEY, openai_server

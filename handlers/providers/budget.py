@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from handlers.deps import ChatModel, Embedder
 from handlers.errors import PermanentError
-from handlers.limits import estimate_tokens
+from handlers.providers.limits import estimate_tokens
 
 Kind = Literal["llm", "embedding"]
 

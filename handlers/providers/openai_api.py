@@ -36,7 +36,7 @@ import structlog
 from pydantic import SecretStr
 
 from handlers.errors import PermanentError, RetryableError
-from handlers.limits import RateLimits, backoff_s, retry_after_s
+from handlers.providers.limits import RateLimits, backoff_s, retry_after_s
 
 log = structlog.get_logger(__name__)
 
