@@ -25,7 +25,7 @@ from streams.mirror import MirrorRunner
 from streams.offsets import OffsetTracker
 from streams.pool import JobPool
 from streams.publish import RecordPublisher
-from streams.records import Headers, Record
+from streams.records import Headers
 from streams.registry import JobSpec, Registry
 from streams.runner import JobRunner
 from streams.runtime import APPLICATION_NAME, Runtime
@@ -111,26 +111,19 @@ class Conveyor:
         )
 
     def add_job_type(self, spec: JobSpec) -> None:
-        runner: JobRunner | None = None
-
-        async def run(record: Record) -> None:
-            nonlocal runner
-            if runner is None:
-                runner = JobRunner(
-                    spec,
-                    self.registry,
-                    self.runtime.deps,
-                    self.records,
-                    self.settings.kafka.max_job_bytes,
-                    self.guard,
-                )
-            await runner.run(record)
-
+        runner = JobRunner(
+            spec,
+            self.runtime,
+            self.records,
+            retry_topic=self.registry.retry_topic(spec),
+            max_job_bytes=self.settings.kafka.max_job_bytes,
+            guard=self.guard,
+        )
         topics = (spec.topic, self.registry.retry_topic(spec))
         pool = JobPool(
             spec.job_type,
             spec.policy.concurrency,
-            run,
+            runner.run,
             self.tracker,
             flow=flow_control(self.app, topics, self.draining),
             high_water=max(self.settings.kafka.backlog_records, 2 * spec.policy.concurrency),
@@ -142,18 +135,11 @@ class Conveyor:
         subscribe(self.app, topics[1], pool, delayed=True)
 
     def add_dlq_mirror(self) -> None:
-        runner: MirrorRunner | None = None
-
-        async def run(record: Record) -> None:
-            nonlocal runner
-            if runner is None:
-                runner = MirrorRunner(self.runtime.deps, self.settings.dlq_mirror)
-            await runner.run(record)
-
+        runner = MirrorRunner(self.runtime, self.settings.dlq_mirror)
         pool = JobPool(
             "dlq_mirror",
             1,
-            run,
+            runner.run,
             self.tracker,
             flow=flow_control(self.app, (self.registry.dlq_topic,), self.draining),
             high_water=self.settings.kafka.backlog_records,

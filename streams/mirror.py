@@ -16,11 +16,11 @@ import asyncio
 import asyncpg
 import structlog
 
-from handlers.deps import Deps
 from handlers.dlq_mirror import mirror, mirror_degraded
 from schemas.dlq import DeadLetterRecord
 from streams.records import Record
 from streams.retry import describe, is_outage
+from streams.runtime import DepsSource
 from streams.settings import DlqMirrorSettings
 
 log = structlog.get_logger("conveyor.dlq_mirror")
@@ -54,8 +54,10 @@ def is_record_problem(exc: BaseException) -> bool:
 
 
 class MirrorRunner:
-    def __init__(self, deps: Deps, settings: DlqMirrorSettings) -> None:
-        self.deps = deps
+    """Writes each record of the dead-letter topic to ``worker_dlq``."""
+
+    def __init__(self, runtime: DepsSource, settings: DlqMirrorSettings) -> None:
+        self.runtime = runtime
         self.settings = settings
 
     async def run(self, record: Record) -> None:
@@ -67,9 +69,9 @@ class MirrorRunner:
             try:
                 async with asyncio.timeout(MIRROR_WRITE_TIMEOUT_S):
                     if refused is None:
-                        await mirror(row, self.deps)
+                        await mirror(row, self.runtime.deps)
                     else:
-                        await mirror_degraded(row, self.deps, refused)
+                        await mirror_degraded(row, self.runtime.deps, refused)
                 log.info(
                     "dlq.mirrored",
                     partition=record.partition,

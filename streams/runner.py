@@ -21,7 +21,6 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ValidationError, create_model
 
-from handlers.deps import Deps
 from handlers.errors import DeadlineExceeded, JobTimeout, PermanentError
 from handlers.types import Job, Outcome
 from schemas.dlq import Stage
@@ -32,7 +31,7 @@ from streams.isolation import Isolation
 from streams.logs import JOB_CONTEXT, bind_job
 from streams.publish import Failure, RecordPublisher
 from streams.records import Record
-from streams.registry import JobSpec, Registry
+from streams.registry import JobSpec
 from streams.retry import (
     DeadLetter,
     RetryInPlace,
@@ -43,6 +42,7 @@ from streams.retry import (
     outage_wait_s,
     stage_of,
 )
+from streams.runtime import DepsSource
 
 log = structlog.get_logger("conveyor.runner")
 
@@ -59,18 +59,19 @@ class JobRunner:
     def __init__(
         self,
         spec: JobSpec,
-        registry: Registry,
-        deps: Deps,
+        runtime: DepsSource,
         publisher: RecordPublisher,
-        max_job_bytes: int = 1024 * 1024,
+        *,
+        retry_topic: str,
+        max_job_bytes: int,
         guard: CrashGuard | None = None,
     ) -> None:
         self.max_job_bytes = max_job_bytes
         self.guard = guard
         self._typed = typed_envelope(spec.payload_model)
         self.spec = spec
-        self.registry = registry
-        self.deps = deps
+        self.retry_topic = retry_topic
+        self.runtime = runtime
         self.publisher = publisher
         # Label lookups take a lock: resolve this job type's series once.
         self._duration = metrics.DURATION.labels(spec.job_type)
@@ -257,9 +258,7 @@ class JobRunner:
                 continue
             if isinstance(decision, RetryLater):
                 not_before = datetime.now(UTC) + timedelta(seconds=decision.delay_s)
-                await self.publisher.retry_later(
-                    record, failure, self.registry.retry_topic(self.spec), not_before
-                )
+                await self.publisher.retry_later(record, failure, self.retry_topic, not_before)
                 metrics.RETRIES.labels(self.spec.job_type, "retry_topic").inc()
                 self._ended["retry_topic"].inc()
                 log.warning(
@@ -284,7 +283,7 @@ class JobRunner:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):
-                outcome = await self.spec.handler(job, self.deps)
+                outcome = await self.spec.handler(job, self.runtime.deps)
         except TimeoutError:
             return JobTimeout(f"job ran past its {timeout_s:.1f} s timeout")
         except Exception as exc:
@@ -304,7 +303,7 @@ class JobRunner:
         summary = self.publisher.mask(decision.summary)
         for attempt in range(1, GIVE_UP_HOOK_ATTEMPTS + 1):
             try:
-                await asyncio.wait_for(hook(job, summary, self.deps), timeout=30)
+                await asyncio.wait_for(hook(job, summary, self.runtime.deps), timeout=30)
                 return
             except Exception as exc:
                 log.warning("job.give_up_hook_failed", error=describe(exc), hook_attempt=attempt)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import aiohttp
 import asyncpg
 import structlog
@@ -17,6 +19,13 @@ from streams.registry import Registry
 from streams.settings import Settings
 
 log = structlog.get_logger("conveyor.runtime")
+
+
+class DepsSource(Protocol):
+    """Where runners get the handlers' dependencies: the runtime, once it is open."""
+
+    @property
+    def deps(self) -> Deps: ...
 
 
 class KafkaJobPublisher:
