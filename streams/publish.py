@@ -49,8 +49,10 @@ class RecordPublisher:
         group_id: str,
         dlq_topic: str,
         mask: Callable[[str], str] = lambda text: text,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._send = send
+        self._sleep = sleep
         self.mask = mask  # the configured secrets masked in any text that leaves the worker
         self._group_id = group_id
         self._dlq_topic = dlq_topic
@@ -110,5 +112,5 @@ class RecordPublisher:
                 raise
             except Exception as exc:
                 log.error("publish.failed", target_topic=topic, error=repr(exc), retry_in_s=delay)
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
                 delay = min(delay * 2, 10.0)

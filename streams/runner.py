@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -65,8 +66,10 @@ class JobRunner:
         retry_topic: str,
         max_job_bytes: int,
         guard: CrashGuard | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.max_job_bytes = max_job_bytes
+        self._sleep = sleep  # every wait of a run (tests record them instead)
         self.guard = guard
         self._typed = typed_envelope(spec.payload_model)
         self.spec = spec
@@ -240,7 +243,7 @@ class JobRunner:
                     delay_s=round(wait_s, 3),
                     streak=outages,
                 )
-                await asyncio.sleep(wait_s)
+                await self._sleep(wait_s)
                 continue
             outages = 0
             decision = decide(error, job.attempt, self.spec.policy)
@@ -253,7 +256,7 @@ class JobRunner:
                     delay_s=round(decision.delay_s, 3),
                     where="in_place",
                 )
-                await asyncio.sleep(decision.delay_s)
+                await self._sleep(decision.delay_s)
                 job = job.next_attempt()
                 continue
             if isinstance(decision, RetryLater):
@@ -307,7 +310,7 @@ class JobRunner:
                 return
             except Exception as exc:
                 log.warning("job.give_up_hook_failed", error=describe(exc), hook_attempt=attempt)
-                await asyncio.sleep(min(2.0**attempt, 10.0))
+                await self._sleep(min(2.0**attempt, 10.0))
 
     async def _dead_letter(
         self, record: Record, failure: Failure, decision: DeadLetter | None
