@@ -10,13 +10,11 @@ retry record with the time until it is due. Back-pressure is the pool's:
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from typing import Any
 
 import faust
 import structlog
 
-from schemas.dlq import H
 from streams.pool import FlowFn, JobPool
 from streams.records import Record
 
@@ -47,7 +45,7 @@ def _agent(app: faust.App, pool: JobPool, delayed: bool) -> Any:
                 _stale(message, app.consumer_generation_id)
                 continue
             record = Record.from_faust(message)
-            pool.submit(message.tp, record, _due_in_s(record) if delayed else 0.0)
+            pool.submit(message.tp, record, record.due_in_s() if delayed else 0.0)
 
     return agent
 
@@ -90,15 +88,3 @@ def _stale(message: Any, generation: int) -> None:
         generation=message.generation_id,
         current_generation=generation,
     )
-
-
-def _due_in_s(record: Record) -> float:
-    """Seconds until a retry record's not-before time (0 when due or unreadable)."""
-    value = record.header(H.NOT_BEFORE)
-    if not value:
-        return 0.0
-    try:
-        due = datetime.fromisoformat(value)
-    except ValueError:
-        return 0.0
-    return max(0.0, (due - datetime.now(UTC)).total_seconds())

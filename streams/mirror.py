@@ -62,7 +62,7 @@ class MirrorRunner:
 
     async def run(self, record: Record) -> None:
         row = dead_letter_record(record)
-        job_id = row.headers.get("conveyor-job-id")
+        job_id = row.context.job_id
         refused: str | None = None  # why the full row was refused, once it was
         delay = self.settings.backoff_base_s
         while True:

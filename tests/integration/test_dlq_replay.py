@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import asyncpg
@@ -96,18 +95,6 @@ async def test_replayed_dead_letter_runs_once_with_fresh_attempts(
         "SELECT status, resolution_note FROM worker_dlq WHERE id = $1", poison["id"]
     )
     assert dict(resolved) == {"status": "resolved", "resolution_note": "producer fixed"}
-
-
-def test_replay_keeps_the_records_own_headers_and_drops_conveyors() -> None:
-    stored = json.dumps(
-        {
-            "traceparent": "00-abc-01",
-            "conveyor-attempts": "5",
-            "conveyor-error-message": "boom",
-            "tenant": "t1",
-        }
-    )
-    assert dlq.replay_headers(stored) == [("traceparent", b"00-abc-01"), ("tenant", b"t1")]
 
 
 async def test_a_job_dead_lettered_twice_is_replayed_once(stack: Stack, db: asyncpg.Pool) -> None:

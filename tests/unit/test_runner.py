@@ -271,3 +271,26 @@ def test_the_table_covers_every_ending() -> None:
         "timeout",
         "crashed",
     }
+
+
+# Anyone can produce a record with conveyor-* headers. Before the one header
+# model, an original partition or offset that was not a number raised
+# ValueError out of the runner: the record never finished, and its
+# partition's commits stopped behind it for good.
+HOSTILE = (
+    ("conveyor-original-topic", b"elsewhere"),
+    ("conveyor-original-partition", b"zero"),
+    ("conveyor-original-offset", b"-"),
+    ("conveyor-original-timestamp", b"yesterday"),
+    ("conveyor-first-failure-at", b"\xff"),
+)
+
+
+async def test_unreadable_conveyor_headers_neither_crash_nor_wedge_a_record() -> None:
+    ran = await run(CASES["succeeded"], HOSTILE)
+    assert ran.script.attempts == [1]
+    dead = await run(CASES["bad JSON"], HOSTILE)
+    [record] = dead.producer.sent
+    assert record.header("conveyor-original-topic") == "elsewhere"
+    assert record.header("conveyor-original-partition") == "-1"
+    assert record.header("conveyor-stage") == "decode"
