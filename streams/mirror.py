@@ -16,6 +16,7 @@ import asyncio
 import asyncpg
 import structlog
 
+from handlers.backoff import backoff_s
 from handlers.dlq_mirror import mirror, mirror_degraded
 from schemas.dlq import DeadLetterRecord
 from streams.records import Record
@@ -64,7 +65,8 @@ class MirrorRunner:
         row = dead_letter_record(record)
         job_id = row.context.job_id
         refused: str | None = None  # why the full row was refused, once it was
-        delay = self.settings.backoff_base_s
+        s = self.settings
+        failures = 0
         while True:
             try:
                 async with asyncio.timeout(MIRROR_WRITE_TIMEOUT_S):
@@ -98,6 +100,8 @@ class MirrorRunner:
                         error=refused[:300],
                     )
                     continue
+                failures += 1
+                delay = backoff_s(failures, s.backoff_base_s, s.backoff_max_s, jitter=0.0)
                 log.warning(
                     "dlq.mirror_retrying",
                     offset=record.offset,
@@ -105,4 +109,3 @@ class MirrorRunner:
                     delay_s=delay,
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.backoff_max_s)

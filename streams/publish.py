@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 import structlog
 
+from handlers.backoff import backoff_s
 from schemas.dlq import FailureContext, Stage
 from schemas.envelope import JobEnvelope
 from streams import __version__
@@ -21,6 +22,9 @@ log = structlog.get_logger(__name__)
 SendFn = Callable[[str, bytes | None, bytes | None, Headers], Awaitable[None]]
 MAX_STACK_CHARS = 4000
 MAX_MESSAGE_CHARS = 1000
+# A send the broker did not acknowledge is tried again after 0.2 s, doubling to 10 s.
+SEND_BACKOFF_BASE_S = 0.2
+SEND_BACKOFF_MAX_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +105,7 @@ class RecordPublisher:
     async def _send_until_acked(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers
     ) -> None:
-        delay = 0.2
+        failures = 0
         while True:
             try:
                 await self._send(topic, key, value, headers)
@@ -109,6 +113,7 @@ class RecordPublisher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                failures += 1
+                delay = backoff_s(failures, SEND_BACKOFF_BASE_S, SEND_BACKOFF_MAX_S, jitter=0.0)
                 log.error("publish.failed", target_topic=topic, error=repr(exc), retry_in_s=delay)
                 await self._sleep(delay)
-                delay = min(delay * 2, 10.0)

@@ -112,6 +112,15 @@ CASES: dict[str, Case] = {
         error_class="DeadlineExceeded",
         gave_up=True,
     ),
+    "deadline before the next attempt": Case(
+        envelope(deadline=(datetime.now(UTC) + timedelta(seconds=30)).isoformat()),
+        [RetryableError("come back in a minute", delay_s=60)],
+        ends="dead_letter",
+        stage="timeout",
+        error_class="RetryableError",
+        attempts=[1],
+        gave_up=True,
+    ),
     "retry in place": Case(
         envelope(), [RetryableError("flaky"), Outcome.SUCCEEDED], attempts=[1, 2]
     ),
