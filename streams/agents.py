@@ -18,7 +18,7 @@ import structlog
 from streams.pool import FlowFn, JobPool
 from streams.records import Record
 
-log = structlog.get_logger("conveyor.worker")
+log = structlog.get_logger(__name__)
 
 
 def subscribe(app: faust.App, topic_name: str, pool: JobPool, *, delayed: bool) -> None:

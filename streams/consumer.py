@@ -29,7 +29,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from streams.offsets import OffsetTracker
 
-log = structlog.get_logger("conveyor.worker")
+log = structlog.get_logger(__name__)
 
 YIELD_EVERY = 100
 

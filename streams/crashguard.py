@@ -43,7 +43,7 @@ import structlog
 from streams.isolation import Isolation
 from streams.retry import dependency_wait_s
 
-log = structlog.get_logger("conveyor.crashguard")
+log = structlog.get_logger(__name__)
 
 MIN_WINDOW = 4
 UNKNOWN_END = 2**62  # no end offset known: every reserved record is a suspect

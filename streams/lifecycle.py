@@ -34,7 +34,7 @@ from streams.settings import Settings, secret_values
 if TYPE_CHECKING:
     from streams.app import ConveyorApp
 
-log = structlog.get_logger("conveyor.worker")
+log = structlog.get_logger(__name__)
 
 # Commit calls at a revoke or the drain before giving up: one may only wait
 # out a commit already in flight, the next then commits.

@@ -24,7 +24,7 @@ from streams.retry import describe, is_outage
 from streams.runtime import DepsSource
 from streams.settings import DlqMirrorSettings
 
-log = structlog.get_logger("conveyor.dlq_mirror")
+log = structlog.get_logger(__name__)
 
 MIRROR_WRITE_TIMEOUT_S = 10.0
 # SQLSTATE classes that concern the whole database (connection, authorization,

@@ -27,7 +27,7 @@ import structlog
 from streams.offsets import OffsetTracker, Ticket
 from streams.records import Record
 
-log = structlog.get_logger("conveyor.pool")
+log = structlog.get_logger(__name__)
 
 RunFn = Callable[[Record], Awaitable[None]]
 FlowFn = Callable[[bool], None]  # True: pause the pool's partitions; False: resume

@@ -24,7 +24,7 @@ from handlers.providers.llm import OpenAIChat
 from handlers.providers.openai_api import ApiClient, ApiConfig
 from streams.settings import EmbeddingSettings, LlmSettings, Settings
 
-log = structlog.get_logger("conveyor.providers")
+log = structlog.get_logger(__name__)
 
 MAX_CONNECTIONS = 64
 

@@ -18,7 +18,7 @@ from streams.publish import RecordPublisher
 from streams.registry import Registry
 from streams.settings import Settings
 
-log = structlog.get_logger("conveyor.runtime")
+log = structlog.get_logger(__name__)
 
 
 class DepsSource(Protocol):

@@ -22,7 +22,7 @@ from mode.utils.futures import maybe_cancel
 from streams.app import ConveyorApp
 from streams.settings import Settings
 
-log = structlog.get_logger("conveyor.worker")
+log = structlog.get_logger(__name__)
 
 EXIT_FORCED = 1
 

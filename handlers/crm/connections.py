@@ -15,7 +15,7 @@ import asyncpg
 
 from handlers.crm.crypto import Keyring
 from handlers.errors import PermanentError
-from handlers.providers.kommo import OAuthApp, origin
+from handlers.providers.kommo import origin
 
 SECRET_COLUMNS = (
     "client_secret_enc",
@@ -110,7 +110,7 @@ class NewConnection:
 
 @dataclass(frozen=True, slots=True)
 class Connection:
-    """A connection without its secrets, and its last sync (for handlers and ``crm list``)."""
+    """A connection without its secrets, and its last sync (for handlers)."""
 
     id: str
     organization_id: str
@@ -174,10 +174,6 @@ async def load(conn: asyncpg.Connection, connection_id: str) -> Connection:
     return Connection(**dict(row))
 
 
-async def list_connections(conn: asyncpg.Connection) -> list[Connection]:
-    return [Connection(**dict(row)) for row in await conn.fetch(SELECT_ALL)]
-
-
 async def secret(
     conn: asyncpg.Connection, keyring: Keyring, connection_id: str, column: str
 ) -> str:
@@ -188,10 +184,6 @@ async def secret(
     if stored is None:
         raise PermanentError(f"no CRM connection {connection_id!r}")
     return keyring.decrypt(stored, context(connection_id, column))
-
-
-def oauth_app(connection: Connection, client_secret: str) -> OAuthApp:
-    return OAuthApp(connection.client_id, client_secret, connection.redirect_uri)
 
 
 async def reencrypt_all(conn: asyncpg.Connection, keyring: Keyring) -> int:

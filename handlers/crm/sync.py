@@ -29,7 +29,7 @@ from handlers.providers.kommo import ENTITIES, KommoClient
 from handlers.types import Job, Outcome
 from schemas.jobs import CrmSyncPipelines
 
-log = structlog.get_logger("conveyor.crm.sync")
+log = structlog.get_logger(__name__)
 
 BUSY_RETRY_S = 5.0
 

@@ -24,7 +24,7 @@ from handlers.crm.crypto import DecryptError, Keyring
 from handlers.errors import PermanentError
 from handlers.providers.kommo import GrantRefused, Kommo, OAuthApp
 
-log = structlog.get_logger("conveyor.crm.tokens")
+log = structlog.get_logger(__name__)
 
 LOCK_NAMESPACE = 0x6B6D6D6F  # "kmmo": the advisory lock's first key; hashtext(id) the second
 

@@ -35,7 +35,7 @@ from handlers.errors import PermanentError
 from handlers.types import Job, Outcome
 from schemas.jobs import CrmWebhook
 
-log = structlog.get_logger("conveyor.crm.webhook")
+log = structlog.get_logger(__name__)
 
 UNTIMED = datetime(1970, 1, 1, tzinfo=UTC)  # an event without a timestamp: any timed one wins
 

@@ -35,7 +35,7 @@ from handlers.errors import PermanentError, RetryableError
 from handlers.providers.adaptive_limit import AdaptiveLimiter
 from handlers.providers.limits import retry_after_s
 
-log = structlog.get_logger("conveyor.kommo")
+log = structlog.get_logger(__name__)
 
 TOKEN_PATH = "/oauth2/access_token"
 RETRYABLE_STATUS = frozenset({408, 425, 429})

@@ -15,7 +15,7 @@ from streams.registry import build_registry
 from streams.settings import Settings, secret_values
 from streams.worker import ConveyorWorker
 
-log = structlog.get_logger("conveyor.worker")
+log = structlog.get_logger(__name__)
 
 EXIT_PREFLIGHT = 1
 
