@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import aiohttp
 
+from handlers.db import Pool
 from schemas.envelope import JobEnvelope
 
 if TYPE_CHECKING:
@@ -96,9 +97,9 @@ class KnowledgeGraphPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Deps:
-    """Everything a handler may touch. ``db`` is an asyncpg pool."""
+    """Everything a handler may touch."""
 
-    db: Any
+    db: Pool
     http: aiohttp.ClientSession
     embedder: Embedder
     publisher: JobPublisher

@@ -11,11 +11,11 @@ organization's daily budget before every call (handlers/providers/budget.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 import structlog
 
+from handlers.db import Pool
 from handlers.deps import ChatModel, Embedder, KnowledgeGraphPolicy
 from handlers.providers.budget import BudgetedChat, BudgetedEmbedder, DailyBudget
 from handlers.providers.embed import HashEmbedder, OpenAIEmbedder
@@ -43,7 +43,7 @@ class Providers:
             await self.session.close()
 
 
-def open_providers(settings: Settings, db: Any = None) -> Providers:
+def open_providers(settings: Settings, db: Pool | None = None) -> Providers:
     """Call from a running event loop (the session binds to it).
 
     ``db`` (an asyncpg pool) keeps the daily budgets; without it they are not enforced.

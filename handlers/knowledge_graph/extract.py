@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 import structlog
 
 from handlers import ledger
+from handlers.db import Pool
 from handlers.deps import ChatModel, Deps
 from handlers.errors import PermanentError, RetryableError
 from handlers.knowledge_graph import store as kg_store
@@ -104,7 +104,7 @@ async def _skip(job: Job[KnowledgeGraphExtract], deps: Deps) -> Outcome:
     return Outcome.SKIPPED
 
 
-async def chunk_batches(db: Any, asset_id: str, max_chars: int) -> AsyncIterator[list[str]]:
+async def chunk_batches(db: Pool, asset_id: str, max_chars: int) -> AsyncIterator[list[str]]:
     """The asset's chunk texts in order, grouped up to ``max_chars`` (at least one per group).
 
     A page of rows is read per connection checkout; no connection is held
