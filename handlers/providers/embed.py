@@ -28,7 +28,7 @@ class HashEmbedder:
     that share words land near each other. It knows nothing of meaning.
     """
 
-    def __init__(self, dimensions: int = 256) -> None:
+    def __init__(self, dimensions: int) -> None:
         self.dimensions = dimensions
         self.model = f"hash-{dimensions}"
 

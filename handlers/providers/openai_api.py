@@ -60,11 +60,11 @@ class ApiConfig:
     api_key: SecretStr | None
     model: str
     timeout_s: float
-    max_retries: int = 4
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 20.0
-    rate_limit_wait_s: float = 60.0
-    name: str = "provider"
+    max_retries: int
+    backoff_base_s: float
+    backoff_max_s: float
+    rate_limit_wait_s: float
+    name: str
 
 
 class _Transient(Exception):

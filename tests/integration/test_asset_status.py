@@ -20,12 +20,13 @@ import asyncpg
 import pytest
 
 from handlers.assets import process
-from handlers.deps import ChunkingPolicy, Deps, FetchPolicy
+from handlers.deps import Deps
 from handlers.providers.embed import HashEmbedder
 from handlers.types import Job, Outcome
 from schemas.envelope import JobEnvelope
 from schemas.jobs import AssetProcess
 from tests.support.http import FileServer, file_server
+from tests.support.policies import CHUNKING, EXTRACT, FETCH, KNOWLEDGE_GRAPH
 
 pytestmark = pytest.mark.integration
 
@@ -92,8 +93,10 @@ async def kit(db: asyncpg.Pool) -> AsyncIterator[Kit]:
             http=http,
             embedder=HashEmbedder(8),
             publisher=Published(),
-            chunking=ChunkingPolicy(batch_size=4),
-            fetch=FetchPolicy(allowed_hosts=("127.0.0.1:*",)),
+            chunking=replace(CHUNKING, batch_size=4),
+            fetch=replace(FETCH, allowed_hosts=("127.0.0.1:*",)),
+            knowledge_graph=KNOWLEDGE_GRAPH,
+            extract=EXTRACT,
             cpu=ThreadCpu(),
         )
         yield Kit(db, files, deps)

@@ -14,13 +14,14 @@ from pydantic import BaseModel
 from handlers.crm.connections import NewConnection, register
 from handlers.crm.crypto import Keyring, new_key
 from handlers.crm.services import CrmPolicy, CrmServices
-from handlers.deps import ChunkingPolicy, Deps, FetchPolicy
+from handlers.deps import Deps
 from handlers.providers.embed import HashEmbedder
 from handlers.providers.kommo import Kommo, KommoConfig, OAuthApp, kommo_config
 from handlers.types import Job
 from schemas.envelope import JobEnvelope
 from streams.settings import Settings
 from tests.support.kommo_server import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, KommoServer
+from tests.support.policies import CHUNKING, EXTRACT, FETCH, KNOWLEDGE_GRAPH
 
 APP = OAuthApp(CLIENT_ID, CLIENT_SECRET, REDIRECT_URI)
 P = TypeVar("P", bound=BaseModel)
@@ -104,8 +105,10 @@ def crm_deps(db: asyncpg.Pool, session: aiohttp.ClientSession, crm: CrmServices 
         http=session,
         embedder=HashEmbedder(8),
         publisher=NoPublisher(),
-        chunking=ChunkingPolicy(),
-        fetch=FetchPolicy(),
+        chunking=CHUNKING,
+        fetch=FETCH,
+        knowledge_graph=KNOWLEDGE_GRAPH,
+        extract=EXTRACT,
         crm=crm,
     )
 
