@@ -23,9 +23,9 @@ from handlers.providers.limits import Budget, RateLimits
 from handlers.providers.llm import OpenAIChat
 from handlers.providers.openai_api import ApiClient
 from handlers.types import Job, Outcome
-from schemas.envelope import JobEnvelope
 from schemas.jobs import KnowledgeGraphExtract
 from streams.providers import api_config
+from tests.support.fakes import NoFollowUps
 from tests.support.openai_server import API_KEY, OpenAIServer, openai_server
 from tests.support.policies import CHUNKING, EXTRACT, FETCH, KNOWLEDGE_GRAPH, SETTINGS
 
@@ -50,11 +50,6 @@ def rule_based_llm(messages: list[dict[str, str]]) -> str:
         if s in found and t in found
     ]
     return json.dumps({"entities": entities, "relationships": rels})
-
-
-class NoPublisher:
-    async def publish(self, envelope: JobEnvelope, *, key: bytes | None = None) -> None:
-        raise AssertionError("knowledge_graph.extract publishes nothing")
 
 
 @dataclass
@@ -83,7 +78,7 @@ async def kit(db: asyncpg.Pool) -> AsyncIterator[Kit]:
             db=db,
             http=s,
             embedder=HashEmbedder(8),
-            publisher=NoPublisher(),
+            publisher=NoFollowUps(),
             chunking=CHUNKING,
             fetch=FETCH,
             extract=EXTRACT,

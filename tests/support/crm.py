@@ -18,8 +18,8 @@ from handlers.deps import Deps
 from handlers.providers.embed import HashEmbedder
 from handlers.providers.kommo import Kommo, KommoConfig, OAuthApp, kommo_config
 from handlers.types import Job
-from schemas.envelope import JobEnvelope
 from streams.settings import Settings
+from tests.support.fakes import NoFollowUps
 from tests.support.kommo_server import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, KommoServer
 from tests.support.policies import CHUNKING, EXTRACT, FETCH, KNOWLEDGE_GRAPH
 
@@ -93,18 +93,13 @@ def services(
     return CrmServices(Kommo(session, config(**overrides)), keyring, policy)
 
 
-class NoPublisher:
-    async def publish(self, envelope: JobEnvelope, *, key: bytes | None = None) -> None:
-        raise AssertionError("CRM handlers publish nothing")
-
-
 def crm_deps(db: asyncpg.Pool, session: aiohttp.ClientSession, crm: CrmServices | None) -> Deps:
     """The Deps a worker hands CRM handlers (the asset parts are unused)."""
     return Deps(
         db=db,
         http=session,
         embedder=HashEmbedder(8),
-        publisher=NoPublisher(),
+        publisher=NoFollowUps(),
         chunking=CHUNKING,
         fetch=FETCH,
         knowledge_graph=KNOWLEDGE_GRAPH,

@@ -85,6 +85,13 @@ class RecordingJobPublisher:
         self.published.append((envelope, key))
 
 
+class NoFollowUps:
+    """``handlers.deps.JobPublisher`` for handlers that publish no follow-up job."""
+
+    async def publish(self, envelope: JobEnvelope, *, key: bytes | None = None) -> None:
+        raise AssertionError(f"unexpected follow-up job {envelope.type}")
+
+
 class ThreadCpuPool:
     """``handlers.deps.CpuPool`` in a thread; or raises ``error`` (a pool failure)."""
 
