@@ -63,35 +63,16 @@ class MirrorRunner:
 
     async def run(self, record: Record) -> None:
         row = dead_letter_record(record)
-        job_id = row.context.job_id
         refused: str | None = None  # why the full row was refused, once it was
-        s = self.settings
         failures = 0
         while True:
             try:
-                async with asyncio.timeout(MIRROR_WRITE_TIMEOUT_S):
-                    if refused is None:
-                        await mirror(row, self.runtime.deps)
-                    else:
-                        await mirror_degraded(row, self.runtime.deps, refused)
-                log.info(
-                    "dlq.mirrored",
-                    partition=record.partition,
-                    offset=record.offset,
-                    job_id=job_id,
-                    degraded=refused is not None,
-                )
-                return
+                await self._write(row, refused)
             except Exception as exc:
-                if is_record_problem(exc):
-                    if refused is not None:
-                        log.error(
-                            "dlq.mirror_skipped",
-                            partition=record.partition,
-                            offset=record.offset,
-                            error=describe(exc)[:300],
-                        )
-                        return
+                if not is_record_problem(exc):
+                    failures += 1
+                    await self._wait(record, exc, failures)
+                elif refused is None:
                     refused = describe(exc)
                     log.warning(
                         "dlq.mirror_refused",
@@ -99,13 +80,37 @@ class MirrorRunner:
                         offset=record.offset,
                         error=refused[:300],
                     )
-                    continue
-                failures += 1
-                delay = backoff_s(failures, s.backoff_base_s, s.backoff_max_s, jitter=0.0)
-                log.warning(
-                    "dlq.mirror_retrying",
-                    offset=record.offset,
-                    error=repr(exc)[:300],
-                    delay_s=delay,
-                )
-                await asyncio.sleep(delay)
+                else:
+                    log.error(
+                        "dlq.mirror_skipped",
+                        partition=record.partition,
+                        offset=record.offset,
+                        error=describe(exc)[:300],
+                    )
+                    return
+                continue
+            log.info(
+                "dlq.mirrored",
+                partition=record.partition,
+                offset=record.offset,
+                job_id=row.context.job_id,
+                degraded=refused is not None,
+            )
+            return
+
+    async def _write(self, row: DeadLetterRecord, refused: str | None) -> None:
+        """The full row, or (once Postgres refused it) the row without the refused parts."""
+        async with asyncio.timeout(MIRROR_WRITE_TIMEOUT_S):
+            if refused is None:
+                await mirror(row, self.runtime.deps)
+            else:
+                await mirror_degraded(row, self.runtime.deps, refused)
+
+    async def _wait(self, record: Record, exc: BaseException, failures: int) -> None:
+        """Postgres is unavailable: wait (capped backoff) and write again; nothing is skipped."""
+        s = self.settings
+        delay = backoff_s(failures, s.backoff_base_s, s.backoff_max_s, jitter=0.0)
+        log.warning(
+            "dlq.mirror_retrying", offset=record.offset, error=repr(exc)[:300], delay_s=delay
+        )
+        await asyncio.sleep(delay)
