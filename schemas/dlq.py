@@ -101,11 +101,11 @@ class FailureContext(BaseModel):
         if not found:
             return NO_CONTEXT
         fields: dict[str, Any] = {}
-        for name, info in cls.model_fields.items():
-            text = found.get(FailureHeader[name.upper()].value)
-            if text:
-                fields[name] = _parse(text, info.annotation)
-        return cls(**{k: v for k, v in fields.items() if v is not None})
+        for name, header, kind in _FIELDS:
+            text = found.get(header)
+            if text and (value := _parse(text, kind)) is not None:
+                fields[name] = value
+        return cls(**fields)
 
 
 NO_CONTEXT = FailureContext()
@@ -125,18 +125,30 @@ def _text(value: object) -> str:
     return iso(value) if isinstance(value, datetime) else str(value)
 
 
-def _parse(text: str, annotation: Any) -> object:
-    """``text`` as the field's type, or None when it is not one (times without a zone: UTC)."""
+def _kind(annotation: Any) -> type:
+    """The type a field's text is parsed to: int, datetime or str."""
     kinds = get_args(annotation) or (annotation,)
+    return next((k for k in (int, datetime) if k in kinds), str)
+
+
+def _parse(text: str, kind: type) -> object:
+    """``text`` as ``kind``, or None when it is not one (times without a zone: UTC)."""
     try:
-        if int in kinds:
+        if kind is int:
             return int(text)
-        if datetime in kinds:
+        if kind is datetime:
             when = datetime.fromisoformat(text)
             return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
     except ValueError:
         return None
     return text
+
+
+# (field, header, type) of each field: the one mapping between the model and the headers.
+_FIELDS = [
+    (name, FailureHeader[name.upper()].value, _kind(info.annotation))
+    for name, info in FailureContext.model_fields.items()
+]
 
 
 class DeadLetterRecord(BaseModel):

@@ -55,7 +55,8 @@ class Decoder:
 
     def decode(self, record: Record) -> Job[BaseModel] | Failure:
         """The record's job, or why it has none (stage ``decode`` or ``validate``)."""
-        attempts = record.attempts_before + 1
+        context = record.context
+        attempts = max(0, context.attempts or 0) + 1
         if record.value is None:
             return Failure(Stage.DECODE, PermanentError("message has no value"), attempts)
         if len(record.value) > self.max_job_bytes:
@@ -64,7 +65,7 @@ class Decoder:
                 f"the limit for a job is {self.max_job_bytes / 2**20:.1f} MB"
             )
             return Failure(Stage.DECODE, error, attempts)
-        topic, partition, offset, _ = record.origin()
+        topic, partition, offset, _ = record.origin(context)
         origin = f"{topic}:{partition}:{offset}"
         fast = self._decode_typed(record.value, attempts, origin)
         if fast is not None:

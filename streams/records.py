@@ -52,9 +52,12 @@ class Record:
         """Attempts already made (0 for a fresh job; carried by retry records)."""
         return max(0, self.context.attempts or 0)
 
-    def origin(self) -> tuple[str, int, int, int | None]:
-        """(topic, partition, offset, timestamp_ms) of the job's first delivery."""
-        context = self.context
+    def origin(self, context: FailureContext | None = None) -> tuple[str, int, int, int | None]:
+        """(topic, partition, offset, timestamp_ms) of the job's first delivery.
+
+        ``context``: this record's, when the caller has already read it.
+        """
+        context = self.context if context is None else context
         if context.original_topic is None:
             return self.topic, self.partition, self.offset, self.timestamp_ms
         ts = context.original_timestamp
