@@ -30,7 +30,7 @@ from handlers.crm import connections, sync
 from handlers.deps import Deps
 from handlers.types import Outcome
 from schemas.jobs import CrmSyncPipelines
-from streams.migrate import migrate
+from streams.commands.migrate import migrate
 from tests.support.crm import crm_deps, job, register_account, services
 from tests.support.kommo_server import KommoServer, kommo_server, make_fields, make_pipelines
 

@@ -44,14 +44,18 @@ sys.path.insert(0, str(ROOT))
 
 from handlers.assets.extract import ExtractRequest, extract_to_file  # noqa: E402
 from handlers.cpu_pool import ProcessCpuPool  # noqa: E402
-from handlers.deps import ExtractPolicy  # noqa: E402
 from schemas.envelope import JobEnvelope  # noqa: E402
+from streams.commands.migrate import migrate  # noqa: E402
 from streams.looplag import percentile  # noqa: E402
-from streams.migrate import migrate  # noqa: E402
+from streams.policies import chunking_policy, extract_policy  # noqa: E402
+from streams.settings import Settings  # noqa: E402
 from tests.support.documents import DOCX_MIME, docx_words, formatted_docx, pdf_bytes  # noqa: E402
 from tests.support.http import FileServer, file_server  # noqa: E402
 from tests.support.stack import Stack  # noqa: E402
 from tests.support.worker import WorkerProcess  # noqa: E402
+
+CHUNKING = chunking_policy(Settings())
+EXTRACT = extract_policy(Settings())
 
 CACHE = Path(tempfile.gettempdir()) / "conveyor-bench-docs"
 WORDS_PER_PAGE = 400
@@ -278,7 +282,7 @@ async def pool_alone(bodies: list[bytes], workdir: Path) -> float:
     async def one(path: Path) -> int:
         async with gate:
             out = str(path.with_suffix(".jsonl"))
-            request = ExtractRequest(str(path), PDF, out, ExtractPolicy())
+            request = ExtractRequest(str(path), PDF, out, EXTRACT, CHUNKING.size, CHUNKING.overlap)
             summary = await pool.run(extract_to_file, request, timeout_s=120)
             return summary.page_count or 0
 
@@ -397,7 +401,7 @@ async def memory_table(bench: Bench, worker_pid: int) -> None:
         (f"DOCX, document.xml {n} MiB", f"docxmem{n}", formatted(n), DOCX_MIME)
         for n in (10, 40, 200)
     ]
-    cap = ExtractPolicy().max_pages
+    cap = EXTRACT.max_pages
     cases.append((f"PDF, {cap} pages (the page cap)", "pdfcap", pdf(cap), PDF))
     print(
         "\npeak memory, one document at a time (VmHWM of each process; summed VmRSS of the"

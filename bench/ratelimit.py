@@ -29,10 +29,12 @@ import aiohttp
 import structlog
 from pydantic import SecretStr
 
-from handlers.assets.embed import OpenAIEmbedder
 from handlers.errors import JobError
-from handlers.limits import Budget, RateLimits
-from handlers.openai_api import ApiClient, ApiConfig
+from handlers.providers.embed import OpenAIEmbedder
+from handlers.providers.limits import Budget, RateLimits
+from handlers.providers.openai_api import ApiClient
+from streams.providers import api_config
+from streams.settings import Settings
 from tests.support.openai_server import API_KEY, OpenAIServer, openai_server
 
 TEXTS_PER_JOB = 4
@@ -108,9 +110,12 @@ def _client(server: OpenAIServer, session: aiohttp.ClientSession, client_rpm: in
 
     ``rate_limit_wait_s`` is what the worker derives: half of asset.process's 300 s timeout.
     """
-    config = ApiConfig(
-        server.base_url, SecretStr(API_KEY), "bench-embed", 30.0, rate_limit_wait_s=150.0
+    settings = Settings()
+    embedding = settings.embedding.model_copy(
+        update={"base_url": server.base_url, "api_key": SecretStr(API_KEY), "model": "bench-embed"}
     )
+    wait_s = settings.jobs.asset_process.timeout_s / 2
+    config = api_config(embedding, wait_s, "embedding API")
     budget = Budget(client_rpm, 1_000_000, org_requests_per_minute=None)
     return ApiClient(session, config, RateLimits(budget))
 

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from schemas.envelope import JobEnvelope  # noqa: E402
-from streams.migrate import migrate  # noqa: E402
+from streams.commands.migrate import migrate  # noqa: E402
 from tests.support.stack import Stack  # noqa: E402
 
 PARTITIONS = 3
@@ -180,7 +180,7 @@ def run_conveyor(
         env["CONVEYOR_JOBS__PROBE__MAX_CRASHES"] = "0"
     log = (workdir / f"conveyor-{concurrency}-{stack.prefix}.log").open("wb")
     return subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "run"],
+        [sys.executable, "-m", "streams.commands.cli", "run"],
         env=env,
         cwd=ROOT,
         stdout=log,

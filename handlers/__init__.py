@@ -1,1 +1,1 @@
-"""Job handlers: one module per domain; no Faust, no environment reads."""
+"""Job handlers: one room per domain, outside services in providers/; no Faust, no environment."""

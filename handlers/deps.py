@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import aiohttp
 
+from handlers.db import Pool
 from schemas.envelope import JobEnvelope
 
 if TYPE_CHECKING:
@@ -53,59 +54,63 @@ class JobPublisher(Protocol):
     async def publish(self, envelope: JobEnvelope, *, key: bytes | None = None) -> None: ...
 
 
+# The policies below have no defaults: their values come from settings
+# (streams/settings.py, the one place for defaults; streams/policies.py builds them).
+
+
 @dataclass(frozen=True, slots=True)
 class ChunkingPolicy:
     """Chunk size and overlap (characters); chunks are embedded and stored in batches."""
 
-    size: int = 600
-    overlap: int = 120
-    batch_size: int = 64
+    size: int
+    overlap: int
+    batch_size: int
 
 
 @dataclass(frozen=True, slots=True)
 class ExtractPolicy:
     """Guards of text extraction, enforced per document in the extraction process."""
 
-    max_pages: int = 2000
-    max_unpacked_bytes: int = 200 * 1024 * 1024
-    max_compression_ratio: float = 100.0
-    time_limit_s: float = 120.0
-    max_chars: int = 10_000_000
-    max_chunks: int = 25_000
+    max_pages: int
+    max_unpacked_bytes: int
+    max_compression_ratio: float
+    time_limit_s: float
+    max_chars: int
+    max_chunks: int
 
 
 @dataclass(frozen=True, slots=True)
 class FetchPolicy:
     """How assets are downloaded; ``auth_header`` is sent only to ``auth_origins``."""
 
-    max_bytes: int = 50 * 1024 * 1024
-    connect_timeout_s: float = 10.0
-    read_timeout_s: float = 60.0
-    allowed_hosts: tuple[str, ...] = ()
-    auth_header: str | None = None
-    auth_origins: tuple[str, ...] = ()
+    max_bytes: int
+    connect_timeout_s: float
+    read_timeout_s: float
+    allowed_hosts: tuple[str, ...]
+    auth_header: str | None
+    auth_origins: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class KnowledgeGraphPolicy:
     """How knowledge-graph extraction batches chunks and retries unusable LLM output."""
 
-    batch_chars: int = 12_000
-    output_attempts: int = 3
+    batch_chars: int
+    output_attempts: int
 
 
 @dataclass(frozen=True, slots=True)
 class Deps:
-    """Everything a handler may touch. ``db`` is an asyncpg pool."""
+    """Everything a handler may touch."""
 
-    db: Any
+    db: Pool
     http: aiohttp.ClientSession
     embedder: Embedder
     publisher: JobPublisher
     chunking: ChunkingPolicy
     fetch: FetchPolicy
-    llm: ChatModel | None = None
-    knowledge_graph: KnowledgeGraphPolicy = KnowledgeGraphPolicy()
+    knowledge_graph: KnowledgeGraphPolicy
+    extract: ExtractPolicy
+    llm: ChatModel | None = None  # None: no LLM configured
     cpu: CpuPool | None = None
-    extract: ExtractPolicy = ExtractPolicy()
     crm: CrmServices | None = None  # Kommo connections; None without a keyring

@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from handlers.deps import Deps
-from schemas.dlq import DeadLetterRecord, H
+from schemas.dlq import DeadLetterRecord
 
 COLUMNS = """
     dlq_topic, dlq_partition, dlq_offset, original_topic, original_partition, original_offset,
@@ -82,28 +82,29 @@ def clean_record(record: DeadLetterRecord) -> tuple[DeadLetterRecord, str | None
 
 def row_of(record: DeadLetterRecord) -> tuple[Any, ...]:
     r, header_note = clean_record(record)
+    c = r.context
     payload, payload_note = decoded_payload(r.value)
     notes = [n for n in (payload_note, header_note) if n]
     return (
         r.dlq_topic,
         r.dlq_partition,
         r.dlq_offset,
-        r.header(H.ORIGINAL_TOPIC),
-        r.header_int(H.ORIGINAL_PARTITION),
-        r.header_int(H.ORIGINAL_OFFSET),
-        r.header_time(H.ORIGINAL_TIMESTAMP),
-        r.header(H.CONSUMER_GROUP),
-        r.header(H.JOB_TYPE),
-        r.header(H.JOB_ID),
-        r.header_int(H.ATTEMPTS),
-        r.header_time(H.FIRST_FAILURE_AT),
-        r.header_time(H.LAST_FAILURE_AT),
-        r.header(H.ERROR_CLASS),
-        r.header(H.ERROR_MESSAGE),
-        r.header(H.ERROR_STACK),
-        r.header(H.STAGE),
-        r.header(H.SERVICE_VERSION),
-        r.header(H.HOST),
+        c.original_topic,
+        c.original_partition,
+        c.original_offset,
+        c.original_timestamp,
+        c.consumer_group,
+        c.job_type,
+        c.job_id,
+        c.attempts,
+        c.first_failure_at,
+        c.last_failure_at,
+        c.error_class,
+        c.error_message,
+        c.error_stack,
+        c.stage,
+        c.service_version,
+        c.host,
         r.key,
         r.value,
         json.dumps(r.headers),

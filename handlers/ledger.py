@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from handlers.db import Connection
 
 CLAIM = """
 INSERT INTO processed_jobs (job_id, job_type, outcome)
@@ -14,7 +14,7 @@ RETURNING job_id
 IS_PROCESSED = "SELECT outcome FROM processed_jobs WHERE job_id = $1"
 
 
-async def claim(conn: Any, job_id: str, job_type: str, outcome: str = "succeeded") -> bool:
+async def claim(conn: Connection, job_id: str, job_type: str, outcome: str = "succeeded") -> bool:
     """Record the job as done inside the caller's transaction.
 
     Returns False when the job was already recorded: the caller must then skip
@@ -26,7 +26,7 @@ async def claim(conn: Any, job_id: str, job_type: str, outcome: str = "succeeded
     return row is not None
 
 
-async def processed_outcome(conn: Any, job_id: str) -> str | None:
+async def processed_outcome(conn: Connection, job_id: str) -> str | None:
     """The recorded outcome of a job, or None when it has not finished."""
     value = await conn.fetchval(IS_PROCESSED, job_id)
     return None if value is None else str(value)

@@ -1,13 +1,25 @@
-"""Header names of retry and dead-letter records, and the stages a job fails in."""
+"""The ``conveyor-*`` headers of retry and dead-letter records, and the stages a job fails in.
+
+``FailureContext`` is the one writer and the one reader of those headers:
+the publisher writes a record's context with ``to_headers``; the runner,
+the agents, the dead-letter mirror and ``conveyor dlq`` read it back with
+``from_headers``. A record's own headers (the ones Conveyor did not add)
+pass through unchanged.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict
 
 HEADER_PREFIX = "conveyor-"
+
+RawHeaders = Iterable[tuple[str, bytes | str]]
+V = TypeVar("V", bytes, str)
 
 
 class Stage(StrEnum):
@@ -20,8 +32,8 @@ class Stage(StrEnum):
     CRASHED = "crashed"  # the worker died running it, ``max_crashes`` times
 
 
-class H(StrEnum):
-    """Headers Conveyor adds to retry and dead-letter records."""
+class FailureHeader(StrEnum):
+    """The name of each header Conveyor adds to retry and dead-letter records."""
 
     ORIGINAL_TOPIC = "conveyor-original-topic"
     ORIGINAL_PARTITION = "conveyor-original-partition"
@@ -31,7 +43,6 @@ class H(StrEnum):
     JOB_TYPE = "conveyor-job-type"
     JOB_ID = "conveyor-job-id"
     ATTEMPTS = "conveyor-attempts"
-    NOT_BEFORE = "conveyor-not-before"
     FIRST_FAILURE_AT = "conveyor-first-failure-at"
     LAST_FAILURE_AT = "conveyor-last-failure-at"
     ERROR_CLASS = "conveyor-error-class"
@@ -40,6 +51,104 @@ class H(StrEnum):
     STAGE = "conveyor-stage"
     SERVICE_VERSION = "conveyor-service-version"
     HOST = "conveyor-host"
+    NOT_BEFORE = "conveyor-not-before"
+
+
+class FailureContext(BaseModel):
+    """Where a job first came from and how it last failed, as its record's headers say.
+
+    Writing puts each known field in its header, in field order. Reading is
+    lenient, since any producer can set these headers: a header that is
+    missing, empty or unreadable reads as None, never as an error.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    original_topic: str | None = None
+    original_partition: int | None = None
+    original_offset: int | None = None
+    original_timestamp: datetime | None = None
+    consumer_group: str | None = None
+    job_type: str | None = None
+    job_id: str | None = None
+    attempts: int | None = None
+    first_failure_at: datetime | None = None
+    last_failure_at: datetime | None = None
+    error_class: str | None = None
+    error_message: str | None = None
+    error_stack: str | None = None
+    stage: str | None = None
+    service_version: str | None = None
+    host: str | None = None
+    not_before: datetime | None = None  # retry records only: when the job is due
+
+    def to_headers(self) -> tuple[tuple[str, bytes], ...]:
+        """The context as record headers (fields that are None are left out)."""
+        return tuple(
+            (FailureHeader[name.upper()].value, _text(value).encode())
+            for name, value in self
+            if value is not None
+        )
+
+    @classmethod
+    def from_headers(cls, headers: RawHeaders | Mapping[str, str]) -> FailureContext:
+        """Read the context from a record's headers (the last of a repeated header wins)."""
+        items = headers.items() if isinstance(headers, Mapping) else headers
+        found: dict[str, str] = {}
+        for key, value in items:
+            if key.startswith(HEADER_PREFIX):
+                found[key] = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        if not found:
+            return NO_CONTEXT
+        fields: dict[str, Any] = {}
+        for name, header, kind in _FIELDS:
+            text = found.get(header)
+            if text and (value := _parse(text, kind)) is not None:
+                fields[name] = value
+        return cls(**fields)
+
+
+NO_CONTEXT = FailureContext()
+
+
+def own_headers(headers: Iterable[tuple[str, V]]) -> list[tuple[str, V]]:
+    """A record's own headers: every one but those Conveyor added."""
+    return [(k, v) for k, v in headers if not k.startswith(HEADER_PREFIX)]
+
+
+def iso(dt: datetime) -> str:
+    """How times are written in headers: UTC, ISO 8601, milliseconds."""
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def _text(value: object) -> str:
+    return iso(value) if isinstance(value, datetime) else str(value)
+
+
+def _kind(annotation: Any) -> type:
+    """The type a field's text is parsed to: int, datetime or str."""
+    kinds = get_args(annotation) or (annotation,)
+    return next((k for k in (int, datetime) if k in kinds), str)
+
+
+def _parse(text: str, kind: type) -> object:
+    """``text`` as ``kind``, or None when it is not one (times without a zone: UTC)."""
+    try:
+        if kind is int:
+            return int(text)
+        if kind is datetime:
+            when = datetime.fromisoformat(text)
+            return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return text
+
+
+# (field, header, type) of each field: the one mapping between the model and the headers.
+_FIELDS = [
+    (name, FailureHeader[name.upper()].value, _kind(info.annotation))
+    for name, info in FailureContext.model_fields.items()
+]
 
 
 class DeadLetterRecord(BaseModel):
@@ -54,20 +163,6 @@ class DeadLetterRecord(BaseModel):
     value: bytes | None
     headers: dict[str, str]
 
-    def header(self, name: H) -> str | None:
-        value = self.headers.get(name.value)
-        return value if value else None
-
-    def header_int(self, name: H) -> int | None:
-        value = self.header(name)
-        try:
-            return int(value) if value is not None else None
-        except ValueError:
-            return None
-
-    def header_time(self, name: H) -> datetime | None:
-        value = self.header(name)
-        try:
-            return datetime.fromisoformat(value) if value else None
-        except ValueError:
-            return None
+    @property
+    def context(self) -> FailureContext:
+        return FailureContext.from_headers(self.headers)

@@ -29,12 +29,14 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from streams.offsets import OffsetTracker
 
-log = structlog.get_logger("conveyor.worker")
+log = structlog.get_logger(__name__)
 
 YIELD_EVERY = 100
 
 
-class RevokeHandler(Protocol):
+class ConsumerHooks(Protocol):
+    """What the consumer needs from the worker (``streams.lifecycle.Conveyor``)."""
+
     tracker: OffsetTracker[Any]
     joined: bool
 
@@ -46,10 +48,9 @@ class RevokeHandler(Protocol):
 class TrackedConsumer(faust_aiokafka.Consumer):
     """Commits the end of each partition's run of finished offsets, nothing more."""
 
-    @property
-    def _conveyor(self) -> RevokeHandler:
-        conveyor: RevokeHandler = self.app.conveyor  # type: ignore[attr-defined]
-        return conveyor
+    def __init__(self, *args: Any, hooks: ConsumerHooks, **kwargs: Any) -> None:
+        self._conveyor = hooks
+        super().__init__(*args, **kwargs)
 
     def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[Any]:
         for tp in self._conveyor.tracker.partitions():
@@ -173,4 +174,13 @@ class TrackedConsumer(faust_aiokafka.Consumer):
 
 
 class TrackedTransport(faust_aiokafka.Transport):
+    """Faust's aiokafka transport, whose consumer is a TrackedConsumer given ``hooks``."""
+
     Consumer = TrackedConsumer
+
+    def __init__(self, *args: Any, hooks: ConsumerHooks, **kwargs: Any) -> None:
+        self._hooks = hooks
+        super().__init__(*args, **kwargs)
+
+    def create_consumer(self, callback: Any, **kwargs: Any) -> TrackedConsumer:
+        return TrackedConsumer(self, callback=callback, loop=self.loop, hooks=self._hooks, **kwargs)

@@ -41,9 +41,9 @@ import asyncpg
 import structlog
 
 from streams.isolation import Isolation
-from streams.retry import outage_wait_s
+from streams.retry import dependency_wait_s
 
-log = structlog.get_logger("conveyor.crashguard")
+log = structlog.get_logger(__name__)
 
 MIN_WINDOW = 4
 UNKNOWN_END = 2**62  # no end offset known: every reserved record is a suspect
@@ -328,7 +328,7 @@ class CrashGuard:
                     return []
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 failures += 1
-                wait_s = outage_wait_s(failures)
+                wait_s = dependency_wait_s(failures)
                 log.warning("crashguard.write_failed", error=repr(exc)[:300], delay_s=wait_s)
                 await asyncio.sleep(wait_s)
 

@@ -16,7 +16,7 @@ import structlog
 
 from streams import metrics
 
-log = structlog.get_logger("conveyor.worker")
+log = structlog.get_logger(__name__)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -28,7 +28,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-log = structlog.get_logger("conveyor.worker")
+log = structlog.get_logger(__name__)
 
 JOBS = Counter(
     "conveyor_jobs",

@@ -16,14 +16,15 @@ import asyncio
 import asyncpg
 import structlog
 
-from handlers.deps import Deps
+from handlers.backoff import backoff_s
 from handlers.dlq_mirror import mirror, mirror_degraded
 from schemas.dlq import DeadLetterRecord
 from streams.records import Record
 from streams.retry import describe, is_outage
+from streams.runtime import DepsSource
 from streams.settings import DlqMirrorSettings
 
-log = structlog.get_logger("conveyor.dlq_mirror")
+log = structlog.get_logger(__name__)
 
 MIRROR_WRITE_TIMEOUT_S = 10.0
 # SQLSTATE classes that concern the whole database (connection, authorization,
@@ -54,40 +55,24 @@ def is_record_problem(exc: BaseException) -> bool:
 
 
 class MirrorRunner:
-    def __init__(self, deps: Deps, settings: DlqMirrorSettings) -> None:
-        self.deps = deps
+    """Writes each record of the dead-letter topic to ``worker_dlq``."""
+
+    def __init__(self, runtime: DepsSource, settings: DlqMirrorSettings) -> None:
+        self.runtime = runtime
         self.settings = settings
 
     async def run(self, record: Record) -> None:
         row = dead_letter_record(record)
-        job_id = row.headers.get("conveyor-job-id")
         refused: str | None = None  # why the full row was refused, once it was
-        delay = self.settings.backoff_base_s
+        failures = 0
         while True:
             try:
-                async with asyncio.timeout(MIRROR_WRITE_TIMEOUT_S):
-                    if refused is None:
-                        await mirror(row, self.deps)
-                    else:
-                        await mirror_degraded(row, self.deps, refused)
-                log.info(
-                    "dlq.mirrored",
-                    partition=record.partition,
-                    offset=record.offset,
-                    job_id=job_id,
-                    degraded=refused is not None,
-                )
-                return
+                await self._write(row, refused)
             except Exception as exc:
-                if is_record_problem(exc):
-                    if refused is not None:
-                        log.error(
-                            "dlq.mirror_skipped",
-                            partition=record.partition,
-                            offset=record.offset,
-                            error=describe(exc)[:300],
-                        )
-                        return
+                if not is_record_problem(exc):
+                    failures += 1
+                    await self._wait(record, exc, failures)
+                elif refused is None:
                     refused = describe(exc)
                     log.warning(
                         "dlq.mirror_refused",
@@ -95,12 +80,37 @@ class MirrorRunner:
                         offset=record.offset,
                         error=refused[:300],
                     )
-                    continue
-                log.warning(
-                    "dlq.mirror_retrying",
-                    offset=record.offset,
-                    error=repr(exc)[:300],
-                    delay_s=delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.backoff_max_s)
+                else:
+                    log.error(
+                        "dlq.mirror_skipped",
+                        partition=record.partition,
+                        offset=record.offset,
+                        error=describe(exc)[:300],
+                    )
+                    return
+                continue
+            log.info(
+                "dlq.mirrored",
+                partition=record.partition,
+                offset=record.offset,
+                job_id=row.context.job_id,
+                degraded=refused is not None,
+            )
+            return
+
+    async def _write(self, row: DeadLetterRecord, refused: str | None) -> None:
+        """The full row, or (once Postgres refused it) the row without the refused parts."""
+        async with asyncio.timeout(MIRROR_WRITE_TIMEOUT_S):
+            if refused is None:
+                await mirror(row, self.runtime.deps)
+            else:
+                await mirror_degraded(row, self.runtime.deps, refused)
+
+    async def _wait(self, record: Record, exc: BaseException, failures: int) -> None:
+        """Postgres is unavailable: wait (capped backoff) and write again; nothing is skipped."""
+        s = self.settings
+        delay = backoff_s(failures, s.backoff_base_s, s.backoff_max_s, jitter=0.0)
+        log.warning(
+            "dlq.mirror_retrying", offset=record.offset, error=repr(exc)[:300], delay_s=delay
+        )
+        await asyncio.sleep(delay)

@@ -34,7 +34,7 @@ import structlog
 
 TP = TypeVar("TP", bound=Hashable)
 
-log = structlog.get_logger("conveyor.offsets")
+log = structlog.get_logger(__name__)
 
 GAP_GRACE_S = 5.0
 GAP_SEEKS = 3

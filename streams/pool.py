@@ -27,7 +27,7 @@ import structlog
 from streams.offsets import OffsetTracker, Ticket
 from streams.records import Record
 
-log = structlog.get_logger("conveyor.pool")
+log = structlog.get_logger(__name__)
 
 RunFn = Callable[[Record], Awaitable[None]]
 FlowFn = Callable[[bool], None]  # True: pause the pool's partitions; False: resume
@@ -55,16 +55,17 @@ class JobPool:
         concurrency: int,
         run: RunFn,
         tracker: OffsetTracker[Hashable],
+        *,
+        high_water: int,
+        high_water_bytes: int,
         flow: FlowFn = lambda pause: None,
-        high_water: int | None = None,
-        high_water_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self.name = name
         self.concurrency = concurrency
         self._run = run
         self._tracker = tracker
         self._flow = flow
-        self.high_water = high_water or max(16, 4 * concurrency)
+        self.high_water = high_water
         self.low_water = self.high_water // 2
         self.high_water_bytes = high_water_bytes
         self._backlog_bytes = 0

@@ -5,26 +5,26 @@ are set by the operator, not by users, and may well be on a private network.
 Limits are built once here, so every job of the process shares them. A job
 spends at most half its timeout waiting out 429s before it hands the wait
 back to the runner. With a database pool, the paid APIs are charged to each
-organization's daily budget before every call (handlers/budget.py).
+organization's daily budget before every call (handlers/providers/budget.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 import structlog
 
-from handlers.assets.embed import HashEmbedder, OpenAIEmbedder
-from handlers.budget import BudgetedChat, BudgetedEmbedder, DailyBudget
-from handlers.deps import ChatModel, Embedder, KnowledgeGraphPolicy
-from handlers.limits import Budget, RateLimits
-from handlers.llm import OpenAIChat
-from handlers.openai_api import ApiClient, ApiConfig
+from handlers.db import Pool
+from handlers.deps import ChatModel, Embedder
+from handlers.providers.budget import BudgetedChat, BudgetedEmbedder, DailyBudget
+from handlers.providers.embed import HashEmbedder, OpenAIEmbedder
+from handlers.providers.limits import Budget, RateLimits
+from handlers.providers.llm import OpenAIChat
+from handlers.providers.openai_api import ApiClient, ApiConfig
 from streams.settings import EmbeddingSettings, LlmSettings, Settings
 
-log = structlog.get_logger("conveyor.providers")
+log = structlog.get_logger(__name__)
 
 MAX_CONNECTIONS = 64
 
@@ -35,7 +35,6 @@ class Providers:
 
     embedder: Embedder
     llm: ChatModel | None
-    knowledge_graph: KnowledgeGraphPolicy
     session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
@@ -43,7 +42,7 @@ class Providers:
             await self.session.close()
 
 
-def open_providers(settings: Settings, db: Any = None) -> Providers:
+def open_providers(settings: Settings, db: Pool | None = None) -> Providers:
     """Call from a running event loop (the session binds to it).
 
     ``db`` (an asyncpg pool) keeps the daily budgets; without it they are not enforced.
@@ -73,14 +72,13 @@ def open_providers(settings: Settings, db: Any = None) -> Providers:
         if db is not None and llm.org_tokens_per_day:
             budget = DailyBudget(db, "llm", llm.org_tokens_per_day)
             chat = BudgetedChat(chat, budget, llm.max_output_tokens)
-    policy = KnowledgeGraphPolicy(batch_chars=llm.batch_chars, output_attempts=llm.output_attempts)
     log.info(
         "providers.opened",
         embedding_provider=emb.provider,
         embedding_model=embedder.model,
         llm_model=chat.model if chat else None,
     )
-    return Providers(embedder, chat, policy, session)
+    return Providers(embedder, chat, session)
 
 
 def embedding_client(
@@ -92,9 +90,7 @@ def embedding_client(
         org_requests_per_minute=s.org_requests_per_minute,
         org_tokens_per_minute=s.org_tokens_per_minute,
     )
-    return ApiClient(
-        session, _api_config(s, rate_limit_wait_s, "embedding API"), RateLimits(budget)
-    )
+    return ApiClient(session, api_config(s, rate_limit_wait_s, "embedding API"), RateLimits(budget))
 
 
 def llm_client(
@@ -102,12 +98,12 @@ def llm_client(
 ) -> ApiClient:
     return ApiClient(
         session,
-        _api_config(s, rate_limit_wait_s, "LLM API"),
+        api_config(s, rate_limit_wait_s, "LLM API"),
         RateLimits(Budget(s.requests_per_minute)),
     )
 
 
-def _api_config(
+def api_config(
     s: EmbeddingSettings | LlmSettings, rate_limit_wait_s: float, name: str
 ) -> ApiConfig:
     return ApiConfig(

@@ -11,16 +11,20 @@ from datetime import UTC, datetime
 
 import structlog
 
-from schemas.dlq import H, Stage
+from handlers.backoff import backoff_s
+from schemas.dlq import FailureContext, Stage
 from schemas.envelope import JobEnvelope
 from streams import __version__
-from streams.records import Headers, Record, iso, iso_from_ms
+from streams.records import Headers, Record
 
 log = structlog.get_logger(__name__)
 
 SendFn = Callable[[str, bytes | None, bytes | None, Headers], Awaitable[None]]
 MAX_STACK_CHARS = 4000
 MAX_MESSAGE_CHARS = 1000
+# A send the broker did not acknowledge is tried again after 0.2 s, doubling to 10 s.
+SEND_BACKOFF_BASE_S = 0.2
+SEND_BACKOFF_MAX_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,59 +53,59 @@ class RecordPublisher:
         group_id: str,
         dlq_topic: str,
         mask: Callable[[str], str] = lambda text: text,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._send = send
+        self._sleep = sleep
         self.mask = mask  # the configured secrets masked in any text that leaves the worker
         self._group_id = group_id
         self._dlq_topic = dlq_topic
         self._host = socket.gethostname()
 
     async def dead_letter(self, record: Record, failure: Failure) -> None:
-        headers = record.foreign_headers() + self._context(record, failure)
+        headers = record.own_headers() + self._context(record, failure).to_headers()
         await self._send_until_acked(self._dlq_topic, record.key, record.value, headers)
 
     async def retry_later(
         self, record: Record, failure: Failure, retry_topic: str, not_before: datetime
     ) -> None:
-        headers = (
-            record.foreign_headers()
-            + self._context(record, failure)
-            + ((H.NOT_BEFORE.value, iso(not_before).encode()),)
-        )
+        context = self._context(record, failure, not_before)
+        headers = record.own_headers() + context.to_headers()
         await self._send_until_acked(retry_topic, record.key, record.value, headers)
 
     async def publish_job(self, topic: str, envelope: JobEnvelope, key: bytes | None) -> None:
         await self._send_until_acked(topic, key, envelope.to_bytes(), ())
 
-    def _context(self, record: Record, failure: Failure) -> Headers:
+    def _context(
+        self, record: Record, failure: Failure, not_before: datetime | None = None
+    ) -> FailureContext:
         topic, partition, offset, ts_ms = record.origin()
-        now = iso(datetime.now(UTC))
-        first = record.header(H.FIRST_FAILURE_AT) or now
+        now = datetime.now(UTC)
         stack = self.mask("".join(traceback.format_exception(failure.error)))[-MAX_STACK_CHARS:]
-        values: dict[H, str] = {
-            H.ORIGINAL_TOPIC: topic,
-            H.ORIGINAL_PARTITION: str(partition),
-            H.ORIGINAL_OFFSET: str(offset),
-            H.ORIGINAL_TIMESTAMP: iso_from_ms(ts_ms),
-            H.CONSUMER_GROUP: self._group_id,
-            H.JOB_TYPE: failure.job_type or "",
-            H.JOB_ID: failure.job_id or "",
-            H.ATTEMPTS: str(failure.attempts),
-            H.FIRST_FAILURE_AT: first,
-            H.LAST_FAILURE_AT: now,
-            H.ERROR_CLASS: type(failure.error).__name__,
-            H.ERROR_MESSAGE: self.mask(str(failure.error))[:MAX_MESSAGE_CHARS],
-            H.ERROR_STACK: stack,
-            H.STAGE: failure.stage.value,
-            H.SERVICE_VERSION: __version__,
-            H.HOST: self._host,
-        }
-        return tuple((name.value, value.encode()) for name, value in values.items())
+        return FailureContext(
+            original_topic=topic,
+            original_partition=partition,
+            original_offset=offset,
+            original_timestamp=None if ts_ms is None else datetime.fromtimestamp(ts_ms / 1000, UTC),
+            consumer_group=self._group_id,
+            job_type=failure.job_type,
+            job_id=failure.job_id,
+            attempts=failure.attempts,
+            first_failure_at=record.context.first_failure_at or now,
+            last_failure_at=now,
+            error_class=type(failure.error).__name__,
+            error_message=self.mask(str(failure.error))[:MAX_MESSAGE_CHARS],
+            error_stack=stack,
+            stage=failure.stage.value,
+            service_version=__version__,
+            host=self._host,
+            not_before=not_before,
+        )
 
     async def _send_until_acked(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers
     ) -> None:
-        delay = 0.2
+        failures = 0
         while True:
             try:
                 await self._send(topic, key, value, headers)
@@ -109,6 +113,7 @@ class RecordPublisher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                failures += 1
+                delay = backoff_s(failures, SEND_BACKOFF_BASE_S, SEND_BACKOFF_MAX_S, jitter=0.0)
                 log.error("publish.failed", target_topic=topic, error=repr(exc), retry_in_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                await self._sleep(delay)

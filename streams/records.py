@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas.dlq import HEADER_PREFIX, H
+from schemas.dlq import FailureContext, own_headers
 
 Headers = tuple[tuple[str, bytes], ...]
 
@@ -38,49 +38,39 @@ class Record:
             timestamp_ms=int(ts * 1000) if ts else None,
         )
 
-    def header(self, name: str) -> str | None:
-        for key, value in reversed(self.headers):
-            if key == name:
-                return value.decode("utf-8", "replace")
-        return None
+    @property
+    def context(self) -> FailureContext:
+        """What Conveyor's headers on this record say (empty for a fresh job)."""
+        return FailureContext.from_headers(self.headers)
 
-    def foreign_headers(self) -> Headers:
+    def own_headers(self) -> Headers:
         """The record's own headers, without the ones Conveyor added."""
-        return tuple((k, v) for k, v in self.headers if not k.startswith(HEADER_PREFIX))
+        return tuple(own_headers(self.headers))
 
     @property
     def attempts_before(self) -> int:
         """Attempts already made (0 for a fresh job; carried by retry records)."""
-        value = self.header(H.ATTEMPTS)
-        try:
-            return max(0, int(value)) if value else 0
-        except ValueError:
-            return 0
+        return max(0, self.context.attempts or 0)
 
-    def origin(self) -> tuple[str, int, int, int | None]:
-        """(topic, partition, offset, timestamp_ms) of the job's first delivery."""
-        topic = self.header(H.ORIGINAL_TOPIC)
-        if topic is None:
+    def origin(self, context: FailureContext | None = None) -> tuple[str, int, int, int | None]:
+        """(topic, partition, offset, timestamp_ms) of the job's first delivery.
+
+        ``context``: this record's, when the caller has already read it.
+        """
+        context = self.context if context is None else context
+        if context.original_topic is None:
             return self.topic, self.partition, self.offset, self.timestamp_ms
-        ts = self.header(H.ORIGINAL_TIMESTAMP)
+        ts = context.original_timestamp
         return (
-            topic,
-            int(self.header(H.ORIGINAL_PARTITION) or -1),
-            int(self.header(H.ORIGINAL_OFFSET) or -1),
-            _ms_from_iso(ts) if ts else None,
+            context.original_topic,
+            -1 if context.original_partition is None else context.original_partition,
+            -1 if context.original_offset is None else context.original_offset,
+            None if ts is None else int(ts.timestamp() * 1000),
         )
 
-
-def iso(dt: datetime) -> str:
-    return dt.astimezone(UTC).isoformat(timespec="milliseconds")
-
-
-def iso_from_ms(ms: int | None) -> str:
-    return "" if ms is None else iso(datetime.fromtimestamp(ms / 1000, UTC))
-
-
-def _ms_from_iso(value: str) -> int | None:
-    try:
-        return int(datetime.fromisoformat(value).timestamp() * 1000)
-    except ValueError:
-        return None
+    def due_in_s(self, now: datetime | None = None) -> float:
+        """Seconds until a retry record's not-before time (0 when due or unreadable)."""
+        due = self.context.not_before
+        if due is None:
+            return 0.0
+        return max(0.0, (due - (now or datetime.now(UTC))).total_seconds())

@@ -8,9 +8,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from handlers import knowledge_graph, probe
+from handlers import probe
 from handlers.assets import process as asset_process
 from handlers.deps import Deps
+from handlers.knowledge_graph import extract as knowledge_graph
 from handlers.types import Job, Outcome
 from schemas import jobs
 from streams.settings import JobPolicy, Settings

@@ -15,38 +15,38 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import structlog
-from pydantic import BaseModel, ValidationError, create_model
+from pydantic import BaseModel
 
-from handlers.deps import Deps
+from handlers.backoff import backoff_s
 from handlers.errors import DeadlineExceeded, JobTimeout, PermanentError
-from handlers.types import Job, Outcome
+from handlers.types import Job
 from schemas.dlq import Stage
-from schemas.envelope import JobEnvelope
-from streams import alerts, metrics
 from streams.crashguard import CrashGuard
+from streams.decode import Decoder
 from streams.isolation import Isolation
 from streams.logs import JOB_CONTEXT, bind_job
 from streams.publish import Failure, RecordPublisher
 from streams.records import Record
-from streams.registry import JobSpec, Registry
+from streams.registry import JobSpec
+from streams.report import JobReport
 from streams.retry import (
     DeadLetter,
     RetryInPlace,
-    RetryLater,
+    RetryTopic,
+    WaitForDependency,
     decide,
     describe,
-    is_outage,
-    outage_wait_s,
-    stage_of,
 )
+from streams.runtime import DepsSource
 
-log = structlog.get_logger("conveyor.runner")
+log = structlog.get_logger(__name__)
 
 GIVE_UP_HOOK_ATTEMPTS = 5
+GIVE_UP_HOOK_TIMEOUT_S = 30.0
 
 
 class WorkerDied(PermanentError):
@@ -59,25 +59,22 @@ class JobRunner:
     def __init__(
         self,
         spec: JobSpec,
-        registry: Registry,
-        deps: Deps,
+        runtime: DepsSource,
         publisher: RecordPublisher,
-        max_job_bytes: int = 1024 * 1024,
+        *,
+        retry_topic: str,
+        max_job_bytes: int,
         guard: CrashGuard | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.max_job_bytes = max_job_bytes
-        self.guard = guard
-        self._typed = typed_envelope(spec.payload_model)
         self.spec = spec
-        self.registry = registry
-        self.deps = deps
+        self.runtime = runtime
         self.publisher = publisher
-        # Label lookups take a lock: resolve this job type's series once.
-        self._duration = metrics.DURATION.labels(spec.job_type)
-        self._ended = {
-            outcome: metrics.JOBS.labels(spec.job_type, outcome)
-            for outcome in (*(o.value for o in Outcome), "retry_topic", "dead_lettered")
-        }
+        self.retry_topic = retry_topic
+        self.guard = guard
+        self._decoder = Decoder(spec.job_type, spec.payload_model, max_job_bytes)
+        self._report = JobReport(spec.job_type)
+        self._sleep = sleep  # every wait of a run (tests record them instead)
 
     async def run(self, record: Record) -> None:
         token = JOB_CONTEXT.set(
@@ -128,9 +125,10 @@ class JobRunner:
             isolation.release_shared()
 
     async def _run(self, record: Record) -> None:
-        job = self._decode(record)
+        job = self._decoder.decode(record)
         if isinstance(job, Failure):
-            await self._dead_letter(record, job, None)
+            error = job.error
+            await self._dead_letter(record, job, DeadLetter(describe(error), str(error), job.stage))
             return
         bind_job(job_id=job.id)
         await self._run_job(record, job)
@@ -141,158 +139,63 @@ class JobRunner:
         summary = f"the worker died {crashes} times running this job; it is not run again"
         error = WorkerDied(f"{summary} (max_crashes={limit})")
         attempts = record.attempts_before + crashes
+        decision = DeadLetter(f"crashed: {error}", summary, Stage.CRASHED)
         # Decoding once more is safe enough to name the job and run its give-up
         # hook; if even that killed the worker, the next delivery skips both.
-        job = self._decode(record) if crashes == limit else None
+        job = self._decoder.decode(record) if crashes == limit else None
         if job is None or isinstance(job, Failure):
             failure = Failure(Stage.CRASHED, error, attempts)
-            await self._dead_letter(record, failure, None)
+            await self._dead_letter(record, failure, decision)
             return
         bind_job(job_id=job.id)
-        failure = Failure(Stage.CRASHED, error, attempts, job.type, job.id)
-        decision = DeadLetter(f"crashed: {error}", summary)
         await self._give_up(job, decision)
+        failure = Failure(Stage.CRASHED, error, attempts, job.type, job.id)
         await self._dead_letter(record, failure, decision)
 
-    def _decode_typed(self, value: bytes, attempts: int, origin: str) -> Job[BaseModel] | None:
-        """One-pass validation of envelope and payload; None sends the caller the slow way.
-
-        The slow way validates envelope and payload separately so that a bad
-        message gets the precise reason.
-        """
-        try:
-            envelope = self._typed.model_validate_json(value)
-        except ValidationError:
-            return None
-        if envelope.type != self.spec.job_type:
-            return None
-        return Job(
-            envelope.id,
-            envelope.type,
-            attempts,
-            envelope.organization_id,
-            envelope.payload,
-            envelope.deadline,
-            envelope.created_at,
-            origin,
-        )
-
-    def _decode(self, record: Record) -> Job[BaseModel] | Failure:
-        attempts = record.attempts_before + 1
-        if record.value is None:
-            return Failure(Stage.DECODE, PermanentError("message has no value"), attempts)
-        if len(record.value) > self.max_job_bytes:
-            error = PermanentError(
-                f"message is {len(record.value) / 2**20:.1f} MB; "
-                f"the limit for a job is {self.max_job_bytes / 2**20:.1f} MB"
-            )
-            return Failure(Stage.DECODE, error, attempts)
-        topic, partition, offset, _ = record.origin()
-        origin = f"{topic}:{partition}:{offset}"
-        fast = self._decode_typed(record.value, attempts, origin)
-        if fast is not None:
-            return fast
-        try:
-            envelope = JobEnvelope.model_validate_json(record.value)
-        except ValidationError as exc:
-            stage = Stage.DECODE if _is_json_error(exc) else Stage.VALIDATE
-            reason = "message is not valid JSON" if stage is Stage.DECODE else "invalid envelope"
-            return Failure(stage, PermanentError(f"{reason}: {_summary(exc)}"), attempts)
-        ids = {"job_type": envelope.type, "job_id": envelope.id}
-        if envelope.type != self.spec.job_type:
-            error = PermanentError(
-                f"job type {envelope.type!r} does not belong on topic {record.topic!r}"
-                f" (expected {self.spec.job_type!r})"
-            )
-            return Failure(Stage.VALIDATE, error, attempts, **ids)
-        try:
-            payload = self.spec.payload_model.model_validate(envelope.payload)
-        except ValidationError as exc:
-            error = PermanentError(f"invalid {envelope.type} payload: {_summary(exc)}")
-            return Failure(Stage.VALIDATE, error, attempts, **ids)
-        return Job(
-            envelope.id,
-            envelope.type,
-            attempts,
-            envelope.organization_id,
-            payload,
-            envelope.deadline,
-            envelope.created_at,
-            origin,
-        )
-
     async def _run_job(self, record: Record, job: Job[BaseModel]) -> None:
-        deadline = job.deadline.timestamp() if job.deadline else None
+        """Attempt the job until it succeeds or the decision ends it; one report per failure."""
         outages = 0
         while True:
             bind_job(attempt=job.attempt)
-            error = await self._attempt(job, deadline)
+            error = await self._attempt(job)
             if error is None:
                 return
-            if is_outage(error):
-                outages += 1
-                wait_s = outage_wait_s(outages)
-                metrics.DEPENDENCY_WAITS.labels(self.spec.job_type).inc()
-                log.warning(
-                    "job.waiting_for_dependency",
-                    error=describe(error),
-                    delay_s=round(wait_s, 3),
-                    streak=outages,
-                )
-                await asyncio.sleep(wait_s)
-                continue
-            outages = 0
-            decision = decide(error, job.attempt, self.spec.policy)
-            failure = Failure(stage_of(error), error, job.attempt, job.type, job.id)
-            if isinstance(decision, RetryInPlace):
-                metrics.RETRIES.labels(self.spec.job_type, "in_place").inc()
-                log.warning(
-                    "job.retrying",
-                    error=describe(error),
-                    delay_s=round(decision.delay_s, 3),
-                    where="in_place",
-                )
-                await asyncio.sleep(decision.delay_s)
-                job = job.next_attempt()
-                continue
-            if isinstance(decision, RetryLater):
-                not_before = datetime.now(UTC) + timedelta(seconds=decision.delay_s)
-                await self.publisher.retry_later(
-                    record, failure, self.registry.retry_topic(self.spec), not_before
-                )
-                metrics.RETRIES.labels(self.spec.job_type, "retry_topic").inc()
-                self._ended["retry_topic"].inc()
-                log.warning(
-                    "job.retrying",
-                    error=describe(error),
-                    delay_s=round(decision.delay_s, 3),
-                    where="retry_topic",
-                )
+            decision = decide(error, job.attempt, self.spec.policy, job.deadline, outages=outages)
+            failure = Failure(decision.stage, error, job.attempt, job.type, job.id)
+            match decision:
+                case RetryTopic(delay_s=delay):
+                    due = datetime.now(UTC) + timedelta(seconds=delay)
+                    await self.publisher.retry_later(record, failure, self.retry_topic, due)
+                case DeadLetter():
+                    await self._give_up(job, decision)
+                    await self.publisher.dead_letter(record, failure)
+                case RetryInPlace():
+                    job, outages = job.next_attempt(), 0
+                case WaitForDependency(streak=streak):
+                    outages = streak
+            self._report.failed(decision, failure)
+            if isinstance(decision, RetryTopic | DeadLetter):
                 return
-            await self._give_up(job, decision)
-            await self._dead_letter(record, failure, decision)
-            return
+            await self._sleep(decision.delay_s)
 
-    async def _attempt(self, job: Job[BaseModel], deadline: float | None) -> BaseException | None:
+    async def _attempt(self, job: Job[BaseModel]) -> BaseException | None:
+        """Run the handler once, under the job's timeout and deadline; its error, or None."""
         assert self.spec.handler is not None
         timeout_s = self.spec.policy.timeout_s
-        if deadline is not None:
-            remaining = deadline - time.time()
+        if job.deadline is not None:
+            remaining = job.deadline.timestamp() - time.time()
             if remaining <= 0:
                 return DeadlineExceeded("the job's deadline passed before it could run")
             timeout_s = min(timeout_s, remaining)
         started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):
-                outcome = await self.spec.handler(job, self.deps)
+                outcome = await self.spec.handler(job, self.runtime.deps)
         except TimeoutError:
             return JobTimeout(f"job ran past its {timeout_s:.1f} s timeout")
         except Exception as exc:
             return exc
-        duration_s = time.perf_counter() - started
-        self._duration.observe(duration_s)
-        self._ended[outcome.value].inc()
-        log.info("job.succeeded", outcome=outcome.value, duration_s=round(duration_s, 4))
+        self._report.succeeded(outcome, time.perf_counter() - started)
         return None
 
     async def _give_up(self, job: Job[BaseModel], decision: DeadLetter) -> None:
@@ -304,51 +207,13 @@ class JobRunner:
         summary = self.publisher.mask(decision.summary)
         for attempt in range(1, GIVE_UP_HOOK_ATTEMPTS + 1):
             try:
-                await asyncio.wait_for(hook(job, summary, self.deps), timeout=30)
+                hooked = hook(job, summary, self.runtime.deps)
+                await asyncio.wait_for(hooked, timeout=GIVE_UP_HOOK_TIMEOUT_S)
                 return
             except Exception as exc:
                 log.warning("job.give_up_hook_failed", error=describe(exc), hook_attempt=attempt)
-                await asyncio.sleep(min(2.0**attempt, 10.0))
+                await self._sleep(backoff_s(attempt, 2.0, 10.0, jitter=0.0))
 
-    async def _dead_letter(
-        self, record: Record, failure: Failure, decision: DeadLetter | None
-    ) -> None:
+    async def _dead_letter(self, record: Record, failure: Failure, decision: DeadLetter) -> None:
         await self.publisher.dead_letter(record, failure)
-        self._ended["dead_lettered"].inc()
-        metrics.DEAD_LETTERS.labels(self.spec.job_type, failure.stage.value).inc()
-        reason = decision.reason if decision else describe(failure.error)
-        log.error(
-            "job.dead_lettered",
-            stage=failure.stage.value,
-            reason=reason,
-            error_class=type(failure.error).__name__,
-            attempts=failure.attempts,
-        )
-        alerts.dead_lettered(failure)
-
-
-def _is_json_error(exc: ValidationError) -> bool:
-    return any(err["type"] in ("json_invalid", "json_type") for err in exc.errors())
-
-
-def _summary(exc: ValidationError, limit: int = 5) -> str:
-    parts = []
-    for err in exc.errors()[:limit]:
-        where = ".".join(str(p) for p in err["loc"]) or "(root)"
-        parts.append(f"{where}: {err['msg']}")
-    more = exc.error_count() - limit
-    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
-
-
-def typed_envelope(payload_model: type[BaseModel]) -> type[TypedEnvelope]:
-    """The envelope model with ``payload`` typed as the job type's payload model."""
-    model: type[TypedEnvelope] = create_model(
-        f"{payload_model.__name__}Envelope",
-        __base__=TypedEnvelope,
-        payload=(payload_model, ...),
-    )
-    return model
-
-
-class TypedEnvelope(JobEnvelope):
-    payload: Any  # narrowed per job type by ``typed_envelope``
+        self._report.failed(decision, failure)

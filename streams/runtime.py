@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import aiohttp
 import asyncpg
 import structlog
 
 from handlers.assets.netguard import Allowlist, guarded_connector_kwargs
 from handlers.cpu_pool import ProcessCpuPool
-from handlers.deps import ChunkingPolicy, Deps, ExtractPolicy, FetchPolicy
+from handlers.deps import Deps
 from schemas.envelope import JobEnvelope
 from streams.looplag import LoopLagMonitor
+from streams.policies import chunking_policy, extract_policy, fetch_policy, knowledge_graph_policy
 from streams.providers import Providers, open_providers
 from streams.publish import RecordPublisher
 from streams.registry import Registry
 from streams.settings import Settings
 
-log = structlog.get_logger("conveyor.runtime")
+log = structlog.get_logger(__name__)
+
+
+class DepsSource(Protocol):
+    """Where runners get the handlers' dependencies: the runtime, once it is open."""
+
+    @property
+    def deps(self) -> Deps: ...
 
 
 class KafkaJobPublisher:
@@ -74,7 +84,6 @@ class Runtime:
             connector=aiohttp.TCPConnector(limit=100, **guarded_connector_kwargs(allowlist)),
             headers={"User-Agent": s.http.user_agent},
         )
-        auth = s.http.storage_auth_header
         providers = self._providers = open_providers(s, db)
         cpu = self._cpu = ProcessCpuPool(
             s.extract.workers,
@@ -87,26 +96,12 @@ class Runtime:
             http=http,
             embedder=providers.embedder,
             publisher=KafkaJobPublisher(self.registry, self.records),
-            chunking=ChunkingPolicy(s.chunking.size, s.chunking.overlap, s.embedding.batch_size),
-            fetch=FetchPolicy(
-                max_bytes=s.http.max_download_bytes,
-                connect_timeout_s=s.http.connect_timeout_s,
-                read_timeout_s=s.http.read_timeout_s,
-                allowed_hosts=tuple(s.http.allowed_hosts),
-                auth_header=auth.get_secret_value() if auth else None,
-                auth_origins=tuple(s.http.storage_auth_origins),
-            ),
+            chunking=chunking_policy(s),
+            fetch=fetch_policy(s),
+            knowledge_graph=knowledge_graph_policy(s),
+            extract=extract_policy(s),
             llm=providers.llm,
-            knowledge_graph=providers.knowledge_graph,
             cpu=cpu,
-            extract=ExtractPolicy(
-                max_pages=s.extract.max_pages,
-                max_unpacked_bytes=s.extract.max_unpacked_bytes,
-                max_compression_ratio=s.extract.max_compression_ratio,
-                time_limit_s=s.extract.time_limit_s,
-                max_chars=s.extract.max_chars,
-                max_chunks=s.extract.max_chunks,
-            ),
         )
         self._loop_lag.start()
         log.info("runtime.opened", db_pool_max=s.postgres.pool_max_size)

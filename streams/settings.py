@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -461,9 +461,3 @@ def secret_values(settings: Settings) -> list[str]:
 
     walk(settings)
     return found
-
-
-def iter_policies(settings: Settings) -> Iterator[tuple[str, JobPolicy]]:
-    """(field name, policy) for every job type."""
-    for name in JobsSettings.model_fields:
-        yield name, getattr(settings.jobs, name)

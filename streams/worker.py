@@ -22,7 +22,7 @@ from mode.utils.futures import maybe_cancel
 from streams.app import ConveyorApp
 from streams.settings import Settings
 
-log = structlog.get_logger("conveyor.worker")
+log = structlog.get_logger(__name__)
 
 EXIT_FORCED = 1
 
@@ -39,6 +39,7 @@ class ConveyorWorker(faust.Worker):
         )
         self.spinner = None  # Faust's terminal spinner would mangle structured logs
         self._settings = settings
+        self._conveyor = app.conveyor
         self._stopping = False
 
     def _on_sigint(self) -> None:
@@ -63,10 +64,8 @@ class ConveyorWorker(faust.Worker):
 
     async def _drain_then_stop(self, sig: signal.Signals) -> None:
         log.info("worker.stop_requested", signal=sig.name)
-        app = self.app
-        assert isinstance(app, ConveyorApp)
         try:
-            await app.conveyor.drain()
+            await self._conveyor.drain()
         except Exception:
             log.exception("worker.drain_failed")
         await self.stop()

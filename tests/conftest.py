@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from streams.migrate import migrate
+from streams.commands.migrate import migrate
 from tests.support.services import Endpoints, endpoints
 from tests.support.stack import Stack
 from tests.support.worker import WorkerProcess

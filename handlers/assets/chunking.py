@@ -36,12 +36,12 @@ class Chunk:
 PAGE_SEPARATOR = "\n\n"
 
 
-def chunk_pages(pages: Iterable[Page], size: int = 600, overlap: int = 120) -> list[Chunk]:
+def chunk_pages(pages: Iterable[Page], size: int, overlap: int) -> list[Chunk]:
     """Split the pages' text into overlapping chunks of at most ``size`` characters."""
     return list(iter_chunks(pages, size, overlap))
 
 
-def iter_chunks(pages: Iterable[Page], size: int = 600, overlap: int = 120) -> Iterator[Chunk]:
+def iter_chunks(pages: Iterable[Page], size: int, overlap: int) -> Iterator[Chunk]:
     """``chunk_pages`` as a generator: chunks come out as soon as the text allows."""
     chunker = Chunker(size, overlap)
     for page in pages:
@@ -59,7 +59,7 @@ class Chunker:
     split into pages.
     """
 
-    def __init__(self, size: int = 600, overlap: int = 120) -> None:
+    def __init__(self, size: int, overlap: int) -> None:
         if size <= 0 or not 0 <= overlap < size:
             raise ValueError(f"need 0 <= overlap < size, got size={size} overlap={overlap}")
         self.size = size

@@ -39,8 +39,8 @@ class ExtractRequest:
     mime_type: str
     out_path: str
     policy: ExtractPolicy
-    chunk_size: int = 600
-    chunk_overlap: int = 120
+    chunk_size: int
+    chunk_overlap: int
 
 
 @dataclass(frozen=True, slots=True)

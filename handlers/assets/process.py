@@ -14,7 +14,7 @@ import tempfile
 from array import array
 from enum import Enum
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import structlog
 
@@ -23,6 +23,7 @@ from handlers.assets import store
 from handlers.assets.extract import ExtractRequest, ExtractSummary, extract_to_file, read_chunks
 from handlers.assets.fetch import fetch_to_file
 from handlers.cpu_pool import CpuMemoryExceeded, CpuTimeout, CpuWorkerLost
+from handlers.db import Pool
 from handlers.deps import Deps
 from handlers.errors import PermanentError, RetryableError
 from handlers.types import Job, Outcome
@@ -184,7 +185,7 @@ def _read_vectors(vectors_file: BinaryIO, count: int, dims: int) -> list[list[fl
 class _Progress:
     """Writes the asset's progress percent, outside the job's transaction, as it advances."""
 
-    def __init__(self, db: Any, asset_id: str, total_chars: int, writer: StatusWriter) -> None:
+    def __init__(self, db: Pool, asset_id: str, total_chars: int, writer: StatusWriter) -> None:
         self._db = db
         self._asset_id = asset_id
         self._writer = writer

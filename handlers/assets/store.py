@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from handlers.assets.chunking import Chunk
+from handlers.db import Connection
 from schemas.assets import AssetStatusUpdate, StatusWriter
 
 LOAD_ASSET = """
@@ -67,13 +67,13 @@ class AssetRow:
     status: str
 
 
-async def load_asset(conn: Any, asset_id: str) -> AssetRow | None:
+async def load_asset(conn: Connection, asset_id: str) -> AssetRow | None:
     row = await conn.fetchrow(LOAD_ASSET, asset_id)
     return None if row is None else AssetRow(**dict(row))
 
 
 async def set_status(
-    conn: Any, asset_id: str, update: AssetStatusUpdate, writer: StatusWriter
+    conn: Connection, asset_id: str, update: AssetStatusUpdate, writer: StatusWriter
 ) -> bool:
     """The one way an asset's status changes; False when it would move backwards.
 
@@ -97,17 +97,17 @@ async def set_status(
     return bool(applied)
 
 
-async def count_chunks(conn: Any, asset_id: str) -> int:
+async def count_chunks(conn: Connection, asset_id: str) -> int:
     return int(await conn.fetchval(COUNT_CHUNKS, asset_id))
 
 
-async def delete_chunks(conn: Any, asset_id: str) -> None:
+async def delete_chunks(conn: Connection, asset_id: str) -> None:
     """Drop the asset's chunks (first step of replacing them, in the job's transaction)."""
     await conn.execute(DELETE_CHUNKS, asset_id)
 
 
 async def insert_chunks(
-    conn: Any,
+    conn: Connection,
     asset: AssetRow,
     chunks: list[Chunk],
     vectors: list[list[float]],

@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-import asyncpg
-
 from handlers.crm.crypto import Keyring
+from handlers.db import Connection as DbConnection
 from handlers.errors import PermanentError
-from handlers.providers.kommo import OAuthApp, origin
+from handlers.providers.kommo import origin
 
 SECRET_COLUMNS = (
     "client_secret_enc",
@@ -110,7 +109,7 @@ class NewConnection:
 
 @dataclass(frozen=True, slots=True)
 class Connection:
-    """A connection without its secrets, and its last sync (for handlers and ``crm list``)."""
+    """A connection without its secrets, and its last sync (for handlers)."""
 
     id: str
     organization_id: str
@@ -144,7 +143,7 @@ def context(connection_id: str, column: str) -> str:
     return f"crm_connections/{connection_id}/{column.removesuffix('_enc')}"
 
 
-async def register(conn: asyncpg.Connection, keyring: Keyring, new: NewConnection) -> None:
+async def register(conn: DbConnection, keyring: Keyring, new: NewConnection) -> None:
     """Insert the connection, or replace its settings and tokens (a re-consent clears
     ``needs_reauth``)."""
 
@@ -166,7 +165,7 @@ async def register(conn: asyncpg.Connection, keyring: Keyring, new: NewConnectio
     )
 
 
-async def load(conn: asyncpg.Connection, connection_id: str) -> Connection:
+async def load(conn: DbConnection, connection_id: str) -> Connection:
     """The connection; PermanentError when there is none (a job naming it cannot succeed)."""
     row = await conn.fetchrow(SELECT_ONE, connection_id)
     if row is None:
@@ -174,13 +173,7 @@ async def load(conn: asyncpg.Connection, connection_id: str) -> Connection:
     return Connection(**dict(row))
 
 
-async def list_connections(conn: asyncpg.Connection) -> list[Connection]:
-    return [Connection(**dict(row)) for row in await conn.fetch(SELECT_ALL)]
-
-
-async def secret(
-    conn: asyncpg.Connection, keyring: Keyring, connection_id: str, column: str
-) -> str:
+async def secret(conn: DbConnection, keyring: Keyring, connection_id: str, column: str) -> str:
     """One decrypted secret column (``webhook_secret_enc``, ``client_secret_enc``...)."""
     if column not in SECRET_COLUMNS:
         raise ValueError(f"{column} is not a secret column")
@@ -190,11 +183,7 @@ async def secret(
     return keyring.decrypt(stored, context(connection_id, column))
 
 
-def oauth_app(connection: Connection, client_secret: str) -> OAuthApp:
-    return OAuthApp(connection.client_id, client_secret, connection.redirect_uri)
-
-
-async def reencrypt_all(conn: asyncpg.Connection, keyring: Keyring) -> int:
+async def reencrypt_all(conn: DbConnection, keyring: Keyring) -> int:
     """Re-encrypt every secret under the keyring's current key; returns values rewritten.
 
     Each connection in its own transaction with its row locked, so a token
@@ -214,19 +203,17 @@ async def reencrypt_all(conn: asyncpg.Connection, keyring: Keyring) -> int:
     return rewritten
 
 
-async def claim_sync(
-    conn: asyncpg.Connection, connection_id: str, job_id: str, lease_s: float
-) -> bool:
+async def claim_sync(conn: DbConnection, connection_id: str, job_id: str, lease_s: float) -> bool:
     return await conn.fetchval(CLAIM_SYNC, connection_id, job_id, lease_s) is not None
 
 
-async def owns_sync(conn: asyncpg.Connection, connection_id: str, job_id: str) -> bool:
+async def owns_sync(conn: DbConnection, connection_id: str, job_id: str) -> bool:
     """Inside the apply transaction: lock the row and check the lease is still ours."""
     return bool(await conn.fetchval(OWNS_SYNC, connection_id, job_id))
 
 
 async def finish_sync(
-    conn: asyncpg.Connection, connection_id: str, job_id: str, counts: SyncCounts
+    conn: DbConnection, connection_id: str, job_id: str, counts: SyncCounts
 ) -> None:
     await conn.execute(
         FINISH_SYNC,
@@ -241,6 +228,6 @@ async def finish_sync(
 
 
 async def fail_sync(
-    conn: asyncpg.Connection, connection_id: str, job_id: str, error: str, api_calls: int
+    conn: DbConnection, connection_id: str, job_id: str, error: str, api_calls: int
 ) -> None:
     await conn.execute(FAIL_SYNC, connection_id, job_id, error, api_calls)

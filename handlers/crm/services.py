@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import asyncpg
 
 from handlers.crm.connections import Connection
 from handlers.crm.crypto import Keyring
 from handlers.crm.tokens import ConnectionTokens
+from handlers.db import Pool
 from handlers.errors import PermanentError
 from handlers.providers.kommo import Kommo, KommoClient, kommo_config
 
@@ -31,12 +31,12 @@ class CrmServices:
     keyring: Keyring
     policy: CrmPolicy
 
-    def tokens(self, db: asyncpg.Pool, connection_id: str) -> ConnectionTokens:
+    def tokens(self, db: Pool, connection_id: str) -> ConnectionTokens:
         return ConnectionTokens(
             db, connection_id, self.keyring, self.kommo, self.policy.token_refresh_margin_s
         )
 
-    def client(self, db: asyncpg.Pool, connection: Connection) -> KommoClient:
+    def client(self, db: Pool, connection: Connection) -> KommoClient:
         return self.kommo.client(connection.base_url, self.tokens(db, connection.id))
 
 

@@ -17,19 +17,19 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import structlog
 
 from handlers.crm import connections
 from handlers.crm.connections import SyncCounts
 from handlers.crm.services import require
+from handlers.db import Pool
 from handlers.deps import Deps
 from handlers.errors import JobError, PermanentError, RetryableError
 from handlers.providers.kommo import ENTITIES, KommoClient
 from handlers.types import Job, Outcome
 from schemas.jobs import CrmSyncPipelines
 
-log = structlog.get_logger("conveyor.crm.sync")
+log = structlog.get_logger(__name__)
 
 BUSY_RETRY_S = 5.0
 
@@ -148,7 +148,7 @@ async def fetch(client: KommoClient) -> Snapshot:
 
 
 async def apply(
-    db: asyncpg.Pool, connection_id: str, job_id: str, snapshot: Snapshot, api_calls: int
+    db: Pool, connection_id: str, job_id: str, snapshot: Snapshot, api_calls: int
 ) -> SyncCounts:
     """Make the stored state equal to ``snapshot`` in one transaction, and record it."""
     async with db.acquire() as conn, conn.transaction():
@@ -169,7 +169,7 @@ async def apply(
 
 
 async def _record_failure(
-    db: asyncpg.Pool, connection_id: str, job_id: str, exc: Exception, api_calls: int
+    db: Pool, connection_id: str, job_id: str, exc: Exception, api_calls: int
 ) -> None:
     reason = str(exc) if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}"
     try:

@@ -16,15 +16,15 @@ until the platform registers fresh tokens.
 
 from __future__ import annotations
 
-import asyncpg
 import structlog
 
 from handlers.crm.connections import context
 from handlers.crm.crypto import DecryptError, Keyring
+from handlers.db import Connection, Pool, Row
 from handlers.errors import PermanentError
 from handlers.providers.kommo import GrantRefused, Kommo, OAuthApp
 
-log = structlog.get_logger("conveyor.crm.tokens")
+log = structlog.get_logger(__name__)
 
 LOCK_NAMESPACE = 0x6B6D6D6F  # "kmmo": the advisory lock's first key; hashtext(id) the second
 
@@ -58,7 +58,7 @@ class ConnectionTokens:
 
     def __init__(
         self,
-        db: asyncpg.Pool,
+        db: Pool,
         connection_id: str,
         keyring: Keyring,
         kommo: Kommo,
@@ -70,8 +70,8 @@ class ConnectionTokens:
     async def access_token(self) -> str:
         """A token valid for at least ``margin_s`` more, refreshing it first if needed."""
         async with self.db.acquire() as conn:
-            row = await conn.fetchrow(SELECT_ACCESS, self.connection_id, self.margin_s)
-        self._check(row)
+            found = await conn.fetchrow(SELECT_ACCESS, self.connection_id, self.margin_s)
+        row = self._usable(found)
         if row["fresh"]:
             return self._open(row["access_token_enc"], "access_token")
         return await self._refresh(rejected=None)
@@ -84,8 +84,8 @@ class ConnectionTokens:
         refused: GrantRefused | None = None
         async with self.db.acquire() as conn, conn.transaction():
             await conn.execute(LOCK, LOCK_NAMESPACE, self.connection_id)
-            row = await conn.fetchrow(SELECT_FOR_REFRESH, self.connection_id, self.margin_s)
-            self._check(row)
+            found = await conn.fetchrow(SELECT_FOR_REFRESH, self.connection_id, self.margin_s)
+            row = self._usable(found)
             current = self._open(row["access_token_enc"], "access_token")
             if (row["fresh"] and rejected is None) or (rejected not in (None, current)):
                 return current  # another worker refreshed while we waited for the lock
@@ -97,7 +97,7 @@ class ConnectionTokens:
         log.warning("crm.needs_reauth", connection_id=self.connection_id, reason=str(refused))
         raise PermanentError(f"CRM connection {self.connection_id} needs re-consent: {refused}")
 
-    async def _exchange(self, conn: asyncpg.Connection, row: asyncpg.Record) -> str:
+    async def _exchange(self, conn: Connection, row: Row) -> str:
         app = OAuthApp(
             row["client_id"],
             self._open(row["client_secret_enc"], "client_secret"),
@@ -115,13 +115,15 @@ class ConnectionTokens:
         log.info("crm.tokens_refreshed", connection_id=self.connection_id)
         return grant.access_token
 
-    def _check(self, row: asyncpg.Record | None) -> None:
+    def _usable(self, row: Row | None) -> Row:
+        """The connection's row; PermanentError when there is none or it needs consent."""
         if row is None:
             raise PermanentError(f"no CRM connection {self.connection_id!r}")
         if row["needs_reauth"]:
             raise PermanentError(
                 f"CRM connection {self.connection_id} needs re-consent: {row['reauth_reason']}"
             )
+        return row
 
     def _open(self, stored: str, column: str) -> str:
         try:

@@ -23,19 +23,19 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import structlog
 
 from handlers.crm import connections
 from handlers.crm.crypto import DecryptError
 from handlers.crm.events import Delivery, EntityEvent, Event, UnknownEvent, parse_delivery
 from handlers.crm.services import require
+from handlers.db import Connection as DbConnection
 from handlers.deps import Deps
 from handlers.errors import PermanentError
 from handlers.types import Job, Outcome
 from schemas.jobs import CrmWebhook
 
-log = structlog.get_logger("conveyor.crm.webhook")
+log = structlog.get_logger(__name__)
 
 UNTIMED = datetime(1970, 1, 1, tzinfo=UTC)  # an event without a timestamp: any timed one wins
 
@@ -144,7 +144,7 @@ async def handle(job: Job[CrmWebhook], deps: Deps) -> Outcome:
 
 
 async def apply(
-    conn: asyncpg.Connection, connection_id: str, event_id: str, delivery: Delivery
+    conn: DbConnection, connection_id: str, event_id: str, delivery: Delivery
 ) -> Applied:
     """Apply the lead and contact events in order; count those older than what we hold."""
     applied = stale = 0
@@ -158,9 +158,7 @@ async def apply(
     return Applied(applied, stale)
 
 
-async def _apply_one(
-    conn: asyncpg.Connection, connection_id: str, event_id: str, e: EntityEvent
-) -> bool:
+async def _apply_one(conn: DbConnection, connection_id: str, event_id: str, e: EntityEvent) -> bool:
     data = json.dumps(e.data, sort_keys=True)
     if e.action == "delete":
         sql = TOMBSTONES[e.entity]

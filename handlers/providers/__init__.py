@@ -1,1 +1,5 @@
-"""Clients of the external services handlers call (Kommo; the others join in issue 11)."""
+"""Clients of the external services handlers call.
+
+Embeddings and chat (OpenAI-compatible APIs), Kommo, their rate limits and
+the organizations' daily token budgets.
+"""

@@ -30,11 +30,12 @@ from urllib.parse import urlsplit
 import aiohttp
 import structlog
 
+from handlers.backoff import backoff_s
 from handlers.errors import PermanentError, RetryableError
-from handlers.limits import backoff_s, retry_after_s
 from handlers.providers.adaptive_limit import AdaptiveLimiter
+from handlers.providers.limits import retry_after_s
 
-log = structlog.get_logger("conveyor.kommo")
+log = structlog.get_logger(__name__)
 
 TOKEN_PATH = "/oauth2/access_token"
 RETRYABLE_STATUS = frozenset({408, 425, 429})
@@ -311,7 +312,7 @@ class KommoClient:
         tries.errors += 1
         if tries.errors > cfg.max_retries:
             raise RetryableError(f"Kommo: {method} {_path(url)}: {reason} ({tries.errors} tries)")
-        delay = backoff_s(tries.errors, cfg.backoff_base_s, cfg.backoff_max_s, self._rand)
+        delay = backoff_s(tries.errors, cfg.backoff_base_s, cfg.backoff_max_s, rand=self._rand)
         log.warning("kommo.retrying", path=_path(url), reason=reason, delay_s=round(delay, 3))
         await asyncio.sleep(delay)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from streams.demo import MIME, SAMPLES, run_demo
+from streams.commands.demo import MIME, SAMPLES, run_demo
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.e2e

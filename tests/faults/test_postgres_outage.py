@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from schemas.envelope import JobEnvelope
-from streams.migrate import migrate
+from streams.commands.migrate import migrate
 from tests.support.dlq import dlq_rows
 from tests.support.pg import PrivatePostgres
 from tests.support.probe import PROBE_ENV, probe_jobs, wait_done

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -20,33 +20,19 @@ import asyncpg
 import pytest
 
 from handlers.assets import process
-from handlers.assets.embed import HashEmbedder
-from handlers.deps import ChunkingPolicy, Deps, FetchPolicy
+from handlers.deps import Deps
+from handlers.providers.embed import HashEmbedder
 from handlers.types import Job, Outcome
-from schemas.envelope import JobEnvelope
 from schemas.jobs import AssetProcess
+from tests.support.fakes import RecordingJobPublisher, ThreadCpuPool
 from tests.support.http import FileServer, file_server
+from tests.support.policies import CHUNKING, EXTRACT, FETCH, KNOWLEDGE_GRAPH
 
 pytestmark = pytest.mark.integration
 
 A = TypeVar("A")
 R = TypeVar("R")
 TEXT = "\n\n".join(f"Paragraph {p}. " + " ".join(f"t{p}_{w}" for w in range(90)) for p in range(12))
-
-
-class ThreadCpu:
-    """Runs extraction in a thread (the process pool is not what is tested here)."""
-
-    async def run(self, fn: Callable[[A], R], arg: A, *, timeout_s: float) -> R:
-        return await asyncio.to_thread(fn, arg)
-
-
-class Published:
-    def __init__(self) -> None:
-        self.envelopes: list[JobEnvelope] = []
-
-    async def publish(self, envelope: JobEnvelope, *, key: bytes | None = None) -> None:
-        self.envelopes.append(envelope)
 
 
 class GatedEmbedder(HashEmbedder):
@@ -91,10 +77,12 @@ async def kit(db: asyncpg.Pool) -> AsyncIterator[Kit]:
             db=db,
             http=http,
             embedder=HashEmbedder(8),
-            publisher=Published(),
-            chunking=ChunkingPolicy(batch_size=4),
-            fetch=FetchPolicy(allowed_hosts=("127.0.0.1:*",)),
-            cpu=ThreadCpu(),
+            publisher=RecordingJobPublisher(),
+            chunking=replace(CHUNKING, batch_size=4),
+            fetch=replace(FETCH, allowed_hosts=("127.0.0.1:*",)),
+            knowledge_graph=KNOWLEDGE_GRAPH,
+            extract=EXTRACT,
+            cpu=ThreadCpuPool(),
         )
         yield Kit(db, files, deps)
 

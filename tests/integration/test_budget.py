@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from handlers.budget import BudgetedChat, BudgetExceeded, DailyBudget
+from handlers.providers.budget import BudgetedChat, BudgetExceeded, DailyBudget
 from schemas.envelope import JobEnvelope
 from tests.support.assets import insert_asset
 from tests.support.dlq import wait_dlq

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import asyncpg
 import pytest
 
 from schemas.envelope import JobEnvelope
-from streams import dlq_tool
-from streams.cli import main
+from streams.commands import dlq
+from streams.commands.cli import main
 from tests.support.dlq import wait_dlq
 from tests.support.probe import PROBE_ENV
 from tests.support.stack import Stack, patched_env
@@ -24,7 +23,7 @@ ENV = {
     "CONVEYOR_JOBS__PROBE__BACKOFF_BASE_S": "0.05",
     "CONVEYOR_JOBS__PROBE__BACKOFF_MAX_S": "0.2",
 }
-NEW = dlq_tool.Selection(statuses=("new",))
+NEW = dlq.Selection(statuses=("new",))
 
 
 async def job_effects(db: asyncpg.Pool, job_id: str) -> list[int]:
@@ -52,11 +51,11 @@ async def test_replayed_dead_letter_runs_once_with_fresh_attempts(
     worker = worker_factory(stack, **ENV, CONVEYOR_JOBS__PROBE__MAX_ATTEMPTS="5")
     worker.wait_ready()
     settings = stack.settings()
-    dry = await dlq_tool.replay(settings, NEW, dry_run=True)
+    dry = await dlq.replay(settings, NEW, dry_run=True)
     assert dry.replayed == [dead["id"]]
     assert await db.fetchval("SELECT status FROM worker_dlq WHERE id = $1", dead["id"]) == "new"
 
-    report = await dlq_tool.replay(settings, NEW)
+    report = await dlq.replay(settings, NEW)
     assert report.replayed == [dead["id"]]
     assert report.failed == {}
     assert "stage decode" in report.skipped[poison["id"]]
@@ -69,9 +68,9 @@ async def test_replayed_dead_letter_runs_once_with_fresh_attempts(
     assert dict(row) == {"status": "replayed", "replay_count": 1}
 
     # Nothing new is left to replay; replaying it again is safe: the ledger skips it.
-    assert (await dlq_tool.replay(settings, NEW)).replayed == []
-    again = dlq_tool.Selection(ids=[dead["id"]], statuses=("new", "replayed"))
-    assert (await dlq_tool.replay(settings, again)).replayed == [dead["id"]]
+    assert (await dlq.replay(settings, NEW)).replayed == []
+    again = dlq.Selection(ids=[dead["id"]], statuses=("new", "replayed"))
+    assert (await dlq.replay(settings, again)).replayed == [dead["id"]]
     worker.wait_for(
         lambda e: (
             e.get("event") == "job.succeeded"
@@ -98,18 +97,6 @@ async def test_replayed_dead_letter_runs_once_with_fresh_attempts(
     assert dict(resolved) == {"status": "resolved", "resolution_note": "producer fixed"}
 
 
-def test_replay_keeps_the_records_own_headers_and_drops_conveyors() -> None:
-    stored = json.dumps(
-        {
-            "traceparent": "00-abc-01",
-            "conveyor-attempts": "5",
-            "conveyor-error-message": "boom",
-            "tenant": "t1",
-        }
-    )
-    assert dlq_tool.replay_headers(stored) == [("traceparent", b"00-abc-01"), ("tenant", b"t1")]
-
-
 async def test_a_job_dead_lettered_twice_is_replayed_once(stack: Stack, db: asyncpg.Pool) -> None:
     # What a worker SIGKILLed between the dead-letter publish and the commit
     # leaves behind: two dead letters of one job (the chaos test counts them).
@@ -128,7 +115,7 @@ async def test_a_job_dead_lettered_twice_is_replayed_once(stack: Stack, db: asyn
         )
         for offset in (10, 11)
     ]
-    report = await dlq_tool.replay(stack.settings(), NEW)
+    report = await dlq.replay(stack.settings(), NEW)
     assert report.replayed == [ids[0]]
     assert report.duplicates == {ids[1]: ids[0]}
     rows = await db.fetch(

@@ -8,24 +8,26 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aiohttp
 import asyncpg
 import pytest
 from pydantic import SecretStr
 
-from handlers import knowledge_graph
-from handlers.assets.embed import HashEmbedder
-from handlers.deps import ChunkingPolicy, Deps, FetchPolicy, KnowledgeGraphPolicy
+from handlers.deps import Deps
 from handlers.errors import PermanentError, RetryableError
-from handlers.limits import Budget, RateLimits
-from handlers.llm import OpenAIChat
-from handlers.openai_api import ApiClient, ApiConfig
+from handlers.knowledge_graph import extract as knowledge_graph
+from handlers.providers.embed import HashEmbedder
+from handlers.providers.limits import Budget, RateLimits
+from handlers.providers.llm import OpenAIChat
+from handlers.providers.openai_api import ApiClient
 from handlers.types import Job, Outcome
-from schemas.envelope import JobEnvelope
 from schemas.jobs import KnowledgeGraphExtract
+from streams.providers import api_config
+from tests.support.fakes import NoFollowUps
 from tests.support.openai_server import API_KEY, OpenAIServer, openai_server
+from tests.support.policies import CHUNKING, EXTRACT, FETCH, KNOWLEDGE_GRAPH, SETTINGS
 
 pytestmark = pytest.mark.integration
 
@@ -50,11 +52,6 @@ def rule_based_llm(messages: list[dict[str, str]]) -> str:
     return json.dumps({"entities": entities, "relationships": rels})
 
 
-class NoPublisher:
-    async def publish(self, envelope: JobEnvelope, *, key: bytes | None = None) -> None:
-        raise AssertionError("knowledge_graph.extract publishes nothing")
-
-
 @dataclass
 class Kit:
     db: asyncpg.Pool
@@ -66,17 +63,27 @@ class Kit:
 @pytest.fixture
 async def kit(db: asyncpg.Pool) -> AsyncIterator[Kit]:
     async with openai_server(chat_reply=rule_based_llm) as server, aiohttp.ClientSession() as s:
-        config = ApiConfig(server.base_url, SecretStr(API_KEY), "test-llm", 5.0, max_retries=1)
+        llm_settings = SETTINGS.llm.model_copy(
+            update={
+                "base_url": server.base_url,
+                "api_key": SecretStr(API_KEY),
+                "model": "test-llm",
+                "timeout_s": 5.0,
+                "max_retries": 1,
+            }
+        )
+        config = api_config(llm_settings, SETTINGS.llm.timeout_s, "LLM API")
         llm = OpenAIChat(ApiClient(s, config, RateLimits(Budget(60_000))), 1024)
         deps = Deps(
             db=db,
             http=s,
             embedder=HashEmbedder(8),
-            publisher=NoPublisher(),
-            chunking=ChunkingPolicy(),
-            fetch=FetchPolicy(),
+            publisher=NoFollowUps(),
+            chunking=CHUNKING,
+            fetch=FETCH,
+            extract=EXTRACT,
             llm=llm,
-            knowledge_graph=KnowledgeGraphPolicy(batch_chars=200, output_attempts=2),
+            knowledge_graph=replace(KNOWLEDGE_GRAPH, batch_chars=200, output_attempts=2),
         )
         yield Kit(db, server, deps, f"org-{uuid.uuid4().hex[:8]}")
 

@@ -8,8 +8,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from streams.cli import main
-from streams.lag import GroupLag, group_lag
+from streams.commands.cli import main
+from streams.commands.lag import GroupLag, group_lag
 from tests.support.probe import PROBE_ENV, probe_jobs, wait_done
 from tests.support.stack import Stack, patched_env
 from tests.support.waiting import eventually

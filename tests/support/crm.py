@@ -12,16 +12,17 @@ import aiohttp
 import asyncpg
 from pydantic import BaseModel
 
-from handlers.assets.embed import HashEmbedder
 from handlers.crm.connections import NewConnection, register
 from handlers.crm.crypto import Keyring, new_key
 from handlers.crm.services import CrmPolicy, CrmServices
-from handlers.deps import ChunkingPolicy, Deps, FetchPolicy
+from handlers.deps import Deps
+from handlers.providers.embed import HashEmbedder
 from handlers.providers.kommo import Kommo, KommoConfig, OAuthApp, kommo_config
 from handlers.types import Job
-from schemas.envelope import JobEnvelope
 from streams.settings import Settings
+from tests.support.fakes import NoFollowUps
 from tests.support.kommo_server import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, KommoServer
+from tests.support.policies import CHUNKING, EXTRACT, FETCH, KNOWLEDGE_GRAPH
 
 APP = OAuthApp(CLIENT_ID, CLIENT_SECRET, REDIRECT_URI)
 P = TypeVar("P", bound=BaseModel)
@@ -104,20 +105,17 @@ def services(
     return CrmServices(Kommo(session, config(**overrides)), keyring, chosen)
 
 
-class NoPublisher:
-    async def publish(self, envelope: JobEnvelope, *, key: bytes | None = None) -> None:
-        raise AssertionError("CRM handlers publish nothing")
-
-
 def crm_deps(db: asyncpg.Pool, session: aiohttp.ClientSession, crm: CrmServices | None) -> Deps:
     """The Deps a worker hands CRM handlers (the asset parts are unused)."""
     return Deps(
         db=db,
         http=session,
         embedder=HashEmbedder(8),
-        publisher=NoPublisher(),
-        chunking=ChunkingPolicy(),
-        fetch=FetchPolicy(),
+        publisher=NoFollowUps(),
+        chunking=CHUNKING,
+        fetch=FETCH,
+        knowledge_graph=KNOWLEDGE_GRAPH,
+        extract=EXTRACT,
         crm=crm,
     )
 

@@ -2,7 +2,7 @@
 
 Some defects need a narrow interleaving (a commit in flight while partitions
 are revoked, a queue put held across a rebalance). Tests widen that window
-by starting the worker through this module instead of ``streams.cli``::
+by starting the worker through this module instead of ``streams.commands.cli``::
 
     python -m tests.support.hooked_worker --commit-delay-s 2 -- run
 
@@ -23,7 +23,7 @@ from typing import Any
 
 from mode.utils.queues import FlowControlQueue
 
-from streams import cli
+from streams.commands import cli
 from streams.consumer import TrackedConsumer
 
 AsyncFn = Callable[..., Coroutine[Any, Any, Any]]

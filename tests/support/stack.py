@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from confluent_kafka import Producer
 
 from schemas.envelope import JobEnvelope
+from streams.commands.topics import create_topics
 from streams.registry import Registry, build_registry
 from streams.settings import JobsSettings, Settings, load_settings
-from streams.topics import create_topics
 
 
 @contextmanager

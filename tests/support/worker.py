@@ -30,7 +30,7 @@ class WorkerProcess:
         self._reader: threading.Thread | None = None
 
     def start(self) -> WorkerProcess:
-        command = ["-m", "streams.cli", "run"]
+        command = ["-m", "streams.commands.cli", "run"]
         if self.hooks:
             command = ["-m", "tests.support.hooked_worker", *self.hooks, "--", "run"]
         self.proc = subprocess.Popen(

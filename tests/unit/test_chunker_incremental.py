@@ -19,6 +19,7 @@ from handlers.assets.chunking import (
     chunk_pages,
     iter_chunks,
 )
+from tests.support.policies import CHUNKING
 
 
 def reference_chunks(pages: list[Page], size: int, overlap: int) -> list[Chunk]:
@@ -74,7 +75,7 @@ def test_chunks_come_out_before_the_last_page_arrives() -> None:
 
 
 def test_the_chunker_holds_only_the_unchunked_tail() -> None:
-    chunker = Chunker(600, 120)
+    chunker = Chunker(CHUNKING.size, CHUNKING.overlap)
     for n in range(1, 200):
         chunker.feed(Page(n, "word " * 400))
         assert len(chunker._buffer) < 2 * 600
@@ -90,7 +91,7 @@ def test_iter_chunks_is_lazy() -> None:
 
 
 def test_feeding_after_finish_is_an_error() -> None:
-    chunker = Chunker()
+    chunker = Chunker(CHUNKING.size, CHUNKING.overlap)
     chunker.finish()
     with pytest.raises(RuntimeError):
         chunker.feed(Page(1, "late"))

@@ -5,12 +5,15 @@ import itertools
 import pytest
 
 from handlers.assets.chunking import Page, chunk_pages
+from tests.support.policies import CHUNKING
+
+SIZE, OVERLAP = CHUNKING.size, CHUNKING.overlap
 
 WORDS = " ".join(f"word{i}" for i in range(1000))
 
 
 def test_chunks_respect_size_and_cover_the_text() -> None:
-    chunks = chunk_pages([Page(None, WORDS)], size=600, overlap=120)
+    chunks = chunk_pages([Page(None, WORDS)], SIZE, OVERLAP)
     assert all(len(c.text) <= 600 for c in chunks)
     assert chunks[0].char_start == 0 and chunks[-1].char_end == len(WORDS)
     assert [c.index for c in chunks] == list(range(len(chunks)))
@@ -26,7 +29,9 @@ def test_chunks_end_on_word_boundaries() -> None:
 
 
 def test_chunking_is_deterministic() -> None:
-    assert chunk_pages([Page(1, WORDS)]) == chunk_pages([Page(1, WORDS)])
+    assert chunk_pages([Page(1, WORDS)], SIZE, OVERLAP) == chunk_pages(
+        [Page(1, WORDS)], SIZE, OVERLAP
+    )
 
 
 def test_page_numbers_are_kept() -> None:
@@ -41,14 +46,14 @@ def test_page_numbers_are_kept() -> None:
 
 
 def test_a_word_longer_than_the_chunk_is_split_not_lost() -> None:
-    chunks = chunk_pages([Page(None, "x" * 1500)], size=600, overlap=120)
+    chunks = chunk_pages([Page(None, "x" * 1500)], SIZE, OVERLAP)
     assert chunks[-1].char_end == 1500
     assert sum(len(c.text) for c in chunks) >= 1500
 
 
 @pytest.mark.parametrize("text", ["", "   \n\n  "])
 def test_blank_text_gives_no_chunks(text: str) -> None:
-    assert chunk_pages([Page(None, text)]) == []
+    assert chunk_pages([Page(None, text)], SIZE, OVERLAP) == []
 
 
 def test_bad_sizes_are_rejected() -> None:

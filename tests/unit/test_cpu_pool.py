@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,10 +18,10 @@ import pytest
 from handlers.assets import process
 from handlers.assets.extract import ExtractRequest, extract_to_file
 from handlers.cpu_pool import CpuMemoryExceeded, CpuTimeout, CpuWorkerLost, ProcessCpuPool
-from handlers.deps import ChunkingPolicy, ExtractPolicy
 from handlers.errors import PermanentError
 from tests.support import cpu_tasks
 from tests.support.documents import DOCX_MIME, formatted_docx, pdf_bytes
+from tests.support.policies import CHUNKING, EXTRACT
 
 
 @pytest.fixture
@@ -98,7 +99,9 @@ async def test_a_document_over_the_extraction_time_limit_is_refused(
         str(source),
         "application/pdf",
         str(tmp_path / "out.jsonl"),
-        ExtractPolicy(time_limit_s=0.001),
+        replace(EXTRACT, time_limit_s=0.001),
+        CHUNKING.size,
+        CHUNKING.overlap,
     )
     with pytest.raises(PermanentError, match=r"took longer than the 0\.001 s limit"):
         await pool.run(extract_to_file, request, timeout_s=10)
@@ -124,7 +127,14 @@ async def test_a_document_needing_more_than_the_ceiling_is_refused_with_that_rea
     """mammoth on 2 MiB of formatted XML peaks near 190 MB: over a 160 MB ceiling."""
     source = tmp_path / "formatted.docx"
     source.write_bytes(formatted_docx(1.9))
-    request = ExtractRequest(str(source), DOCX_MIME, str(tmp_path / "out.jsonl"), ExtractPolicy())
+    request = ExtractRequest(
+        str(source),
+        DOCX_MIME,
+        str(tmp_path / "out.jsonl"),
+        EXTRACT,
+        CHUNKING.size,
+        CHUNKING.overlap,
+    )
     pool = ProcessCpuPool(1, memory_limit_bytes=160 * 2**20, preload=["handlers.assets.extract"])
     try:
         await pool.start()
@@ -181,7 +191,7 @@ class _CeilingPool:
 
 
 async def test_asset_process_turns_the_ceiling_into_a_permanent_reason(tmp_path: Path) -> None:
-    deps = SimpleNamespace(cpu=_CeilingPool(), extract=ExtractPolicy(), chunking=ChunkingPolicy())
+    deps = SimpleNamespace(cpu=_CeilingPool(), extract=EXTRACT, chunking=CHUNKING)
     with pytest.raises(PermanentError) as caught:
         await process._extract(deps, tmp_path / "a.pdf", "application/pdf", tmp_path / "o")  # type: ignore[arg-type]
     assert str(caught.value) == (

@@ -35,14 +35,13 @@ import yaml
 from pydantic import SecretStr
 
 import streams
-from streams.cli import _parser
+from streams.commands.cli import _parser
 from streams.registry import build_registry
 from streams.settings import (
     ENV_PREFIX,
     ConfigError,
     Settings,
     env_name,
-    iter_policies,
     load_settings,
 )
 from tests.support import chart
@@ -368,7 +367,7 @@ def test_worker_groups_each_consume_their_job_types_and_share_one_configuration(
     }
     assert consumed["conveyor-ingest"] == ["asset.process", "knowledge_graph.extract"]
     # crm and message jobs have no handler yet; their policies are on in this group only.
-    assert [n for n, p in iter_policies(light) if p.enabled] == [
+    assert [name for name, policy in light.jobs if policy.enabled] == [
         "crm_sync_pipelines",
         "crm_webhook",
         "message_send",

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from handlers.assets.formats.docx import docx_pages
-from handlers.deps import ExtractPolicy
 from tests.support.documents import docx_bytes
 from tests.support.http import FileServer, file_server
+from tests.support.policies import EXTRACT
 
 RELS = "word/_rels/document.xml.rels"
 IMAGE_REL = "http://schemas.openxmlformats.org/officeDocument/2006/relationships/image"
@@ -65,6 +65,6 @@ async def test_a_linked_image_is_neither_fetched_nor_fatal(
     path.write_bytes(docx_with_linked_image(image_host.url("img.png")))
     # In a thread, as in the extraction process: a parser that did fetch the
     # image would reach the server rather than block this event loop.
-    pages = await asyncio.to_thread(lambda: list(docx_pages(path, ExtractPolicy())))
+    pages = await asyncio.to_thread(lambda: list(docx_pages(path, EXTRACT)))
     assert sum(len(page.text) for page in pages) > 200, "the document's text is extracted"
     assert image_host.hits == {}

@@ -13,9 +13,9 @@ from docx.enum.text import WD_BREAK
 from handlers.assets.chunking import PAGE_SEPARATOR
 from handlers.assets.formats import docx as docx_format
 from handlers.assets.formats.docx_stream import stream_pages
-from handlers.deps import ExtractPolicy
 from handlers.errors import PermanentError
 from tests.support.documents import W_NS, docx_bytes, docx_from_xml, docx_words
+from tests.support.policies import EXTRACT
 
 SAMPLES = Path(__file__).resolve().parents[2] / "docs" / "samples"
 
@@ -180,7 +180,7 @@ def test_large_documents_take_the_streaming_path(
     path.write_bytes(rich_docx())
     monkeypatch.setattr(docx_format, "MAMMOTH_MAX_XML_BYTES", 1000)
     monkeypatch.setattr(docx_format, "_mammoth_pages", None)  # would fail if called
-    text = PAGE_SEPARATOR.join(p.text for p in docx_format.docx_pages(path, ExtractPolicy()))
+    text = PAGE_SEPARATOR.join(p.text for p in docx_format.docx_pages(path, EXTRACT))
     assert text.startswith("Annual Plan\n\n# Scope")
 
 

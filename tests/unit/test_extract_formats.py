@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,9 @@ from handlers.assets.formats.html import html_to_text
 from handlers.assets.formats.text import split_text
 from handlers.deps import ExtractPolicy
 from tests.support.documents import DOCX_MIME, docx_bytes, pdf_bytes
+from tests.support.policies import CHUNKING, EXTRACT
 
-POLICY = ExtractPolicy()
+POLICY = EXTRACT
 
 
 def _write(tmp_path: Path, name: str, body: bytes | str) -> Path:
@@ -35,7 +37,14 @@ def _text(path: Path, mime: str) -> str:
 
 def extract(tmp_path: Path, path: Path, mime: str, **policy: float) -> ExtractSummary:
     """``extract_to_file`` off the main thread (its timer would cancel pytest-timeout's)."""
-    request = ExtractRequest(str(path), mime, str(tmp_path / "out.jsonl"), ExtractPolicy(**policy))
+    request = ExtractRequest(
+        str(path),
+        mime,
+        str(tmp_path / "out.jsonl"),
+        replace(EXTRACT, **policy),
+        CHUNKING.size,
+        CHUNKING.overlap,
+    )
     with ThreadPoolExecutor(1) as thread:
         return thread.submit(extract_to_file, request).result()
 
@@ -122,7 +131,7 @@ def test_extraction_writes_the_same_chunks_as_chunking_the_whole_text(tmp_path: 
     path = _write(tmp_path, "a.pdf", pdf_bytes(4, words_per_page=150))
     summary = extract(tmp_path, path, "application/pdf")
     written = [c for batch in read_chunks(tmp_path / "out.jsonl", 3) for c in batch]
-    expected = chunk_pages(_pages(path, "application/pdf"))
+    expected = chunk_pages(_pages(path, "application/pdf"), CHUNKING.size, CHUNKING.overlap)
     assert written == expected
     assert summary.chunks == len(expected) and summary.page_count == 4
     assert written[-1].char_end == summary.chars

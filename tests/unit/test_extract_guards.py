@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from handlers.assets.formats import open_document
-from handlers.deps import ExtractPolicy
 from handlers.errors import PermanentError
 from tests.support.documents import (
     DOCX_MIME,
@@ -18,6 +18,7 @@ from tests.support.documents import (
     pdf_bytes,
     zip_bomb_docx,
 )
+from tests.support.policies import EXTRACT
 from tests.unit.test_extract_formats import extract
 
 PDF = "application/pdf"
@@ -26,7 +27,7 @@ PDF = "application/pdf"
 def _open(tmp_path: Path, body: bytes, mime: str, **policy: float) -> list[str]:
     path = tmp_path / "file"
     path.write_bytes(body)
-    return [p.text for p in open_document(path, mime, ExtractPolicy(**policy)).pages]
+    return [p.text for p in open_document(path, mime, replace(EXTRACT, **policy)).pages]
 
 
 def _refused(tmp_path: Path, body: bytes, mime: str, **policy: float) -> str:

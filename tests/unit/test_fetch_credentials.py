@@ -8,7 +8,7 @@ origin). The foreign server must never see the Authorization header.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import aiohttp
@@ -19,6 +19,7 @@ from handlers.assets.fetch import fetch_to_file
 from handlers.assets.netguard import Allowlist, guarded_connector_kwargs
 from handlers.deps import FetchPolicy
 from tests.support.http import serve
+from tests.support.policies import FETCH
 
 SECRET = "Bearer storage-secret-7f3a9c"
 ALLOWED = ("127.0.0.1:*", "127.0.0.2:*")
@@ -81,7 +82,8 @@ async def _fetch(url: str, policy: FetchPolicy, tmp_path: Path) -> bytes:
 
 
 def _policy(storage: Recorder) -> FetchPolicy:
-    return FetchPolicy(
+    return replace(
+        FETCH,
         allowed_hosts=ALLOWED,
         auth_header=SECRET,
         auth_origins=(f"http://{storage.host}:{storage.port}",),

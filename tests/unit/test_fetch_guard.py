@@ -7,6 +7,7 @@ assertions check that it saw no request at all.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -14,13 +15,13 @@ import pytest
 
 from handlers.assets.fetch import fetch_to_file
 from handlers.assets.netguard import Allowlist, guarded_connector_kwargs
-from handlers.deps import FetchPolicy
 from handlers.errors import PermanentError
 from tests.support.http import FileServer, file_server
+from tests.support.policies import FETCH
 
 
 async def _fetch(url: str, allowed: tuple[str, ...], tmp_path: Path) -> bytes:
-    policy = FetchPolicy(allowed_hosts=allowed)
+    policy = replace(FETCH, allowed_hosts=allowed)
     connector = aiohttp.TCPConnector(**guarded_connector_kwargs(Allowlist(allowed)))
     async with aiohttp.ClientSession(connector=connector) as session:
         path = await fetch_to_file(session, url, policy, tmp_path)

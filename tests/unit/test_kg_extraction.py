@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from handlers.kg_extraction import (
+from handlers.knowledge_graph.graph import (
     Extraction,
     Graph,
     InvalidExtraction,

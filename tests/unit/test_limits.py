@@ -1,4 +1,4 @@
-"""Shared limiters, the pause gate and retry timing (pure or in-process, fast)."""
+"""Shared limiters, the pause gate and Retry-After (pure or in-process, fast)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ from email.utils import format_datetime
 
 import pytest
 
-from handlers.limits import (
+from handlers.providers.limits import (
     Budget,
     PauseGate,
     RateLimits,
-    backoff_s,
     estimate_tokens,
     per_minute,
     retry_after_s,
@@ -44,18 +43,6 @@ def test_retry_after_http_date() -> None:
     assert retry_after_s({"Retry-After": header}, now=now) == 42.0
     past = format_datetime(now - timedelta(seconds=42), usegmt=True)
     assert retry_after_s({"Retry-After": past}, now=now) == 0.0
-
-
-def test_backoff_is_full_jitter_capped_exponential() -> None:
-    assert [backoff_s(a, 0.5, 4.0, rand=lambda: 1.0) for a in range(1, 6)] == [
-        0.5,
-        1.0,
-        2.0,
-        4.0,
-        4.0,
-    ]
-    assert backoff_s(3, 0.5, 4.0, rand=lambda: 0.0) == 0.0
-    assert backoff_s(10_000, 0.5, 4.0, rand=lambda: 0.5) == 2.0
 
 
 def test_token_estimate_is_chars_over_four() -> None:

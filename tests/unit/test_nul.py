@@ -14,7 +14,7 @@ from schemas.assets import AssetStatus, AssetStatusUpdate
 from schemas.dlq import DeadLetterRecord
 from schemas.envelope import JobEnvelope
 from streams.retry import DeadLetter, decide
-from streams.settings import JobPolicy
+from streams.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -47,7 +47,7 @@ def test_an_asset_error_loses_its_nuls() -> None:
 
 def test_a_database_data_error_is_not_retried() -> None:
     error = asyncpg.exceptions.CharacterNotInRepertoireError("invalid byte sequence: 0x00")
-    decision = decide(error, 1, JobPolicy(topic="t", max_attempts=5))
+    decision = decide(error, 1, Settings().jobs.probe.model_copy(update={"max_attempts": 5}))
     assert isinstance(decision, DeadLetter)
     assert "refused the job's data" in decision.summary
 

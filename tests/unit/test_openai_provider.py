@@ -12,11 +12,13 @@ import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from handlers.assets.embed import OpenAIEmbedder, parse_embeddings
 from handlers.errors import PermanentError, RetryableError
-from handlers.limits import Budget, RateLimits
-from handlers.llm import OpenAIChat, parse_chat_content
-from handlers.openai_api import ApiClient, ApiConfig, InvalidResponse
+from handlers.providers.embed import OpenAIEmbedder, parse_embeddings
+from handlers.providers.limits import Budget, RateLimits
+from handlers.providers.llm import OpenAIChat, parse_chat_content
+from handlers.providers.openai_api import ApiClient, InvalidResponse
+from streams.providers import api_config
+from streams.settings import Settings
 from tests.support.openai_server import API_KEY, Fault, OpenAIServer, fake_vector, openai_server
 
 DIMS = 16
@@ -42,15 +44,19 @@ def client(
     budget: Budget | None = None,
     **config: Any,
 ) -> ApiClient:
-    settings: dict[str, Any] = {
+    overrides: dict[str, Any] = {
+        "base_url": server.base_url,
+        "api_key": SecretStr(key),
+        "model": "test-embed",
         "timeout_s": 2.0,
         "max_retries": 3,
         "backoff_base_s": 0.01,
         "backoff_max_s": 5.0,
-        "name": "embedding API",
         **config,
     }
-    cfg = ApiConfig(server.base_url, SecretStr(key), "test-embed", **settings)
+    wait_s = overrides.pop("rate_limit_wait_s", 60.0)
+    embedding = Settings().embedding.model_copy(update=overrides)
+    cfg = api_config(embedding, wait_s, "embedding API")
     return ApiClient(session, cfg, RateLimits(budget or Budget(60_000)))
 
 

@@ -10,8 +10,8 @@ from pypdf import PdfReader
 
 from handlers.assets.extract import read_chunks
 from handlers.assets.formats import open_document
-from handlers.deps import ExtractPolicy
 from tests.support.documents import pdf_bytes, pdf_with_glyphs
+from tests.support.policies import EXTRACT
 from tests.unit.test_extract_formats import extract
 
 PDF = "application/pdf"
@@ -54,7 +54,7 @@ def test_pdfium_and_pypdf_give_the_same_text_on_every_sample(tmp_path: Path) -> 
         if reader.is_encrypted:
             reader.decrypt("")
         expected = [_comparable(page.extract_text()) for page in reader.pages]
-        pages = list(open_document(path, PDF, ExtractPolicy()).pages)
+        pages = list(open_document(path, PDF, EXTRACT).pages)
         assert [p.number for p in pages] == list(range(1, len(expected) + 1)), path.name
         assert [_comparable(p.text) for p in pages] == expected, path.name
         assert all("\r" not in p.text for p in pages)
@@ -63,7 +63,7 @@ def test_pdfium_and_pypdf_give_the_same_text_on_every_sample(tmp_path: Path) -> 
 def test_accents_and_ligatures_survive(tmp_path: Path) -> None:
     path = tmp_path / "glyphs.pdf"
     path.write_bytes(glyph_pdf())
-    first, second = open_document(path, PDF, ExtractPolicy()).pages
+    first, second = open_document(path, PDF, EXTRACT).pages
     assert first.text.splitlines() == [ACCENTS, "final floor efficient"]
     assert second.text == "page two été résumé"
 

@@ -7,6 +7,7 @@ import asyncio
 from streams.offsets import OffsetTracker
 from streams.pool import JobPool
 from streams.records import Record
+from streams.settings import Settings
 
 TP = ("jobs", 0)
 OTHER = ("jobs", 1)
@@ -56,7 +57,16 @@ def pool(
     tracker.assign([TP, OTHER])
     tracker.set_positions({TP: 0, OTHER: 0})
     calls = flow if flow is not None else []
-    return JobPool("t", concurrency, gate, tracker, flow=calls.append, high_water=4), tracker
+    pool = JobPool(
+        "t",
+        concurrency,
+        gate,
+        tracker,
+        flow=calls.append,
+        high_water=4,
+        high_water_bytes=Settings().kafka.backlog_bytes,
+    )
+    return pool, tracker
 
 
 async def test_concurrency_is_bounded_and_all_finish_in_offset_order_commits() -> None:

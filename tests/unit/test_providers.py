@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from handlers.assets.embed import HashEmbedder, OpenAIEmbedder
-from handlers.llm import OpenAIChat
+from handlers.providers.embed import HashEmbedder, OpenAIEmbedder
+from handlers.providers.llm import OpenAIChat
+from streams.policies import knowledge_graph_policy
 from streams.providers import open_providers
 from streams.settings import load_settings
 from tests.support.openai_server import API_KEY, openai_server
@@ -27,13 +28,14 @@ async def test_openai_provider_and_llm_share_one_session_of_their_own() -> None:
         "CONVEYOR_LLM__BATCH_CHARS": "5000",
     }
     with patched_env(env):
-        providers = open_providers(load_settings())
+        settings = load_settings()
+        providers = open_providers(settings)
     try:
         embedder, llm = providers.embedder, providers.llm
         assert isinstance(embedder, OpenAIEmbedder) and isinstance(llm, OpenAIChat)
         assert (embedder.dimensions, embedder.batch_size) == (512, 16)
         assert embedder.model == "openai/text-embedding-3-small"
-        assert providers.knowledge_graph.batch_chars == 5000
+        assert knowledge_graph_policy(settings).batch_chars == 5000
         assert providers.session is not None and not providers.session.closed
     finally:
         await providers.close()

@@ -60,7 +60,7 @@ def test_secrets_are_masked_in_config_output() -> None:
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
+        [sys.executable, "-m", "streams.commands.cli", *args],
         env={**os.environ, **env},
         capture_output=True,
         text=True,

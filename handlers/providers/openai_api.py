@@ -35,8 +35,9 @@ import aiohttp
 import structlog
 from pydantic import SecretStr
 
+from handlers.backoff import backoff_s
 from handlers.errors import PermanentError, RetryableError
-from handlers.limits import RateLimits, backoff_s, retry_after_s
+from handlers.providers.limits import RateLimits, retry_after_s
 
 log = structlog.get_logger(__name__)
 
@@ -59,11 +60,11 @@ class ApiConfig:
     api_key: SecretStr | None
     model: str
     timeout_s: float
-    max_retries: int = 4
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 20.0
-    rate_limit_wait_s: float = 60.0
-    name: str = "provider"
+    max_retries: int
+    backoff_base_s: float
+    backoff_max_s: float
+    rate_limit_wait_s: float
+    name: str
 
 
 class _Transient(Exception):
@@ -153,7 +154,7 @@ class ApiClient:
             raise RetryableError(message, delay_s=hinted)
         if hinted is not None:
             return hinted
-        return backoff_s(state.errors, cfg.backoff_base_s, cfg.backoff_max_s, self._rand)
+        return backoff_s(state.errors, cfg.backoff_base_s, cfg.backoff_max_s, rand=self._rand)
 
     def _log_retry(self, path: str, failure: _Transient, state: _Tries, delay: float) -> None:
         event = "provider.rate_limited" if failure.rate_limited else "provider.retrying"

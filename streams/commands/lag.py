@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, TopicPartition
 
+from streams.commands.topics import admin
 from streams.registry import Registry
 from streams.settings import Settings
-from streams.topics import admin
 
 TIMEOUT_S = 10.0
 

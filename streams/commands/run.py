@@ -10,12 +10,12 @@ from confluent_kafka import KafkaException
 
 from streams import alerts, logs
 from streams.app import build_app
+from streams.commands.topics import missing_topics
 from streams.registry import build_registry
 from streams.settings import Settings, secret_values
-from streams.topics import missing_topics
 from streams.worker import ConveyorWorker
 
-log = structlog.get_logger("conveyor.worker")
+log = structlog.get_logger(__name__)
 
 EXIT_PREFLIGHT = 1
 

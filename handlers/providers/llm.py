@@ -6,8 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from handlers.limits import estimate_tokens
-from handlers.openai_api import ApiClient, InvalidResponse
+from handlers.providers.limits import estimate_tokens
+from handlers.providers.openai_api import ApiClient, InvalidResponse
 
 
 class _Message(BaseModel):

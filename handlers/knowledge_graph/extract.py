@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 import structlog
 
-from handlers import kg_store, ledger
+from handlers import ledger
+from handlers.db import Pool
 from handlers.deps import ChatModel, Deps
 from handlers.errors import PermanentError, RetryableError
-from handlers.kg_extraction import (
+from handlers.knowledge_graph import store
+from handlers.knowledge_graph.graph import (
     Extraction,
     Graph,
     InvalidExtraction,
@@ -47,15 +48,15 @@ async def handle(job: Job[KnowledgeGraphExtract], deps: Deps) -> Outcome:
     async with deps.db.acquire() as conn:
         if await ledger.processed_outcome(conn, job.id) is not None:
             return Outcome.SKIPPED
-        organization_id = await kg_store.asset_organization(conn, asset_id)
+        organization_id = await store.asset_organization(conn, asset_id)
     if organization_id is None:
         raise PermanentError(f"asset {asset_id} does not exist")
     graph, batches, resumed = await _extract_all(job, deps, deps.llm, organization_id)
     async with deps.db.acquire() as conn, conn.transaction():
         claimed = await ledger.claim(conn, job.id, job.type)
         if claimed:
-            saved = await kg_store.save_graph(conn, organization_id, asset_id, graph)
-        await kg_store.drop_batch_results(conn, job.id)
+            saved = await store.save_graph(conn, organization_id, asset_id, graph)
+        await store.drop_batch_results(conn, job.id)
     if not claimed:
         return Outcome.SKIPPED
     log.info(
@@ -75,7 +76,7 @@ async def _extract_all(
 ) -> tuple[Graph, int, int]:
     """The asset's merged graph, batches seen and batches resumed from saved answers."""
     async with deps.db.acquire() as conn:
-        done = await kg_store.load_batch_results(conn, job.id)
+        done = await store.load_batch_results(conn, job.id)
     policy = deps.knowledge_graph
     graph = Graph()
     batches = resumed = 0
@@ -88,7 +89,7 @@ async def _extract_all(
         else:
             extraction = await extract(llm, texts, organization_id, policy.output_attempts)
             async with deps.db.acquire() as conn:
-                await kg_store.save_batch_result(
+                await store.save_batch_result(
                     conn, job.id, batches, digest, extraction.model_dump_json()
                 )
         graph.add(extraction)
@@ -103,7 +104,7 @@ async def _skip(job: Job[KnowledgeGraphExtract], deps: Deps) -> Outcome:
     return Outcome.SKIPPED
 
 
-async def chunk_batches(db: Any, asset_id: str, max_chars: int) -> AsyncIterator[list[str]]:
+async def chunk_batches(db: Pool, asset_id: str, max_chars: int) -> AsyncIterator[list[str]]:
     """The asset's chunk texts in order, grouped up to ``max_chars`` (at least one per group).
 
     A page of rows is read per connection checkout; no connection is held
@@ -113,7 +114,7 @@ async def chunk_batches(db: Any, asset_id: str, max_chars: int) -> AsyncIterator
     batch: list[str] = []
     while True:
         async with db.acquire() as conn:
-            rows = await kg_store.load_chunks(conn, asset_id, after, PAGE_ROWS)
+            rows = await store.load_chunks(conn, asset_id, after, PAGE_ROWS)
         for _, text in rows:
             if batch and size + len(text) > max_chars:
                 yield batch

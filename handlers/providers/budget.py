@@ -15,11 +15,12 @@ refunded when the call then fails.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
+from handlers.db import Pool
 from handlers.deps import ChatModel, Embedder
 from handlers.errors import PermanentError
-from handlers.limits import estimate_tokens
+from handlers.providers.limits import estimate_tokens
 
 Kind = Literal["llm", "embedding"]
 
@@ -42,7 +43,7 @@ class BudgetExceeded(PermanentError):
 class DailyBudget:
     """``tokens_per_day`` per organization and UTC day for one kind of call; 0 is unlimited."""
 
-    def __init__(self, db: Any, kind: Kind, tokens_per_day: int) -> None:
+    def __init__(self, db: Pool, kind: Kind, tokens_per_day: int) -> None:
         self.db = db
         self.kind = kind
         self.tokens_per_day = tokens_per_day

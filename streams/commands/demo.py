@@ -21,11 +21,11 @@ from rich.table import Table
 
 from handlers.assets.formats.sniff import DOCX_MIME
 from schemas.envelope import JobEnvelope
+from streams.commands.submit import producer, publish
 from streams.registry import build_registry
 from streams.settings import Settings
-from streams.submit import producer, publish
 
-SAMPLES = Path(__file__).resolve().parent.parent / "docs" / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "docs" / "samples"
 MIME = {
     ".md": "text/markdown",
     ".txt": "text/plain",

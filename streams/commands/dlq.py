@@ -26,10 +26,10 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from schemas.dlq import HEADER_PREFIX, Stage
+from schemas.dlq import Stage, own_headers
+from streams.commands.submit import producer
 from streams.registry import build_registry
 from streams.settings import Settings
-from streams.submit import producer
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -101,8 +101,8 @@ async def fetch_rows(
 
 def replay_headers(stored: str | dict[str, str]) -> list[tuple[str, str | bytes | None]]:
     """The record's own headers, as mirrored; Conveyor's (attempts, errors...) are dropped."""
-    headers = json.loads(stored) if isinstance(stored, str) else stored
-    return [(k, v.encode()) for k, v in headers.items() if not k.startswith(HEADER_PREFIX)]
+    headers: dict[str, str] = json.loads(stored) if isinstance(stored, str) else stored
+    return [(k, v.encode()) for k, v in own_headers(headers.items())]
 
 
 def skip_reason(row: asyncpg.Record, source_topics: set[str], include_invalid: bool) -> str | None:

@@ -1,4 +1,4 @@
-"""Rate limiting shared by every job of the process: limiters, a pause gate, retry timing.
+"""Rate limiting shared by every job of the process: limiters, a pause gate, Retry-After.
 
 Budgets are per minute (what providers publish) but enforced as a leaky
 bucket refilled continuously, with a burst of about one second's worth, so
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -155,10 +154,3 @@ def _seconds(text: str) -> float | None:
     except ValueError:
         return None
     return max(0.0, value) if math.isfinite(value) else None
-
-
-def backoff_s(
-    attempt: int, base_s: float, max_s: float, rand: Callable[[], float] = random.random
-) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(max_s, base_s * 2**(attempt-1))]."""
-    return float(rand() * min(max_s, base_s * 2 ** min(attempt - 1, 62)))

@@ -7,9 +7,9 @@ shared entities in the same order and cannot deadlock each other.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from handlers.kg_extraction import EntityKey, Graph
+from handlers.db import Connection
+from handlers.knowledge_graph.graph import EntityKey, Graph
 
 ASSET_ORGANIZATION = "SELECT organization_id FROM assets WHERE id = $1"
 
@@ -64,20 +64,22 @@ class SavedCounts:
     relationships: int
 
 
-async def asset_organization(conn: Any, asset_id: str) -> str | None:
+async def asset_organization(conn: Connection, asset_id: str) -> str | None:
     value = await conn.fetchval(ASSET_ORGANIZATION, asset_id)
     return None if value is None else str(value)
 
 
 async def load_chunks(
-    conn: Any, asset_id: str, after_index: int, limit: int
+    conn: Connection, asset_id: str, after_index: int, limit: int
 ) -> list[tuple[int, str]]:
     """One page of the asset's chunks after ``after_index``, in order."""
     rows = await conn.fetch(LOAD_CHUNKS, asset_id, after_index, limit)
     return [(int(r["chunk_index"]), str(r["content"])) for r in rows]
 
 
-async def save_graph(conn: Any, organization_id: str, asset_id: str, graph: Graph) -> SavedCounts:
+async def save_graph(
+    conn: Connection, organization_id: str, asset_id: str, graph: Graph
+) -> SavedCounts:
     """Upsert the graph's entities, then its relationships (call inside the job's transaction)."""
     entities = [graph.entities[key] for key in sorted(graph.entities)]
     if not entities:
@@ -109,18 +111,18 @@ async def save_graph(conn: Any, organization_id: str, asset_id: str, graph: Grap
     return SavedCounts(len(entities), len(rels))
 
 
-async def load_batch_results(conn: Any, job_id: str) -> dict[int, tuple[str, str]]:
+async def load_batch_results(conn: Connection, job_id: str) -> dict[int, tuple[str, str]]:
     """The saved answers of this job's batches: index -> (batch hash, extraction JSON)."""
     rows = await conn.fetch(LOAD_BATCHES, job_id)
     return {int(r["batch_index"]): (str(r["batch_hash"]), str(r["extraction"])) for r in rows}
 
 
 async def save_batch_result(
-    conn: Any, job_id: str, index: int, batch_hash: str, extraction_json: str
+    conn: Connection, job_id: str, index: int, batch_hash: str, extraction_json: str
 ) -> None:
     await conn.execute(SAVE_BATCH, job_id, index, batch_hash, extraction_json)
 
 
-async def drop_batch_results(conn: Any, job_id: str) -> None:
+async def drop_batch_results(conn: Connection, job_id: str) -> None:
     """Forget the job's saved answers (inside the transaction that saves its graph)."""
     await conn.execute(DROP_BATCHES, job_id)

@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.print_json(json.dumps(masked(settings)))
         return 0
     if command == "run":
-        from streams.main import run_worker
+        from streams.commands.run import run_worker
 
         forget_environment()  # no child process inherits a secret (docs/SECURITY.md)
         return run_worker(settings)
@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "topics":
         return _topics(settings, args.topics_command)
     if command == "submit":
-        from streams.submit import submit_jobs
+        from streams.commands.submit import submit_jobs
 
         return submit_jobs(settings, args.job_type, args.payload, args.id, args.org, args.count)
     if command == "lag":
@@ -117,14 +117,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "dlq":
         return asyncio.run(_dlq(settings, args))
     if command == "demo":
-        from streams.demo import run_demo
+        from streams.commands.demo import run_demo
 
         return asyncio.run(run_demo(settings, args.timeout))
     raise AssertionError(command)
 
 
 async def _migrate(settings: Settings) -> int:
-    from streams.migrate import MigrationError, migrate
+    from streams.commands.migrate import MigrationError, migrate
 
     try:
         applied = await migrate(settings.postgres.dsn.get_secret_value())
@@ -140,32 +140,32 @@ async def _migrate(settings: Settings) -> int:
 async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
     import asyncpg
 
-    from streams import dlq_tool
+    from streams.commands import dlq
 
     action = args.dlq_command
     try:
         if action == "resolve":
-            done = await dlq_tool.resolve(settings, args.ids, args.note)
+            done = await dlq.resolve(settings, args.ids, args.note)
             missing = sorted(set(args.ids) - set(done))
             out.print(f"resolved {len(done)} dead letter(s)")
             if missing:
                 err.print(f"not found or already resolved: {', '.join(map(str, missing))}")
             return 1 if missing else 0
         statuses = _statuses(args)
-        sel = dlq_tool.Selection(args.ids, args.job_type, args.stage, statuses, args.limit)
+        sel = dlq.Selection(args.ids, args.job_type, args.stage, statuses, args.limit)
         if action == "list":
-            dlq_tool.print_rows(await dlq_tool.list_rows(settings, sel))
+            dlq.print_rows(await dlq.list_rows(settings, sel))
             return 0
         if not (args.ids or args.job_type or args.stage or args.all):
             err.print("conveyor dlq replay: select with --id, --job-type or --stage, or --all")
             return EXIT_CONFIG
-        report = await dlq_tool.replay(
+        report = await dlq.replay(
             settings, sel, include_invalid=args.include_invalid, dry_run=args.dry_run
         )
     except (OSError, asyncpg.PostgresError) as exc:
         err.print(f"conveyor dlq: Postgres: {exc}", markup=False)
         return 1
-    dlq_tool.print_report(report, args.dry_run)
+    dlq.print_report(report, args.dry_run)
     return 1 if report.failed else 0
 
 
@@ -179,7 +179,7 @@ def _lag(settings: Settings) -> int:
     from confluent_kafka import KafkaException
     from rich.table import Table
 
-    from streams.lag import group_lag
+    from streams.commands.lag import group_lag
     from streams.registry import build_registry
 
     try:
@@ -201,8 +201,8 @@ def _lag(settings: Settings) -> int:
 def _topics(settings: Settings, action: str) -> int:
     from confluent_kafka import KafkaException
 
+    from streams.commands.topics import create_topics, existing_topics
     from streams.registry import build_registry
-    from streams.topics import create_topics, existing_topics
 
     registry = build_registry(settings)
     try:

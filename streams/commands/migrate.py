@@ -9,7 +9,7 @@ from importlib import resources
 import asyncpg
 import structlog
 
-log = structlog.get_logger("conveyor.migrate")
+log = structlog.get_logger(__name__)
 
 LOCK_KEY = 0x636F6E76  # "conv": two replicas migrating at once take turns
 CREATE_TABLE = """

@@ -15,8 +15,8 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from handlers.errors import PermanentError
-from handlers.limits import estimate_tokens
-from handlers.openai_api import ApiClient, InvalidResponse
+from handlers.providers.limits import estimate_tokens
+from handlers.providers.openai_api import ApiClient, InvalidResponse
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -28,7 +28,7 @@ class HashEmbedder:
     that share words land near each other. It knows nothing of meaning.
     """
 
-    def __init__(self, dimensions: int = 256) -> None:
+    def __init__(self, dimensions: int) -> None:
         self.dimensions = dimensions
         self.model = f"hash-{dimensions}"
 

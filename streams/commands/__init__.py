@@ -1,0 +1,1 @@
+"""The operator commands (``conveyor ...``): the CLI entry point and one module per command."""

@@ -1,0 +1,240 @@
+"""The worker's moving parts: job pools, the offset tracker, the runtime, revoke and drain.
+
+``Conveyor`` builds a pool per job type (and one for the dead-letter
+mirror) with the agents that feed it, and owns what happens when partitions
+go: at a revoke and at the shutdown drain, running jobs finish (bounded),
+the finished offsets are committed until the broker took them, and the
+crash guard is told the partitions ended cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from streams import metrics
+from streams.agents import flow_control, subscribe
+from streams.consumer import TrackedConsumer
+from streams.crashguard import CrashGuard
+from streams.isolation import Isolation
+from streams.logs import SecretMasker
+from streams.metrics import HealthServer
+from streams.mirror import MirrorRunner
+from streams.offsets import OffsetTracker
+from streams.pool import JobPool
+from streams.publish import RecordPublisher
+from streams.records import Headers
+from streams.registry import JobSpec, Registry
+from streams.runner import JobRunner
+from streams.runtime import APPLICATION_NAME, Runtime
+from streams.settings import Settings, secret_values
+
+if TYPE_CHECKING:
+    from streams.app import ConveyorApp
+
+log = structlog.get_logger(__name__)
+
+# Commit calls at a revoke or the drain before giving up: one may only wait
+# out a commit already in flight, the next then commits.
+COMMIT_ATTEMPTS = 5
+RELEASE_TIMEOUT_S = 5.0
+
+
+class Conveyor:
+    """The worker's moving parts: tracker, pools, runtime, and the drain."""
+
+    def __init__(self, settings: Settings, registry: Registry, app: ConveyorApp) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.app = app
+        self.tracker: OffsetTracker[Any] = OffsetTracker(on_gap=self._seek_back)
+        self.records = RecordPublisher(
+            self._send,
+            group_id=settings.kafka.group_id,
+            dlq_topic=registry.dlq_topic,
+            mask=SecretMasker(secret_values(settings)).mask,
+        )
+        self.runtime = Runtime(settings, registry, self.records)
+        self.isolation = Isolation()
+        guarded = [s for s in registry.consumed if s.policy.max_crashes]
+        self.guard = CrashGuard(
+            settings.postgres.dsn.get_secret_value(),
+            settings.kafka.group_id,
+            [t for s in guarded for t in (s.topic, registry.retry_topic(s))],
+            self.isolation,
+            APPLICATION_NAME,
+        )
+        self.pools: list[JobPool] = []
+        self.draining = asyncio.Event()
+        self.joined = False  # set by the consumer on its first assignment
+        w = settings.worker
+        self._health = (
+            HealthServer(w.metrics_host, w.metrics_port, self.ready) if w.metrics_port else None
+        )
+
+    def ready(self) -> bool:
+        return self.joined and not self.draining.is_set()
+
+    async def start(self) -> None:
+        """Once Faust has started: open the runtime and the crash guard, serve health."""
+        await self.runtime.open()
+        await self.guard.open()
+        if self._health is not None:
+            await self._health.start()
+
+    async def stop(self) -> None:
+        """Once Faust has stopped: the reverse of ``start``."""
+        if self._health is not None:
+            await self._health.stop()
+        await self.guard.close()
+        await self.runtime.close()
+
+    def on_starts(self, starts: dict[Any, int], ends: dict[Any, int]) -> None:
+        """Where the consumer starts each assigned partition, and where its log ends now."""
+        self.tracker.set_positions(starts)
+        self.guard.assigned(starts, ends, self.app.consumer_generation_id)
+
+    def _seek_back(self, tp: Any, offset: int) -> None:
+        """Re-read a partition from ``offset``: the transport skipped records there."""
+        consumer = self.app.consumer
+        assert isinstance(consumer, TrackedConsumer)
+        task = asyncio.ensure_future(consumer.seek_on_consumer_thread({tp: offset}))
+        task.add_done_callback(_log_seek_failure)
+
+    async def _send(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers
+    ) -> None:
+        await self.app.producer.send_and_wait(
+            topic, key, value, partition=None, timestamp=None, headers=list(headers)
+        )
+
+    def add_job_type(self, spec: JobSpec) -> None:
+        runner = JobRunner(
+            spec,
+            self.runtime,
+            self.records,
+            retry_topic=self.registry.retry_topic(spec),
+            max_job_bytes=self.settings.kafka.max_job_bytes,
+            guard=self.guard,
+        )
+        topics = (spec.topic, self.registry.retry_topic(spec))
+        pool = JobPool(
+            spec.job_type,
+            spec.policy.concurrency,
+            runner.run,
+            self.tracker,
+            flow=flow_control(self.app, topics, self.draining),
+            high_water=max(self.settings.kafka.backlog_records, 2 * spec.policy.concurrency),
+            high_water_bytes=self.settings.kafka.backlog_bytes,
+        )
+        self.pools.append(pool)
+        metrics.track_pool(spec.job_type, lambda: pool.in_flight, lambda: pool.waiting)
+        subscribe(self.app, topics[0], pool, delayed=False)
+        subscribe(self.app, topics[1], pool, delayed=True)
+
+    def add_dlq_mirror(self) -> None:
+        runner = MirrorRunner(self.runtime, self.settings.dlq_mirror)
+        pool = JobPool(
+            "dlq_mirror",
+            1,
+            runner.run,
+            self.tracker,
+            flow=flow_control(self.app, (self.registry.dlq_topic,), self.draining),
+            high_water=self.settings.kafka.backlog_records,
+            high_water_bytes=self.settings.kafka.backlog_bytes,
+        )
+        self.pools.append(pool)
+        metrics.track_pool("dlq_mirror", lambda: pool.in_flight, lambda: pool.waiting)
+        subscribe(self.app, self.registry.dlq_topic, pool, delayed=False)
+
+    async def on_revoke(self, revoked: set[Any]) -> None:
+        """Before partitions go: let their jobs finish (bounded), commit, forget."""
+        if not revoked:
+            return
+        self.tracker.revoke(revoked)  # nothing new starts on them from here on
+        timeout = self.settings.worker.rebalance_drain_timeout_s
+        cancelled = sum(await asyncio.gather(*(p.drain(timeout, revoked) for p in self.pools)))
+        committed, attempts, left = await self.commit_finished(revoked)
+        await self._release(revoked)  # before the next owner claims them
+        if left:
+            # Only when the broker refuses the commit (the group moved on without
+            # this worker): the partitions' next owner runs these jobs again.
+            log.error("worker.revoke_commit_failed", uncommitted=_named(left), attempts=attempts)
+        self.tracker.forget(revoked)
+        log.info(
+            "worker.partitions_revoked",
+            partitions=len(revoked),
+            cancelled=cancelled,
+            committed_offsets=len(committed),
+            commit_attempts=attempts,
+        )
+
+    async def commit_finished(
+        self, tps: set[Any] | None = None
+    ) -> tuple[dict[Any, int], int, dict[Any, int]]:
+        """Commit the finished offsets of ``tps`` (default: all) and check the broker took them.
+
+        Faust's ``commit()`` returns False without committing while another
+        commit (the periodic one) is in flight, and that one took its offsets
+        before the last jobs finished. So commit until the tracker has nothing
+        left to commit, a bounded number of times. Returns (offsets to commit
+        at the start, commit calls made, offsets still not committed).
+        """
+        wanted = self._committable(tps)
+        left, attempts = wanted, 0
+        while left and attempts < COMMIT_ATTEMPTS:
+            attempts += 1
+            await self.app.consumer.commit(tps)
+            left = self._committable(tps)
+        return wanted, attempts, left
+
+    async def _release(self, tps: set[Any] | None) -> None:
+        """Tell the crash guard these partitions ended cleanly (no death to count)."""
+        try:
+            await asyncio.wait_for(self.guard.release(tps), RELEASE_TIMEOUT_S)
+        except TimeoutError:
+            # Postgres unreachable: the next owner counts one death for the
+            # records that may have been running, and reruns them alone.
+            log.warning("crashguard.release_timed_out", timeout_s=RELEASE_TIMEOUT_S)
+
+    def _committable(self, tps: set[Any] | None) -> dict[Any, int]:
+        if tps is None:
+            return self.tracker.all_committable()
+        return {tp: off for tp in tps if (off := self.tracker.committable(tp)) is not None}
+
+    async def drain(self) -> None:
+        """Stop taking work, finish what runs (up to the drain timeout), commit."""
+        self.draining.set()
+        for pool in self.pools:
+            pool.accepting = False
+        consumer = self.app.consumer
+        assignment = consumer.assignment()
+        if assignment:
+            consumer.pause_partitions(assignment)
+        in_flight = sum(p.in_flight for p in self.pools)
+        timeout = self.settings.worker.drain_timeout_s
+        log.info("worker.draining", in_flight=in_flight, drain_timeout_s=timeout)
+        cancelled = sum(await asyncio.gather(*(p.drain(timeout) for p in self.pools)))
+        committed, attempts, left = await self.commit_finished()
+        await self._release(None)
+        if left:
+            log.error("worker.drain_commit_failed", uncommitted=_named(left), attempts=attempts)
+        log.info(
+            "worker.drained",
+            in_flight=in_flight,
+            finished=in_flight - cancelled,
+            cancelled=cancelled,
+            committed_offsets=len(committed),
+            commit_attempts=attempts,
+        )
+
+
+def _named(offsets: dict[Any, int]) -> dict[str, int]:
+    return {f"{tp.topic}:{tp.partition}": off for tp, off in list(offsets.items())[:200]}
+
+
+def _log_seek_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("offsets.seek_failed", error=repr(task.exception()))
