@@ -23,13 +23,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import structlog
 
 from handlers.crm import connections
 from handlers.crm.connections import Connection
 from handlers.crm.services import require
+from handlers.db import Pool
 from handlers.deps import Deps
 from handlers.errors import JobError, PermanentError, RetryableError
 from handlers.messaging import store
@@ -39,7 +40,7 @@ from handlers.providers.kommo import KommoClient
 from handlers.types import Job, Outcome
 from schemas.jobs import MessageSend
 
-log = structlog.get_logger("conveyor.messaging")
+log = structlog.get_logger(__name__)
 
 ENTITY = "leads"
 # The lookup lists the lead's notes updated since the first POST, less this
@@ -80,7 +81,7 @@ def _check(job: Job[MessageSend], connection: Connection) -> None:
 class _Run:
     """One run that holds the claim on its message."""
 
-    db: Any
+    db: Pool
     client: KommoClient
     owned: Owned
     job_id: str

@@ -26,10 +26,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass, replace
-from typing import Any
 
 import asyncpg
 
+from handlers.db import Pool
 from handlers.errors import PermanentError, RetryableError
 from handlers.messaging.message import Message
 
@@ -163,7 +163,7 @@ class Lease:
         return started + self.lease_s * 0.9
 
 
-async def claim(db: Any, message: Message, job_id: str, lease: Lease) -> Claim:
+async def claim(db: Pool, message: Message, job_id: str, lease: Lease) -> Claim:
     """Claim ``message``'s row for this run (committed when this returns)."""
     token = uuid.uuid4()
     started = asyncio.get_running_loop().time()
@@ -185,6 +185,8 @@ async def claim(db: Any, message: Message, job_id: str, lease: Lease) -> Claim:
         if inserted is not None:
             return Owned(token, lease.deadline(started), message, None)
         row = await conn.fetchrow(LOCK, m.key)
+        if row is None:  # the insert conflicted, so the row exists and LOCK waits for it
+            raise RuntimeError(f"message row {m.key!r} vanished while being claimed")
         if row["fingerprint"] != m.fingerprint:
             raise KeyReused(
                 f"idempotency key {m.key!r} was first used for another message"
@@ -203,7 +205,7 @@ async def claim(db: Any, message: Message, job_id: str, lease: Lease) -> Claim:
     return Owned(token, lease.deadline(started), stored, unsettled)
 
 
-async def arm(db: Any, owned: Owned, job_id: str, lease: Lease) -> tuple[float, float]:
+async def arm(db: Pool, owned: Owned, job_id: str, lease: Lease) -> tuple[float, float]:
     """Record that a POST is about to be made; (its local deadline, first POST's epoch).
 
     RetryableError when the claim was lost (another run took the row over).
@@ -219,26 +221,26 @@ async def arm(db: Any, owned: Owned, job_id: str, lease: Lease) -> tuple[float, 
 
 
 async def release(
-    db: Any, owned: Owned, error: str | None, settle_from_now_s: float | None = None
+    db: Pool, owned: Owned, error: str | None, settle_from_now_s: float | None = None
 ) -> None:
     """Give the claim up, leaving the row ``sending`` (and unsettled, if a POST was made)."""
     async with db.acquire() as conn:
         await conn.execute(RELEASE, owned.message.key, owned.token, error, settle_from_now_s)
 
 
-async def disarm(db: Any, owned: Owned, error: str) -> None:
+async def disarm(db: Pool, owned: Owned, error: str) -> None:
     """The armed POST was never sent: give the claim up with nothing to look up."""
     async with db.acquire() as conn:
         await conn.execute(DISARM, owned.message.key, owned.token, error)
 
 
-async def fail(db: Any, owned: Owned, error: str) -> None:
+async def fail(db: Pool, owned: Owned, error: str) -> None:
     """Kommo refused the POST: nothing was created; a later run may send again."""
     async with db.acquire() as conn:
         await conn.execute(FAIL, owned.message.key, owned.token, error)
 
 
-async def mark_sent(db: Any, message: Message, note_id: int, resolved_by: str) -> int | None:
+async def mark_sent(db: Pool, message: Message, note_id: int, resolved_by: str) -> int | None:
     """Record the note and count the message, in one transaction.
 
     None when this call recorded it; else the note id recorded before (by
@@ -253,7 +255,7 @@ async def mark_sent(db: Any, message: Message, note_id: int, resolved_by: str) -
         return earlier
 
 
-async def looked_up(db: Any, message: Message) -> None:
+async def looked_up(db: Pool, message: Message) -> None:
     async with db.acquire() as conn:
         await conn.execute(LOOKED_UP, message.key)
 
