@@ -10,8 +10,11 @@ from pydantic import BaseModel
 
 from handlers import probe
 from handlers.assets import process as asset_process
+from handlers.crm import sync as crm_sync
+from handlers.crm import webhook as crm_webhook
 from handlers.deps import Deps
 from handlers.knowledge_graph import extract as knowledge_graph
+from handlers.messaging import send as message_send
 from handlers.types import Job, Outcome
 from schemas import jobs
 from streams.settings import JobPolicy, Settings
@@ -30,6 +33,8 @@ class JobSpec:
     policy: JobPolicy
     handler: Handler | None = None
     on_give_up: GiveUpHook | None = None
+    # Why a job type has no handler in this configuration (its jobs wait in Kafka).
+    unavailable: str | None = None
 
     @property
     def topic(self) -> str:
@@ -81,9 +86,9 @@ def build_registry(settings: Settings) -> Registry:
             j.knowledge_graph_extract,
             knowledge_graph.handle,
         ),
-        JobSpec("crm.sync_pipelines", jobs.CrmSyncPipelines, j.crm_sync_pipelines),
-        JobSpec("crm.webhook", jobs.CrmWebhook, j.crm_webhook),
-        JobSpec("message.send", jobs.MessageSend, j.message_send),
+        _crm(settings, "crm.sync_pipelines", jobs.CrmSyncPipelines, j.crm_sync_pipelines, crm_sync),
+        _crm(settings, "crm.webhook", jobs.CrmWebhook, j.crm_webhook, crm_webhook),
+        _crm(settings, "message.send", jobs.MessageSend, j.message_send, message_send),
         JobSpec("probe", jobs.Probe, j.probe, probe.handle),
     ]
     return Registry(
@@ -91,3 +96,23 @@ def build_registry(settings: Settings) -> Registry:
         retry_suffix=settings.kafka.retry_suffix,
         dlq_topic=settings.kafka.dlq_topic,
     )
+
+
+NO_KEYRING = "crm.keyring is not set: CRM connections cannot be read"
+
+
+def _crm(
+    settings: Settings,
+    job_type: str,
+    payload_model: type[BaseModel],
+    policy: JobPolicy,
+    module: Any,
+) -> JobSpec:
+    """A CRM-side job type: consumed only when CRM connections can be decrypted.
+
+    Without the keyring every such job would fail; its jobs wait in Kafka
+    instead (the worker says so at start) until a worker with the keyring runs.
+    """
+    if settings.crm.keyring is None:
+        return JobSpec(job_type, payload_model, policy, unavailable=NO_KEYRING)
+    return JobSpec(job_type, payload_model, policy, module.handle)

@@ -10,6 +10,7 @@ import structlog
 
 from handlers.assets.netguard import Allowlist, guarded_connector_kwargs
 from handlers.cpu_pool import ProcessCpuPool
+from handlers.crm.services import crm_services
 from handlers.deps import Deps
 from schemas.envelope import JobEnvelope
 from streams.looplag import LoopLagMonitor
@@ -102,6 +103,7 @@ class Runtime:
             extract=extract_policy(s),
             llm=providers.llm,
             cpu=cpu,
+            crm=crm_services(http, s.crm),
         )
         self._loop_lag.start()
         log.info("runtime.opened", db_pool_max=s.postgres.pool_max_size)

@@ -103,7 +103,13 @@ class JobsSettings(_Group):
     )
     crm_sync_pipelines: JobPolicy = JobPolicy(topic="jobs.crm.sync_pipelines", concurrency=2)
     crm_webhook: JobPolicy = JobPolicy(topic="jobs.crm.webhook")
-    message_send: JobPolicy = JobPolicy(topic="jobs.message.send")
+    # A send whose outcome is unknown is looked up before any resend: a lookup
+    # and a post each hold the message's lease (crm.message_lease_s), and the
+    # waits for a lease or a settling post are retries. They happen in place,
+    # so later messages to the same lead do not overtake the one being resolved.
+    message_send: JobPolicy = JobPolicy(
+        topic="jobs.message.send", timeout_s=150.0, max_attempts=20, in_place_max_s=130.0
+    )
     probe: JobPolicy = JobPolicy(topic="jobs.probe", enabled=False, concurrency=8, timeout_s=10.0)
 
 

@@ -34,11 +34,16 @@ def run_worker(settings: Settings) -> int:
         group_id=settings.kafka.group_id,
         job_types=[s.job_type for s in registry.consumed],
     )
-    unhandled = [s.topic for s in registry.specs.values() if s.handler is None]
-    if unhandled:
-        # Not an error (the catalog names job types whose handlers come later),
-        # but their jobs wait in Kafka, subject to its retention: say so.
-        log.warning("worker.topics_not_consumed", topics=unhandled, reason="no handler yet")
+    for spec in registry.specs.values():
+        if spec.policy.enabled and spec.handler is None:
+            # Not an error, but the job type's jobs wait in Kafka, subject to its
+            # retention, until a worker that can run them starts: say so.
+            log.warning(
+                "worker.topics_not_consumed",
+                job_type=spec.job_type,
+                topics=[spec.topic, registry.retry_topic(spec)],
+                reason=spec.unavailable or "no handler",
+            )
     worker = ConveyorWorker(app, settings)
     worker.execute_from_commandline()
     return 0  # pragma: no cover - execute_from_commandline exits

@@ -16,7 +16,7 @@ def test_defaults_are_documented_values() -> None:
         s = load_settings()
     assert s.chunking.size == 600 and s.chunking.overlap == 120
     assert s.jobs.asset_process.timeout_s == 300
-    assert s.jobs.message_send.timeout_s == 60
+    assert s.jobs.message_send.timeout_s == 150
     assert s.worker.drain_timeout_s == 25
     assert s.kafka.commit_interval_s <= 1
 
