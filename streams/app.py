@@ -14,6 +14,7 @@ import structlog
 from schemas.dlq import H
 from streams import metrics
 from streams.consumer import TrackedTransport
+from streams.kafka_config import faust_options
 from streams.logs import SecretMasker
 from streams.metrics import HealthServer
 from streams.mirror import MirrorRunner
@@ -275,6 +276,7 @@ def build_app(settings: Settings, registry: Registry) -> ConveyorApp:
         producer_acks=-1,
         producer_max_request_size=kafka.max_message_bytes,
         consumer_max_fetch_size=kafka.max_message_bytes,
+        **faust_options(kafka),  # TLS and SASL for its consumer and producer
     )
     conveyor = Conveyor(settings, registry, app)
     app.conveyor = conveyor
