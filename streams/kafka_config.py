@@ -47,7 +47,7 @@ CHECK_TIMEOUT_S = 10.0
 
 
 class KafkaSecurityError(ValueError):
-    """A configured certificate or key file that cannot be used."""
+    """Security settings no client can connect with: missing credentials, unreadable files."""
 
 
 def uses_sasl(kafka: KafkaSettings) -> bool:
@@ -93,7 +93,7 @@ def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
     """
     if not uses_tls(kafka):
         return None
-    check_files(kafka)
+    check_usable(kafka)
     try:
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=kafka.ssl_ca_file)
         if kafka.ssl_cert_file:
@@ -109,6 +109,7 @@ def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
 
 def faust_options(kafka: KafkaSettings) -> dict[str, Any]:
     """Faust app options for the security settings (its consumer and producer both use them)."""
+    check_usable(kafka)
     context = ssl_context(kafka)
     if uses_sasl(kafka):
         credentials: faust.types.auth.CredentialsT = faust.SASLCredentials(
@@ -124,8 +125,13 @@ def faust_options(kafka: KafkaSettings) -> dict[str, Any]:
     return {"broker_credentials": credentials}
 
 
-def check_files(kafka: KafkaSettings) -> None:
-    """Each configured TLS file exists and is readable (else a one-line KafkaSecurityError)."""
+def check_usable(kafka: KafkaSettings) -> None:
+    """SASL has its login and each TLS file can be read (else a one-line KafkaSecurityError)."""
+    if uses_sasl(kafka) and (kafka.sasl_username is None or kafka.sasl_password is None):
+        raise KafkaSecurityError(
+            f"kafka.security_protocol {kafka.security_protocol} needs kafka.sasl_username and"
+            " kafka.sasl_password (CONVEYOR_KAFKA__SASL_USERNAME, CONVEYOR_KAFKA__SASL_PASSWORD)"
+        )
     for name in ("ssl_ca_file", "ssl_cert_file", "ssl_key_file"):
         path = getattr(kafka, name)
         if path and not os.access(path, os.R_OK):
@@ -140,7 +146,7 @@ def connection_problem(kafka: KafkaSettings, timeout_s: float = CHECK_TIMEOUT_S)
     unreachable broker after ``timeout_s``.
     """
     try:
-        check_files(kafka)
+        check_usable(kafka)
     except KafkaSecurityError as exc:
         return str(exc)
     mask = Redactor([_secret(kafka.sasl_password), _secret(kafka.ssl_key_password)])
