@@ -15,6 +15,7 @@ from schemas.dlq import H
 from streams import metrics
 from streams.consumer import TrackedTransport
 from streams.kafka_config import faust_options
+from streams.kafka_health import coordinator_known
 from streams.logs import SecretMasker
 from streams.metrics import HealthServer
 from streams.mirror import MirrorRunner
@@ -73,7 +74,7 @@ class Conveyor:
         )
 
     def ready(self) -> bool:
-        return self.joined and not self.draining.is_set()
+        return self.joined and not self.draining.is_set() and coordinator_known(self.app)
 
     async def start_health(self) -> None:
         if self._health is not None:
