@@ -273,6 +273,7 @@ def build_app(settings: Settings, registry: Registry) -> ConveyorApp:
         broker_commit_interval=kafka.commit_interval_s,
         broker_commit_every=1_000_000_000,
         broker_session_timeout=kafka.session_timeout_s,
+        broker_heartbeat_interval=kafka.heartbeat_interval_s,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_max_request_size=kafka.max_message_bytes,

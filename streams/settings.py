@@ -50,7 +50,15 @@ class KafkaSettings(_Group):
     dlq_topic: str = Field("jobs.dlq", min_length=1)
     retry_suffix: str = Field(".retry", min_length=1)
     commit_interval_s: float = Field(0.5, gt=0, le=60)
-    session_timeout_s: float = Field(30.0, gt=0)
+    session_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a member silent this long (e.g. SIGKILLed) leaves the group and its"
+        " partitions move (docs/RELIABILITY.md)",
+    )
+    heartbeat_interval_s: float = Field(
+        3.0, gt=0, description="how often a member tells the group it lives; < session_timeout_s"
+    )
     buffer_per_partition: int = Field(64, ge=1, description="prefetched messages per partition")
     max_poll_records: int = Field(500, ge=1, description="records handed over per fetch")
     backlog_records: int = Field(
@@ -88,8 +96,8 @@ class KafkaSettings(_Group):
     ssl_key_password: SecretStr | None = Field(None, description="when ssl_key_file is encrypted")
 
     @model_validator(mode="after")
-    def _security_is_consistent(self) -> KafkaSettings:
-        """Refuse credentials the protocol would silently not use, and half a key pair.
+    def _consistent(self) -> KafkaSettings:
+        """Refuse credentials the protocol would not use, half a key pair, a late heartbeat.
 
         Missing credentials are reported when a Kafka client is made
         (streams/kafka_config.py): a process that never talks to Kafka (the
@@ -118,6 +126,11 @@ class KafkaSettings(_Group):
             raise ValueError("ssl_cert_file and ssl_key_file go together (mutual TLS)")
         if self.ssl_key_password is not None and self.ssl_key_file is None:
             raise ValueError("ssl_key_password is set without ssl_key_file")
+        if self.heartbeat_interval_s >= self.session_timeout_s:
+            raise ValueError(
+                f"heartbeat_interval_s ({self.heartbeat_interval_s:g}) must be below"
+                f" session_timeout_s ({self.session_timeout_s:g})"
+            )
         return self
 
 

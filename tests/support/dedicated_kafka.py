@@ -5,7 +5,8 @@ reconfigured: tests that need a secured listener, or a broker they may stop,
 get one here, in its own services folder (``.services/test-<name>``) on free
 loopback ports. ``start()`` is idempotent: a broker already running in that
 folder (left by an interrupted session, or started by hand) is reused with
-its ports, and only a broker this object started is stopped by ``stop()``.
+its ports, and only a broker this object started is stopped by ``close()``.
+A broker it starts begins with an empty cluster.
 Postgres stays the shared one.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import time
@@ -94,6 +96,11 @@ class DedicatedKafka:
             return self
         names = PORT_NAMES if self.secured else PORT_NAMES[:2]
         self.ports = dict(zip(names, free_ports(len(names)), strict=True))
+        # A fresh cluster each time (the jars and certificates stay): the topics
+        # of every past session would otherwise pile up until the broker's heap
+        # runs out.
+        shutil.rmtree(self.directory / "kafka" / "data", ignore_errors=True)
+        (self.directory / "kafka" / "scram-users.done").unlink(missing_ok=True)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._ports_file().write_text(json.dumps(self.ports))
         self._script("start", "kafka")
