@@ -27,6 +27,7 @@ from streams.registry import JobSpec, Registry
 from streams.runner import JobRunner
 from streams.runtime import Runtime
 from streams.settings import Settings, secret_values
+from streams.work_lag import WorkLag
 
 log = structlog.get_logger("conveyor.worker")
 
@@ -69,8 +70,11 @@ class Conveyor:
         self.draining = asyncio.Event()
         self.joined = False  # set by the consumer on its first assignment
         w = settings.worker
+        lag = WorkLag(app, self.tracker, (spec.topic for spec in registry.consumed))
         self._health = (
-            HealthServer(w.metrics_host, w.metrics_port, self.ready) if w.metrics_port else None
+            HealthServer(w.metrics_host, w.metrics_port, self.ready, lag.refresh)
+            if w.metrics_port
+            else None
         )
 
     def ready(self) -> bool:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from faust.types import TP
+
 
 def _aiokafka_consumer(app: Any) -> Any:
     """aiokafka's consumer inside Faust's consumer thread, or None before it starts."""
@@ -31,9 +33,14 @@ def coordinator_known(app: Any) -> bool:
     return coordinator is not None and coordinator.coordinator_id is not None
 
 
-def assigned_partitions(app: Any) -> int:
-    """Partitions assigned to this worker now (0 before it joined its group)."""
+def assignment(app: Any) -> set[TP]:
+    """The partitions assigned to this worker now (none before it joined its group)."""
     consumer = _aiokafka_consumer(app)
     if consumer is None:
-        return 0
-    return len(consumer.assignment())
+        return set()
+    return {TP(tp.topic, tp.partition) for tp in consumer.assignment()}
+
+
+def assigned_partitions(app: Any) -> int:
+    """How many partitions are assigned to this worker now."""
+    return len(assignment(app))
