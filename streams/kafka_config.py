@@ -28,7 +28,6 @@ import ssl
 import time
 from typing import Any
 
-import faust
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
@@ -109,6 +108,8 @@ def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
 
 def faust_options(kafka: KafkaSettings) -> dict[str, Any]:
     """Faust app options for the security settings (its consumer and producer both use them)."""
+    import faust  # only the worker needs it; the commands import this module too
+
     check_usable(kafka)
     context = ssl_context(kafka)
     if uses_sasl(kafka):
