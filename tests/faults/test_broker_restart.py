@@ -17,11 +17,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import aiohttp
 import asyncpg
 import pytest
 
-from tests.support.dedicated_kafka import DedicatedKafka, free_ports
+from tests.support.dedicated_kafka import DedicatedKafka
+from tests.support.metrics_port import metrics_env, readyz
 from tests.support.probe import PROBE_ENV, effects, probe_jobs, wait_done
 from tests.support.services import Endpoints
 from tests.support.stack import Stack
@@ -41,18 +41,6 @@ def own_kafka() -> Iterator[DedicatedKafka]:
     broker.close()
 
 
-async def readyz(port: int) -> int:
-    timeout = aiohttp.ClientTimeout(total=2)
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(f"http://127.0.0.1:{port}/readyz") as response,
-        ):
-            return response.status
-    except (aiohttp.ClientError, TimeoutError):
-        return 0  # the worker does not answer at all
-
-
 async def test_broker_restart_mid_load_loses_nothing_and_applies_nothing_twice(
     services: Endpoints,
     own_kafka: DedicatedKafka,
@@ -61,13 +49,8 @@ async def test_broker_restart_mid_load_loses_nothing_and_applies_nothing_twice(
 ) -> None:
     stack = Stack(own_kafka.bootstrap, services.dsn)
     stack.create_topics()
-    (port,) = free_ports(1)
-    worker = worker_factory(
-        stack,
-        **ENV,
-        CONVEYOR_WORKER__METRICS_PORT=str(port),
-        CONVEYOR_WORKER__METRICS_HOST="127.0.0.1",
-    )
+    port, serve = metrics_env()
+    worker = worker_factory(stack, **ENV, **serve)
     worker.wait_ready()
     assert await readyz(port) == 200
     jobs = probe_jobs(JOBS, seed=14)

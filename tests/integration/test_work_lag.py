@@ -12,14 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
 import asyncpg
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.envelope import JobEnvelope
 from streams.lag import group_lag
-from tests.support.dedicated_kafka import free_ports
+from tests.support.metrics_port import metrics_env, scrape
 from tests.support.probe import PROBE_ENV, effects, probe_jobs
 from tests.support.services import Endpoints
 from tests.support.stack import Stack
@@ -28,31 +26,18 @@ from tests.support.waiting import eventually
 pytestmark = pytest.mark.integration
 
 
-async def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"http://127.0.0.1:{port}/metrics") as response,
-    ):
-        text = await response.text()
-    return {
-        family.name: {tuple(sorted(s.labels.items())): s.value for s in family.samples}
-        for family in text_string_to_metric_families(text)
-    }
-
-
 async def test_a_hung_job_counts_once_in_the_worker_lag_not_the_work_behind_it(
     services: Endpoints, db: asyncpg.Pool, worker_factory: Any
 ) -> None:
     stack = Stack(services.bootstrap, services.dsn, extra={"CONVEYOR_KAFKA__TOPIC_PARTITIONS": "1"})
     stack.create_topics()
-    (port,) = free_ports(1)
+    port, serve = metrics_env()
     worker = worker_factory(
         stack,
         **PROBE_ENV,
+        **serve,
         CONVEYOR_JOBS__PROBE__CONCURRENCY="4",
         CONVEYOR_JOBS__PROBE__TIMEOUT_S="300",
-        CONVEYOR_WORKER__METRICS_PORT=str(port),
-        CONVEYOR_WORKER__METRICS_HOST="127.0.0.1",
     )
     worker.wait_ready()
     joined = worker.wait_for(lambda e: e.get("event") == "worker.partitions_assigned")
