@@ -8,6 +8,7 @@ from typing import Any
 import faust
 
 from streams.consumer import TrackedTransport
+from streams.kafka_config import faust_options
 from streams.lifecycle import Conveyor
 from streams.registry import Registry
 from streams.settings import Settings
@@ -50,10 +51,12 @@ def build_app(settings: Settings, registry: Registry) -> ConveyorApp:
         broker_commit_interval=kafka.commit_interval_s,
         broker_commit_every=1_000_000_000,
         broker_session_timeout=kafka.session_timeout_s,
+        broker_heartbeat_interval=kafka.heartbeat_interval_s,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_max_request_size=kafka.max_message_bytes,
         consumer_max_fetch_size=kafka.max_message_bytes,
+        **faust_options(kafka),  # TLS and SASL for its consumer and producer
     )
     conveyor = Conveyor(settings, registry, app)
     app.conveyor = conveyor

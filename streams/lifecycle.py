@@ -19,6 +19,7 @@ from streams.agents import flow_control, subscribe
 from streams.consumer import TrackedConsumer
 from streams.crashguard import CrashGuard
 from streams.isolation import Isolation
+from streams.kafka_health import coordinator_known
 from streams.logs import SecretMasker
 from streams.metrics import HealthServer
 from streams.mirror import MirrorRunner
@@ -30,6 +31,7 @@ from streams.registry import JobSpec, Registry
 from streams.runner import JobRunner
 from streams.runtime import APPLICATION_NAME, Runtime
 from streams.settings import Settings, secret_values
+from streams.work_lag import WorkLag
 
 if TYPE_CHECKING:
     from streams.app import ConveyorApp
@@ -70,12 +72,16 @@ class Conveyor:
         self.draining = asyncio.Event()
         self.joined = False  # set by the consumer on its first assignment
         w = settings.worker
+        lag = WorkLag(app, self.tracker, (spec.topic for spec in registry.consumed))
         self._health = (
-            HealthServer(w.metrics_host, w.metrics_port, self.ready) if w.metrics_port else None
+            HealthServer(w.metrics_host, w.metrics_port, self.ready, lag.refresh)
+            if w.metrics_port
+            else None
         )
 
     def ready(self) -> bool:
-        return self.joined and not self.draining.is_set()
+        """Joined the group, not draining, and the group coordinator reachable."""
+        return self.joined and not self.draining.is_set() and coordinator_known(self.app)
 
     async def start(self) -> None:
         """Once Faust has started: open the runtime and the crash guard, serve health."""

@@ -7,15 +7,19 @@ One small aiohttp server on the worker's own event loop (0 disables it):
   prometheus-client's process metrics (memory, CPU, file descriptors).
 - ``/healthz`` — 200 while the event loop answers (a liveness probe: a
   stalled loop also stalls Kafka heartbeats).
-- ``/readyz`` — 200 once the worker has joined its consumer group, 503
-  before that and while it drains.
+- ``/readyz`` — 200 once the worker has joined its consumer group and while
+  its consumer reaches the group's broker; 503 before that, while the
+  brokers are gone, and while it drains.
 
-Consumer lag is the broker's to report (e.g. a Kafka exporter on the group).
+Beside the broker's consumer lag (a Kafka exporter on the group), the worker
+reports its own view per partition — ``conveyor_consumer_lag``, which leaves
+out what no extra replica could help with (streams/work_lag.py) — and how
+many partitions it holds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
@@ -67,7 +71,20 @@ LOOP_LAG = Gauge(
     "How late a 50 ms timer fired over the last 10 s window (quantile 1 is the maximum)",
     ["quantile"],
 )
-READY = Gauge("conveyor_ready", "1 once the worker joined its group and while it is not draining")
+READY = Gauge(
+    "conveyor_ready",
+    "1 once the worker joined its group, while it reaches the group's broker and is not draining",
+)
+ASSIGNED_PARTITIONS = Gauge(
+    "conveyor_assigned_partitions", "Partitions of the consumer group assigned to this worker"
+)
+WORK_LAG = Gauge(
+    "conveyor_consumer_lag",
+    "Records of a job topic's partition that wait for their first run here: not taken yet,"
+    " or taken and unfinished; finished records behind a stuck one, retries and dead letters"
+    " are left out (streams/work_lag.py)",
+    ["topic", "partition"],
+)
 
 
 def track_pool(name: str, in_flight: Callable[[], int], waiting: Callable[[], int]) -> None:
@@ -77,12 +94,22 @@ def track_pool(name: str, in_flight: Callable[[], int], waiting: Callable[[], in
 
 
 class HealthServer:
-    """Serves /metrics, /healthz and /readyz on ``host:port`` from the worker's loop."""
+    """Serves /metrics, /healthz and /readyz on ``host:port`` from the worker's loop.
 
-    def __init__(self, host: str, port: int, ready: Callable[[], bool]) -> None:
+    ``refresh`` (if given) runs before each scrape, for gauges that need I/O.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ready: Callable[[], bool],
+        refresh: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self._ready = ready
+        self._refresh = refresh
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -102,6 +129,8 @@ class HealthServer:
             await runner.cleanup()
 
     async def _metrics(self, _: web.Request) -> web.Response:
+        if self._refresh is not None:
+            await self._refresh()
         READY.set(1 if self._ready() else 0)
         body = generate_latest(REGISTRY)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

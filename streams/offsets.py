@@ -196,6 +196,11 @@ class OffsetTracker(Generic[TP]):
         part = self._partitions.get(tp)
         return 0 if part is None else len(part.pending)
 
+    def next_offset(self, tp: TP) -> int | None:
+        """The next offset this worker will start on ``tp`` (None while that is unknown)."""
+        part = self._partitions.get(tp)
+        return None if part is None else part.expected
+
     def forget(self, tps: Iterable[TP]) -> None:
         """Drop revoked partitions once their finished work is committed."""
         tps = list(tps)

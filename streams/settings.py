@@ -50,7 +50,15 @@ class KafkaSettings(_Group):
     dlq_topic: str = Field("jobs.dlq", min_length=1)
     retry_suffix: str = Field(".retry", min_length=1)
     commit_interval_s: float = Field(0.5, gt=0, le=60)
-    session_timeout_s: float = Field(30.0, gt=0)
+    session_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a member silent this long (e.g. SIGKILLed) leaves the group and its"
+        " partitions move (docs/RELIABILITY.md)",
+    )
+    heartbeat_interval_s: float = Field(
+        3.0, gt=0, description="how often a member tells the group it lives; < session_timeout_s"
+    )
     buffer_per_partition: int = Field(64, ge=1, description="prefetched messages per partition")
     max_poll_records: int = Field(500, ge=1, description="records handed over per fetch")
     backlog_records: int = Field(
@@ -61,6 +69,69 @@ class KafkaSettings(_Group):
     )
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="broker/topic limit")
     max_job_bytes: int = Field(1024 * 1024, ge=1024, description="larger jobs are dead-lettered")
+    # Connection security, applied to every Kafka client (streams/kafka_config.py).
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="SSL and SASL_SSL encrypt with TLS; SASL_PLAINTEXT and SASL_SSL log in"
+        " with sasl_mechanism",
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="with SASL_PLAINTEXT or SASL_SSL (OAUTHBEARER: not supported)"
+    )
+    sasl_username: SecretStr | None = Field(
+        None,
+        description="required with SASL_*; kept out of `conveyor config`, not masked in logs",
+        json_schema_extra={"mask_in_logs": False},
+    )
+    sasl_password: SecretStr | None = Field(None, description="required with SASL_*")
+    ssl_ca_file: str | None = Field(
+        None,
+        description="PEM file of the CA(s) that sign the brokers' certificates, with SSL or"
+        " SASL_SSL; unset: the system's CAs",
+    )
+    ssl_cert_file: str | None = Field(
+        None, description="PEM client certificate for mutual TLS (with ssl_key_file)"
+    )
+    ssl_key_file: str | None = Field(None, description="PEM private key of ssl_cert_file")
+    ssl_key_password: SecretStr | None = Field(None, description="when ssl_key_file is encrypted")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaSettings:
+        """Refuse credentials the protocol would not use, half a key pair, a late heartbeat.
+
+        Missing credentials are reported when a Kafka client is made
+        (streams/kafka_config.py): a process that never talks to Kafka (the
+        migrate hook) is given none.
+        """
+        sasl = self.security_protocol.startswith("SASL_")
+        tls = self.security_protocol in ("SSL", "SASL_SSL")
+        unused = [
+            name
+            for name, used in (
+                ("sasl_username", sasl),
+                ("sasl_password", sasl),
+                ("ssl_ca_file", tls),
+                ("ssl_cert_file", tls),
+                ("ssl_key_file", tls),
+                ("ssl_key_password", tls),
+            )
+            if getattr(self, name) is not None and not used
+        ]
+        if unused:
+            raise ValueError(
+                f"{', '.join(unused)} set, but security_protocol"
+                f" {self.security_protocol} does not use it"
+            )
+        if (self.ssl_cert_file is None) != (self.ssl_key_file is None):
+            raise ValueError("ssl_cert_file and ssl_key_file go together (mutual TLS)")
+        if self.ssl_key_password is not None and self.ssl_key_file is None:
+            raise ValueError("ssl_key_password is set without ssl_key_file")
+        if self.heartbeat_interval_s >= self.session_timeout_s:
+            raise ValueError(
+                f"heartbeat_interval_s ({self.heartbeat_interval_s:g}) must be below"
+                f" session_timeout_s ({self.session_timeout_s:g})"
+            )
+        return self
 
 
 class PostgresSettings(_Group):
@@ -455,8 +526,11 @@ def secret_values(settings: Settings) -> list[str]:
     found: list[str] = []
 
     def walk(model: BaseModel) -> None:
-        for name in type(model).model_fields:
+        for name, info in type(model).model_fields.items():
             value = getattr(model, name)
+            extra = info.json_schema_extra
+            if isinstance(extra, dict) and extra.get("mask_in_logs") is False:
+                continue  # secret in `conveyor config`, but a common word in log lines
             if isinstance(value, SecretStr):
                 found.append(value.get_secret_value())
                 value = value.get_secret_value()

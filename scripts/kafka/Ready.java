@@ -7,7 +7,9 @@
 // Exit 0 on success, 1 (with a reason on stderr) otherwise.
 //
 // Run with the broker's jars on the classpath, as a Java 11+ single-file program:
-//   java -cp "$CONVEYOR_SERVICES_DIR/kafka/libs/*" scripts/kafka/Ready.java 127.0.0.1:9092 [timeout-ms]
+//   java -cp "$CONVEYOR_SERVICES_DIR/kafka/libs/*" scripts/kafka/Ready.java 127.0.0.1:9092 [timeout-ms] [client.properties]
+// The optional properties file (security.protocol, SASL, TLS) is applied to every client,
+// for a round trip on a secured listener.
 
 import java.time.Duration;
 import java.util.List;
@@ -38,7 +40,13 @@ public class Ready {
         String bootstrap = args.length > 0 ? args[0] : "127.0.0.1:9092";
         int timeoutMs = Math.max(10_000, args.length > 1 ? Integer.parseInt(args[1]) : 20_000);
         try {
-            long offset = roundTrip(bootstrap, timeoutMs);
+            Properties security = new Properties();
+            if (args.length > 2) {
+                try (java.io.FileReader reader = new java.io.FileReader(args[2])) {
+                    security.load(reader);
+                }
+            }
+            long offset = roundTrip(bootstrap, timeoutMs, security);
             System.out.println("kafka ready: round trip via " + TOPIC + " at offset " + offset + " on " + bootstrap);
             System.exit(0);
         } catch (Throwable e) {
@@ -48,7 +56,7 @@ public class Ready {
         }
     }
 
-    static long roundTrip(String bootstrap, int timeoutMs) throws Exception {
+    static long roundTrip(String bootstrap, int timeoutMs, Properties security) throws Exception {
         long deadline = System.currentTimeMillis() + timeoutMs;
         int requestTimeoutMs = Math.min(5_000, timeoutMs);
 
@@ -56,6 +64,7 @@ public class Ready {
         common.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         common.put(AdminClientConfig.CLIENT_ID_CONFIG, "conveyor-ready");
         common.put(AdminClientConfig.REQUEST_TIMEOUT_MS_CONFIG, requestTimeoutMs);
+        common.putAll(security);
 
         // 1. Topic.
         Properties adminProps = new Properties();

@@ -96,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             err.print(f"  {line}", markup=False)
         return EXIT_CONFIG
     command = args.command
+    if _uses_kafka(args) and (problem := _kafka_problem(settings)):
+        err.print(f"conveyor {command}: {problem}", markup=False)
+        return 1
     if command == "config":
         out.print_json(json.dumps(masked(settings)))
         return 0
@@ -121,6 +124,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return asyncio.run(run_demo(settings, args.timeout))
     raise AssertionError(command)
+
+
+def _uses_kafka(args: argparse.Namespace) -> bool:
+    return args.command in ("topics", "lag", "submit", "demo") or (
+        args.command == "dlq" and args.dlq_command == "replay"
+    )
+
+
+def _kafka_problem(settings: Settings) -> str | None:
+    """One line when Kafka refuses us (login, TLS) or does not answer; see kafka_config."""
+    from streams.kafka_config import connection_problem
+
+    return connection_problem(settings.kafka)
 
 
 async def _migrate(settings: Settings) -> int:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, TopicPartition
 
 from streams.commands.topics import admin
+from streams.kafka_config import confluent_config
 from streams.registry import Registry
 from streams.settings import Settings
 
@@ -43,11 +44,7 @@ class GroupLag:
 def group_lag(settings: Settings, registry: Registry) -> GroupLag:
     group = settings.kafka.group_id
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
-            "group.id": group,
-            "enable.auto.commit": False,
-        }
+        {**confluent_config(settings.kafka), "group.id": group, "enable.auto.commit": False}
     )
     try:
         topics = [_topic_lag(consumer, name) for name in registry.all_topics()]

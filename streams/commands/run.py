@@ -11,6 +11,7 @@ from confluent_kafka import KafkaException
 from streams import alerts, logs
 from streams.app import build_app
 from streams.commands.topics import missing_topics
+from streams.kafka_config import KafkaSecurityError, connection_problem
 from streams.registry import build_registry
 from streams.settings import Settings, secret_values
 from streams.worker import ConveyorWorker
@@ -28,7 +29,11 @@ def run_worker(settings: Settings) -> int:
     if problem:
         log.error("worker.preflight_failed", reason=problem)
         return EXIT_PREFLIGHT
-    app = build_app(settings, registry)
+    try:
+        app = build_app(settings, registry)
+    except KafkaSecurityError as exc:  # e.g. a key that does not match its certificate
+        log.error("worker.preflight_failed", reason=str(exc))
+        return EXIT_PREFLIGHT
     log.info(
         "worker.starting",
         group_id=settings.kafka.group_id,
@@ -51,6 +56,9 @@ def run_worker(settings: Settings) -> int:
 
 def preflight(settings: Settings) -> str | None:
     """A readable reason the worker cannot start, or None."""
+    problem = connection_problem(settings.kafka)  # a refused login or TLS fails here, fast
+    if problem:
+        return problem
     registry = build_registry(settings)
     try:
         missing = missing_topics(settings, registry)

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from schemas.envelope import JobEnvelope
+from streams.kafka_config import confluent_config
 from streams.registry import build_registry
 from streams.settings import Settings
 
@@ -20,7 +21,7 @@ out = Console(highlight=False, soft_wrap=True)
 def producer(settings: Settings) -> Producer:
     return Producer(
         {
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            **confluent_config(settings.kafka),
             "acks": "all",
             "enable.idempotence": True,
             "linger.ms": 5,

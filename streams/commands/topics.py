@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from streams.kafka_config import confluent_config
 from streams.registry import Registry
 from streams.settings import Settings
 
@@ -18,7 +19,7 @@ class TopicResult:
 
 
 def admin(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    return AdminClient(confluent_config(settings.kafka))
 
 
 def existing_topics(settings: Settings, timeout_s: float = 10.0) -> set[str]:

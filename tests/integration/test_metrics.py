@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import aiohttp
@@ -12,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.envelope import JobEnvelope
 from tests.support.dlq import wait_dlq
+from tests.support.metrics_port import metrics_env
 from tests.support.probe import PROBE_ENV, effects, probe_jobs
 from tests.support.stack import Stack
 from tests.support.waiting import eventually
@@ -21,13 +21,6 @@ pytestmark = pytest.mark.integration
 
 SUCCEEDED = ("conveyor_jobs_total", (("job_type", "probe"), ("outcome", "succeeded")))
 DEAD_LETTERED = ("conveyor_jobs_total", (("job_type", "probe"), ("outcome", "dead_lettered")))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -41,14 +34,13 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 async def test_metrics_count_job_endings_and_health_answers(
     stack: Stack, db: asyncpg.Pool, worker_factory: Any
 ) -> None:
-    port = free_port()
+    port, serve = metrics_env()
     worker = worker_factory(
         stack,
         **PROBE_ENV,
+        **serve,
         CONVEYOR_JOBS__PROBE__MAX_ATTEMPTS="2",
         CONVEYOR_JOBS__PROBE__BACKOFF_BASE_S="0.05",
-        CONVEYOR_WORKER__METRICS_PORT=str(port),
-        CONVEYOR_WORKER__METRICS_HOST="127.0.0.1",
     )
     worker.wait_ready()
     base = f"http://127.0.0.1:{port}"

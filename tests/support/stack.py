@@ -12,6 +12,7 @@ from confluent_kafka import Producer
 
 from schemas.envelope import JobEnvelope
 from streams.commands.topics import create_topics
+from streams.kafka_config import confluent_config
 from streams.registry import Registry, build_registry
 from streams.settings import JobsSettings, Settings, load_settings
 
@@ -73,7 +74,9 @@ class Stack:
         create_topics(self.settings(), self.registry())
 
     def producer(self) -> Producer:
-        return Producer({"bootstrap.servers": self.bootstrap, "acks": "all", "linger.ms": 5})
+        """A producer with the stack's connection settings (TLS and SASL included)."""
+        config = confluent_config(self.settings().kafka)
+        return Producer({**config, "acks": "all", "linger.ms": 5})
 
     def publish(
         self,

@@ -153,13 +153,21 @@ def test_existing_secret_holds_every_secret_and_a_named_one_overrides_it() -> No
             "optional": True,
         }
         assert refs["CONVEYOR_LLM__API_KEY"] == {"name": "openrouter", "key": "api-key"}
-    # Hook Jobs get only the secrets their command uses (migrate: the DSN; topics: none).
+    # Hook Jobs get only the secrets their command uses (migrate: the DSN; topics: Kafka's).
     hooks = {}
     for doc in chart.by_kind(docs, "Job"):
         env = chart.env_entries(doc)
         refs = {n: e["valueFrom"]["secretKeyRef"] for n, e in env.items() if "valueFrom" in e}
         hooks[doc["metadata"]["labels"]["app.kubernetes.io/component"]] = refs
-    assert hooks == {"migrate": {"CONVEYOR_POSTGRES__DSN": dsn}, "topics": {}}
+    kafka = {
+        f"CONVEYOR_KAFKA__{field.upper()}": {
+            "name": "conveyor",
+            "key": f"kafka-{field.replace('_', '-')}",
+            "optional": True,
+        }
+        for field in ("sasl_username", "sasl_password", "ssl_key_password")
+    }
+    assert hooks == {"migrate": {"CONVEYOR_POSTGRES__DSN": dsn}, "topics": kafka}
 
 
 def test_extra_env_and_env_from_reach_workers_and_hooks_but_cannot_shadow_a_setting() -> None:

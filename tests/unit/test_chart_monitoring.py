@@ -48,6 +48,8 @@ def test_alerts_use_metrics_the_worker_exports_and_each_has_a_runbook() -> None:
         assert used <= exported, f"{rule['alert']} uses {used - exported}, not exported"
         for opening, closing in ("()", "{}", "[]"):
             assert expr.count(opening) == expr.count(closing), rule["alert"]
+    unassigned = next(r for r in rules if r["alert"] == "ConveyorNoPartitionsAssigned")
+    assert "sum(conveyor_assigned_partitions{" in unassigned["expr"]
     lag = next(r for r in rules if r["alert"] == "ConveyorConsumerLagGrowing")
     assert "kafka_consumergroup_lag{consumergroup=~`conveyor`}" in lag["expr"]
     docs_text = DEPLOYING.read_text(encoding="utf-8")

@@ -222,6 +222,8 @@ def _non_default(leaf: Any) -> Any:
         return up if fits else default - 0.25
     if isinstance(default, str):
         return f"{default}-x"
+    if default is None and str in typing.get_args(annotation):
+        return f"/etc/conveyor/{leaf.path[-1]}.pem"  # the optional files (kafka.ssl_*_file)
     if isinstance(default, list):
         if leaf.dotted.endswith("origins"):
             return ["https://files.example", "http://10.0.0.1:9000"]
@@ -264,11 +266,16 @@ def settings_of(container: dict[str, Any], docs: list[dict[str, Any]]) -> Settin
 
 
 CHANGED = {leaf.path: _non_default(leaf) for leaf in PLAIN.values()}
+# The one protocol that uses every Kafka security setting, the login included.
+CHANGED[("kafka", "security_protocol")] = "SASL_SSL"
 SECRET_REFS = {path: {"name": "s-" + "-".join(path).replace("_", "-")} for path in SECRET}
 
 
 # Hook Jobs get only the secrets their command uses; the workers get all.
-HOOK_SECRETS: dict[str, set[tuple[str, ...]]] = {"migrate": {("postgres", "dsn")}, "topics": set()}
+HOOK_SECRETS: dict[str, set[tuple[str, ...]]] = {
+    "migrate": {("postgres", "dsn")},
+    "topics": {path for path in SECRET if path[0] == "kafka"},
+}
 
 
 def check_chart_env(chart_dir: Path = chart.CHART) -> int:

@@ -12,8 +12,8 @@ TEMPLATES = Path(__file__).resolve().parents[2] / "helm" / "conveyor" / "templat
 VALUES = TEMPLATES.parent / "values.yaml"
 
 # What each hook command reads: `migrate` connects to Postgres; `topics create`
-# talks to Kafka only (no Kafka setting is secret).
-NEEDED = {"job-migrate.yaml": ["postgres"], "job-topics.yaml": []}
+# talks to Kafka only (its login and key passphrase, with TLS/SASL).
+NEEDED = {"job-migrate.yaml": ["postgres"], "job-topics.yaml": ["kafka"]}
 
 
 def _secret_groups(template: str) -> list[str]:

@@ -80,6 +80,29 @@ Included once, from the ConfigMap template.
 {{- fail "networkPolicy.postgres.to must say where Postgres is (NetworkPolicyPeer list)" }}
 {{- end }}
 {{- end }}
+{{- /* Kafka security: a login to pass, TLS files that are mounted where the settings look */}}
+{{- $kafka := $config.kafka }}
+{{- if hasPrefix "SASL_" $kafka.security_protocol }}
+{{- range $field := list "sasl_username" "sasl_password" }}
+{{- if not (or (get $root.Values.secrets.kafka $field).name $root.Values.existingSecret) }}
+{{- fail (printf "config.kafka.security_protocol %s needs secrets.kafka.%s: set its name, or existingSecret" $kafka.security_protocol $field) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $tls := .Values.kafkaTls }}
+{{- $inMount := list }}
+{{- range $field := list "ssl_ca_file" "ssl_cert_file" "ssl_key_file" }}
+{{- $path := get $kafka $field }}
+{{- if and $path (hasPrefix (printf "%s/" (trimSuffix "/" $tls.mountPath)) $path) }}
+{{- if not $tls.secretName }}
+{{- fail (printf "config.kafka.%s (%s) is under kafkaTls.mountPath, but kafkaTls.secretName is empty: nothing is mounted there" $field $path) }}
+{{- end }}
+{{- $inMount = append $inMount $field }}
+{{- end }}
+{{- end }}
+{{- if and $tls.secretName (not $inMount) }}
+{{- fail (printf "kafkaTls.secretName %s is mounted at %s, but no config.kafka.ssl_ca_file, ssl_cert_file or ssl_key_file points into it" $tls.secretName $tls.mountPath) }}
+{{- end }}
 {{- /* extraEnv must not set a variable the chart sets */}}
 {{- $chartEnv := include "conveyor.configEnv" . | fromJson }}
 {{- range (include "conveyor.secretEnvAll" . | fromYamlArray) }}
@@ -102,7 +125,7 @@ dlqMirror decide. Input: dict "where" <values path> "config" <map>.
 */}}
 {{- define "conveyor.checkGroupConfig" -}}
 {{- $where := .where }}
-{{- $shared := dict "kafka" (list "bootstrap_servers" "topic_partitions" "replication_factor" "dlq_topic" "retry_suffix") "worker" (list "metrics_port") "dlq_mirror" (list "enabled") }}
+{{- $shared := dict "kafka" (list "bootstrap_servers" "security_protocol" "topic_partitions" "replication_factor" "dlq_topic" "retry_suffix") "worker" (list "metrics_port") "dlq_mirror" (list "enabled") }}
 {{- range $section, $keys := $shared }}
 {{- range $key := $keys }}
 {{- if hasKey (get $.config $section | default dict) $key }}

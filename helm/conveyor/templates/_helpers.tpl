@@ -291,3 +291,21 @@ topologySpreadConstraints:
 runbook_url: {{ printf "%s#%s" . (lower $.alert) | quote }}
 {{- end }}
 {{- end }}
+
+{{/* The kafkaTls Secret as a volume, and its read-only mount (nothing without kafkaTls.secretName). */}}
+{{- define "conveyor.kafkaTlsVolume" -}}
+{{- with .Values.kafkaTls.secretName }}
+- name: kafka-tls
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
+
+{{- define "conveyor.kafkaTlsMount" -}}
+{{- if .Values.kafkaTls.secretName }}
+- name: kafka-tls
+  mountPath: {{ .Values.kafkaTls.mountPath }}
+  readOnly: true
+{{- end }}
+{{- end }}

@@ -2,7 +2,8 @@
 A Job run as a pre-install/pre-upgrade hook with the worker's image and config,
 and only the secret groups it uses (e.g. migrate: postgres; topics: none).
 Input: dict "root" $ "name" <suffix> "args" <list> "weight" <string>
-"secrets" <list of secrets.* group names>.
+"secrets" <list of secrets.* group names> "kafka" <bool: talks to Kafka, so
+gets the kafkaTls mount>.
 Kept after a failure for inspection; replaced on the next attempt. The config
 is inline, not the ConfigMap: a pre-install hook runs before the release's
 other resources exist.
@@ -65,7 +66,13 @@ spec:
           volumeMounts:
             - name: tmp
               mountPath: /tmp
+            {{- if .kafka }}
+            {{- include "conveyor.kafkaTlsMount" $root | nindent 12 }}
+            {{- end }}
       volumes:
         - name: tmp
           emptyDir: {}
+        {{- if .kafka }}
+        {{- include "conveyor.kafkaTlsVolume" $root | nindent 8 }}
+        {{- end }}
 {{- end }}
