@@ -28,11 +28,22 @@ def mask_shapes(text: str) -> str:
 
 
 def url_password(text: str) -> str | None:
-    """The password of a ``scheme://user:password@host`` URL, if ``text`` is one."""
+    """The password of a ``scheme://user:password@host`` URL, if ``text`` is one.
+
+    None too when the password repeats the URL's user or path (a local
+    ``conveyor:conveyor@…/conveyor`` DSN): it is no secret alone, and masking
+    the word everywhere would blank every log line that names the service.
+    The whole URL, and ``user:password@`` in any URL, are still masked.
+    """
     try:
-        return urlsplit(text).password if "://" in text else None
+        parts = urlsplit(text) if "://" in text else None
     except ValueError:
         return None
+    if parts is None or not parts.password:
+        return None
+    if parts.password in (parts.username, parts.path.strip("/")):
+        return None
+    return parts.password
 
 
 class Redactor:

@@ -50,3 +50,17 @@ def test_config_masks_passwords_inside_urls() -> None:
     assert "hunter2-pw" not in shown and KEY not in shown
     assert "https://svc:" + MASK + "@proxy.internal/v1" in shown
     assert "hunter2-pw" in secret_values(settings), "so logs mask it wherever it appears"
+
+
+def test_a_dsn_password_is_masked_alone_unless_it_repeats_the_user_or_database() -> None:
+    real = "postgresql://conveyor:Zq8-real-pw@db.internal:5432/conveyor"
+    local = "postgresql://conveyor:conveyor@127.0.0.1:5432/conveyor"
+    with patched_env({"CONVEYOR_POSTGRES__DSN": real}):
+        assert "Zq8-real-pw" in secret_values(load_settings())
+    with patched_env({"CONVEYOR_POSTGRES__DSN": local}):
+        secrets = secret_values(load_settings())
+    # The local password is the service's own name: masking it alone would
+    # blank "conveyor" in every log line; the whole DSN is still masked.
+    assert "conveyor" not in secrets and local in secrets
+    out = _mask({"event": "worker.starting", "logger": "conveyor.worker", "dsn": local}, secrets)
+    assert "conveyor.worker" in out and local not in out
