@@ -40,9 +40,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from streams.commands.migrate import migrate  # noqa: E402
-
 from schemas.envelope import JobEnvelope  # noqa: E402
+from streams.commands.migrate import migrate  # noqa: E402
 from tests.support.stack import Stack  # noqa: E402
 from tests.support.worker import WorkerProcess  # noqa: E402
 

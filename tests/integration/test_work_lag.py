@@ -14,9 +14,9 @@ from typing import Any
 
 import asyncpg
 import pytest
-from streams.commands.lag import group_lag
 
 from schemas.envelope import JobEnvelope
+from streams.commands.lag import group_lag
 from tests.support.metrics_port import metrics_env, scrape
 from tests.support.probe import PROBE_ENV, effects, probe_jobs
 from tests.support.services import Endpoints
