@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator, Mapping
@@ -9,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 
 from schemas.envelope import JobEnvelope
 from streams.commands.topics import create_topics
@@ -28,6 +30,10 @@ def patched_env(env: Mapping[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+#: Stacks whose topics were created during the running test (deleted at its end).
+CREATED: list[Stack] = []
 
 
 @dataclass
@@ -70,7 +76,28 @@ class Stack:
         return build_registry(self.settings())
 
     def create_topics(self) -> None:
+        CREATED.append(self)  # its topics are deleted when the test ends (conftest)
         create_topics(self.settings(), self.registry())
+
+    def delete_topics(self, timeout_s: float = 5.0) -> int:
+        """Delete this stack's topics (its prefix), best effort; how many were asked for.
+
+        The broker is shared by every test session on the machine: topics left
+        behind pile up partitions until it runs out of heap.
+        """
+        client = AdminClient({"bootstrap.servers": self.bootstrap})
+        names = [
+            name
+            for name in client.list_topics(timeout=timeout_s).topics
+            if name.startswith((f"{self.prefix}.", f"{self.prefix}-"))
+        ]
+        if not names:
+            return 0
+        futures = client.delete_topics(names, operation_timeout=timeout_s)
+        for future in futures.values():
+            with contextlib.suppress(Exception):  # gone already, or the broker is slow
+                future.result(timeout=timeout_s)
+        return len(names)
 
     def producer(self) -> Producer:
         return Producer({"bootstrap.servers": self.bootstrap, "acks": "all", "linger.ms": 5})
@@ -81,11 +108,15 @@ class Stack:
         *,
         raw: list[bytes] | None = None,
         topic: str | None = None,
+        keys: list[bytes] | None = None,
     ) -> None:
+        """Publish jobs keyed by their id, or by ``keys`` (one per envelope)."""
         prod = self.producer()
         registry = self.registry()
-        for env in envelopes:
-            prod.produce(topic or registry.topic_for(env.type), env.to_bytes(), env.id.encode())
+        chosen = keys if keys is not None else [env.id.encode() for env in envelopes]
+        assert len(chosen) == len(envelopes)
+        for env, key in zip(envelopes, chosen, strict=True):
+            prod.produce(topic or registry.topic_for(env.type), env.to_bytes(), key)
         for value in raw or []:
             assert topic is not None
             prod.produce(topic, value)
