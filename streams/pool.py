@@ -13,12 +13,14 @@ joins the pool — or, when it is a retry not yet due, a timer.
 run at the same time, and start in the order they joined the pool — a
 partition's records in offset order, a retry record when it is due. A key
 with a record ready or running has a *lane*: the records of that key
-waiting behind it. A record whose key has none goes to the ready queue at
-once, so a busy key holds one slot and never keeps other keys waiting; when
-its record ends, the next one of its lane starts first (the head of the
-ready queue), so a busy key keeps its slot rather than queueing behind
-later records. A record without a key is its own key. Offsets still finish
-in any order; the tracker commits only the contiguous run.
+waiting behind it. A record whose key has none is ready at once, so a busy
+key holds one slot and never keeps other keys waiting. Of the records ready
+to run, the one that joined the pool first starts first: when a key's
+record ends, its lane's next record goes before every record that came
+after it, and after every older one — a busy key neither loses its turn
+nor keeps a slot while older records of other keys wait (which would stall
+their partitions' commits). A record without a key is its own key. Offsets
+still finish in any order; the tracker commits only the contiguous run.
 
 **Back-pressure**: when the records ready to run (and retry timers) pass
 the high-water mark, or the bytes held pass theirs, the pool pauses all its
@@ -34,6 +36,8 @@ stays unfinished and is redelivered.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
@@ -66,9 +70,13 @@ class _Slot:
 
 
 class _Item:
-    """A started record in the pool; ``key`` is its lane (None: it needs none)."""
+    """A started record in the pool; ``key`` is its lane (None: it needs none).
 
-    __slots__ = ("key", "record", "size", "ticket", "tp")
+    ``seq`` is the order in which it joined the pool (its arrival, or a retry
+    record's due time): of the records ready to run, the smallest starts first.
+    """
+
+    __slots__ = ("key", "record", "seq", "size", "ticket", "tp")
 
     def __init__(self, tp: Hashable, record: Record, ticket: Ticket, key: bytes | None) -> None:
         self.tp = tp
@@ -76,6 +84,7 @@ class _Item:
         self.ticket = ticket
         self.key = key
         self.size = len(record.value or b"")
+        self.seq = 0
 
 
 class JobPool:
@@ -103,7 +112,11 @@ class JobPool:
         self.low_water = self.high_water // 2
         self.high_water_bytes = high_water_bytes
         self._bytes = 0  # of the records in the ready queue and the lanes
+        # Ready to run, oldest first: records whose key was idle when they joined
+        # (in seq order), and records a lane let go later (a heap by seq).
         self._ready: deque[_Item] = deque()
+        self._promoted: list[tuple[int, _Item]] = []
+        self._seq = itertools.count()
         self._lanes: dict[bytes, deque[_Item]] = {}
         self._behind: Counter[Hashable] = Counter()  # per partition: records in lanes
         self._timers: dict[asyncio.Task[None], Hashable] = {}
@@ -136,6 +149,7 @@ class JobPool:
 
     def _enqueue(self, item: _Item) -> None:
         self._bytes += item.size
+        item.seq = next(self._seq)
         if item.key is not None:
             lane = self._lanes.get(item.key)
             if lane is not None:  # its key is ready or running: wait behind it
@@ -159,13 +173,20 @@ class JobPool:
         self._behind[following.tp] -= 1
         if not self._behind[following.tp]:
             del self._behind[following.tp]
-        self._ready.appendleft(following)  # the key keeps its slot
+        heapq.heappush(self._promoted, (following.seq, following))  # before all that came later
         self._wake()
+
+    def _next(self) -> _Item:
+        """The oldest record ready to run (one is)."""
+        promoted = self._promoted
+        if promoted and (not self._ready or promoted[0][0] < self._ready[0].seq):
+            return heapq.heappop(promoted)[1]
+        return self._ready.popleft()
 
     def _wake(self) -> None:
         if not self._slots and self.accepting:
             self._slots = [self._spawn(_Slot()) for _ in range(self.concurrency)]
-        wanted = len(self._ready)
+        wanted = len(self._ready) + len(self._promoted)
         for slot in self._slots:
             if not wanted:
                 break
@@ -175,7 +196,13 @@ class JobPool:
         self._flow_check()
 
     def _flow_check(self) -> None:
-        runnable = len(self._ready) + len(self._timers)
+        runnable = len(self._ready) + len(self._promoted) + len(self._timers)
+        if (
+            runnable < self.high_water
+            and self._bytes < self.high_water_bytes
+            and not (self._paused_all or self._paused or self._behind)
+        ):
+            return  # nothing paused, nothing to pause (the common case)
         pause_all = self._paused_all
         if self.accepting and (runnable >= self.high_water or self._bytes >= self.high_water_bytes):
             pause_all = True
@@ -209,11 +236,11 @@ class JobPool:
         loop = asyncio.get_running_loop()
         ran = 0
         while True:
-            if not self._ready or not self.accepting:
+            if not (self._ready or self._promoted) or not self.accepting:
                 slot.idle = loop.create_future()
                 await slot.idle
                 continue
-            item = self._ready.popleft()
+            item = self._next()
             self._bytes -= item.size
             if item.ticket.revoked:
                 self._left(item)
@@ -248,7 +275,7 @@ class JobPool:
     @property
     def waiting(self) -> int:
         """Records taken from Kafka but not running yet (ready, in lanes, retry timers)."""
-        return len(self._ready) + self._behind.total() + len(self._timers)
+        return len(self._ready) + len(self._promoted) + self._behind.total() + len(self._timers)
 
     def _drop_waiting(self, tps: set[Hashable] | None) -> None:
         """Drop the waiting records of ``tps`` (None: all); their keys' lanes move on."""
@@ -259,17 +286,21 @@ class JobPool:
         for key, lane in self._lanes.items():
             if any(dropped(item) for item in lane):
                 self._lanes[key] = deque(item for item in lane if not dropped(item))
-        gone = [item for item in self._ready if dropped(item)]
+        gone = [item for item in self._ready_items() if dropped(item)]
         self._ready = deque(item for item in self._ready if not dropped(item))
+        self._promoted = [entry for entry in self._promoted if not dropped(entry[1])]
+        heapq.heapify(self._promoted)
         for item in gone:
             self._left(item)  # a lane's next record (of a partition kept) becomes ready
-        self._behind = Counter(item.tp for lane in self._lanes.values() for item in lane)
-        self._bytes = sum(item.size for item in self._ready) + sum(
-            item.size for lane in self._lanes.values() for item in lane
-        )
+        behind = [item for lane in self._lanes.values() for item in lane]
+        self._behind = Counter(item.tp for item in behind)
+        self._bytes = sum(item.size for item in (*self._ready_items(), *behind))
         for timer, tp in list(self._timers.items()):
             if tps is None or tp in tps:
                 timer.cancel()
+
+    def _ready_items(self) -> list[_Item]:
+        return [*self._ready, *(item for _, item in self._promoted)]
 
     async def drain(self, timeout_s: float, tps: Iterable[Hashable] | None = None) -> int:
         """Drop waiting records, wait up to ``timeout_s`` for running ones, cancel the rest.

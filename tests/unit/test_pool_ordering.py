@@ -111,6 +111,28 @@ async def test_one_record_per_key_at_a_time_in_offset_order_other_keys_beside() 
     await close(p)
 
 
+async def test_the_oldest_ready_record_starts_first_whatever_its_key() -> None:
+    """A key whose record ends does not keep its slot ahead of older records of other keys.
+
+    Otherwise the keys holding the slots keep them while their lanes last,
+    and an idle key's older record waits: its partition's commit stalls with it.
+    """
+    jobs = Jobs(hold=True)
+    p, _ = pool(jobs, concurrency=2, ordering="key", high_water=100)
+    recs = keyed("abcaxb")  # a and b run; c, then a's next, then x wait; b's next behind b
+    submit_all(p, recs)
+    await jobs.until(lambda: jobs.running_offsets() == {0, 1}, "a and b run")
+    jobs.release(recs[0])
+    await jobs.until(lambda: jobs.running_offsets() == {1, 2}, "c (older) before a's next")
+    jobs.release(recs[2])
+    await jobs.until(lambda: jobs.running_offsets() == {1, 3}, "a's next before x (newer)")
+    for rec in recs:
+        jobs.release(rec)
+    await jobs.until(lambda: len(jobs.ended) == len(recs), "every record ends")
+    assert [r.offset for r in jobs.started] == [0, 1, 2, 3, 4, 5]
+    await close(p)
+
+
 async def test_without_ordering_records_of_one_key_run_together() -> None:
     jobs = Jobs(hold=True)
     p, _ = pool(jobs, concurrency=3, ordering="none", high_water=100)
