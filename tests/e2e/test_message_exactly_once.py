@@ -32,6 +32,7 @@ from tests.support.crm import register_account
 from tests.support.kafka import committed_and_end
 from tests.support.kommo_server import Fault, KommoServer, kommo_server
 from tests.support.messages import (
+    ledger_figures,
     message_envelopes,
     notes_per_key,
     out_of_order,
@@ -92,24 +93,6 @@ def events(workers: list[WorkerProcess], name: str, since: int = 0) -> list[dict
     """Events called ``name`` of every worker (the last one's from index ``since`` on)."""
     found = [e for w in workers[:-1] for e in w.events if e.get("event") == name]
     return found + [e for e in workers[-1].events[since:] if e.get("event") == name]
-
-
-async def ledger_figures(db: asyncpg.Pool, keys: list[str]) -> dict[str, Any]:
-    row = await db.fetchrow(
-        """
-        SELECT count(*) FILTER (WHERE state = 'sent') AS sent,
-               count(*) FILTER (WHERE resolved_by = 'answer') AS by_answer,
-               count(*) FILTER (WHERE resolved_by = 'lookup') AS by_lookup,
-               count(*) FILTER (WHERE lookups > 0) AS looked_up,
-               coalesce(sum(lookups), 0) AS lookups,
-               count(*) FILTER (WHERE posts > 1) AS posted_twice,
-               array_agg(extract(epoch FROM sent_at - created_at)::float8) AS delays_s
-        FROM message_sends WHERE idempotency_key = ANY($1)
-        """,
-        keys,
-    )
-    assert row is not None
-    return dict(row)
 
 
 @pytest.fixture

@@ -11,7 +11,9 @@ import random
 from collections import defaultdict
 from collections.abc import Callable
 
-from streams.pool import JobPool
+import pytest
+
+from streams.pool import JobPool, Ordering
 from streams.records import Record
 from tests.unit.test_pool import OTHER, TP, Flow, close, pool, record
 
@@ -133,20 +135,19 @@ async def test_the_oldest_ready_record_starts_first_whatever_its_key() -> None:
     await close(p)
 
 
-async def test_without_ordering_records_of_one_key_run_together() -> None:
+@pytest.mark.parametrize(
+    ("ordering", "keys", "overlaps"),
+    [("none", "aaa", 2), ("key", "---", 0)],
+    ids=["without ordering one key runs side by side", "a record without a key is its own key"],
+)
+async def test_records_that_need_no_order_run_side_by_side(
+    ordering: Ordering, keys: str, overlaps: int
+) -> None:
     jobs = Jobs(hold=True)
-    p, _ = pool(jobs, concurrency=3, ordering="none", high_water=100)
-    submit_all(p, keyed("aaa"))
+    p, _ = pool(jobs, concurrency=3, ordering=ordering, high_water=100)
+    submit_all(p, keyed(keys))
     await jobs.until(lambda: len(jobs.running) == 3, "all three run")
-    assert len(jobs.overlaps) == 2, "the control: the same key side by side"
-    await close(p)
-
-
-async def test_records_without_a_key_are_each_their_own_key() -> None:
-    jobs = Jobs(hold=True)
-    p, _ = pool(jobs, concurrency=3, ordering="key", high_water=100)
-    submit_all(p, keyed("---"))
-    await jobs.until(lambda: len(jobs.running) == 3, "all three run")
+    assert len(jobs.overlaps) == overlaps
     await close(p)
 
 
