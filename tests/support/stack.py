@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import uuid
 from collections.abc import Iterator, Mapping
@@ -80,24 +79,26 @@ class Stack:
         create_topics(self.settings(), self.registry())
 
     def delete_topics(self, timeout_s: float = 5.0) -> int:
-        """Delete this stack's topics (its prefix), best effort; how many were asked for.
+        """Delete this stack's topics (its prefix), best effort; how many the broker deleted.
 
         The broker is shared by every test session on the machine: topics left
-        behind pile up partitions until it runs out of heap.
+        behind pile up partitions until it runs out of heap. The catalog's
+        names are deleted whether or not the broker's metadata shows them yet,
+        and any other topic under the prefix that it does show.
         """
         client = AdminClient({"bootstrap.servers": self.bootstrap})
-        names = [
-            name
-            for name in client.list_topics(timeout=timeout_s).topics
-            if name.startswith((f"{self.prefix}.", f"{self.prefix}-"))
-        ]
-        if not names:
-            return 0
-        futures = client.delete_topics(names, operation_timeout=timeout_s)
-        for future in futures.values():
-            with contextlib.suppress(Exception):  # gone already, or the broker is slow
+        listed = client.list_topics(timeout=timeout_s).topics
+        names = set(self.registry().all_topics()) | {
+            name for name in listed if name.startswith((f"{self.prefix}.", f"{self.prefix}-"))
+        }
+        deleted = 0
+        for future in client.delete_topics(sorted(names), operation_timeout=timeout_s).values():
+            try:
                 future.result(timeout=timeout_s)
-        return len(names)
+            except Exception:  # never made, gone already, or the broker is slow
+                continue
+            deleted += 1
+        return deleted
 
     def producer(self) -> Producer:
         return Producer({"bootstrap.servers": self.bootstrap, "acks": "all", "linger.ms": 5})
