@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from schemas.envelope import JobEnvelope  # noqa: E402
 from streams.commands.migrate import migrate  # noqa: E402
-from tests.support.stack import Stack  # noqa: E402
+from tests.support.stack import Stack, TopicJanitor  # noqa: E402
 
 PARTITIONS = 3
 DISTINCT_KEYS = 1000  # the key-ordering comparison's Kafka keys
@@ -221,7 +221,9 @@ def conveyor_rate(
             terminate,
         )
     finally:
-        stack.delete_topics()
+        janitor = TopicJanitor()
+        janitor.delete(stack)
+        janitor.wait()
 
 
 def paired(

@@ -10,7 +10,7 @@ from confluent_kafka.admin import AdminClient
 
 from tests.support import stack as stack_module
 from tests.support.services import Endpoints
-from tests.support.stack import Stack
+from tests.support.stack import Stack, TopicJanitor
 
 pytestmark = pytest.mark.integration
 
@@ -35,13 +35,18 @@ def test_a_stack_deletes_the_topics_it_created(services: Endpoints) -> None:
     assert stack in stack_module.CREATED, "registered for the end-of-test clean-up"
     catalog = set(stack.registry().all_topics())
     until(stack, lambda seen: seen == catalog)
-    assert stack.delete_topics() == len(catalog)
+    janitor = TopicJanitor()
+    janitor.delete(stack)
+    assert janitor.wait() == len(catalog)
     until(stack, lambda seen: not seen)
-    assert stack.delete_topics() == 0, "a second clean-up finds nothing to delete"
+    janitor.delete(stack)
+    assert janitor.wait() == 0, "a second clean-up finds nothing to delete"
 
 
 def test_a_stack_deletes_its_topics_before_the_broker_lists_them(services: Endpoints) -> None:
     stack = Stack(services.bootstrap, services.dsn)
     stack.create_topics()
-    assert stack.delete_topics() == len(stack.registry().all_topics())
+    janitor = TopicJanitor()
+    janitor.delete(stack)
+    assert janitor.wait() == len(stack.registry().all_topics())
     until(stack, lambda seen: not seen)

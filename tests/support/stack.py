@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -33,6 +35,47 @@ def patched_env(env: Mapping[str, str]) -> Iterator[None]:
 
 #: Stacks whose topics were created during the running test (deleted at its end).
 CREATED: list[Stack] = []
+
+
+class TopicJanitor:
+    """Deletes test stacks' topics in the background, so a test does not wait for it.
+
+    The broker is shared by every test session on the machine: topics left
+    behind pile up partitions until it runs out of heap. ``delete`` asks the
+    broker and returns at once (one admin client per broker, kept open);
+    ``wait`` collects the answers. The catalog's topics are deleted by name,
+    whether or not the broker's metadata lists them yet.
+    """
+
+    def __init__(self) -> None:
+        self._admins: dict[str, AdminClient] = {}
+        self._pending: list[Future[None]] = []
+
+    def delete(self, stack: Stack) -> None:
+        admin = self._admins.get(stack.bootstrap)
+        if admin is None:
+            admin = self._admins[stack.bootstrap] = AdminClient(
+                {"bootstrap.servers": stack.bootstrap}
+            )
+        futures = admin.delete_topics(stack.registry().all_topics(), operation_timeout=10)
+        self._pending += futures.values()
+
+    def wait(self, timeout_s: float = 30.0) -> int:
+        """Wait (up to ``timeout_s`` in all) for the deletions asked; how many succeeded."""
+        deadline = time.monotonic() + timeout_s
+        deleted = 0
+        for future in self._pending:
+            try:
+                future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception:  # never made, gone already, or the broker is slow
+                continue
+            deleted += 1
+        self._pending.clear()
+        return deleted
+
+
+#: The test session's janitor (tests/conftest.py).
+JANITOR = TopicJanitor()
 
 
 @dataclass
@@ -77,28 +120,6 @@ class Stack:
     def create_topics(self) -> None:
         CREATED.append(self)  # its topics are deleted when the test ends (conftest)
         create_topics(self.settings(), self.registry())
-
-    def delete_topics(self, timeout_s: float = 5.0) -> int:
-        """Delete this stack's topics (its prefix), best effort; how many the broker deleted.
-
-        The broker is shared by every test session on the machine: topics left
-        behind pile up partitions until it runs out of heap. The catalog's
-        names are deleted whether or not the broker's metadata shows them yet,
-        and any other topic under the prefix that it does show.
-        """
-        client = AdminClient({"bootstrap.servers": self.bootstrap})
-        listed = client.list_topics(timeout=timeout_s).topics
-        names = set(self.registry().all_topics()) | {
-            name for name in listed if name.startswith((f"{self.prefix}.", f"{self.prefix}-"))
-        }
-        deleted = 0
-        for future in client.delete_topics(sorted(names), operation_timeout=timeout_s).values():
-            try:
-                future.result(timeout=timeout_s)
-            except Exception:  # never made, gone already, or the broker is slow
-                continue
-            deleted += 1
-        return deleted
 
     def producer(self) -> Producer:
         return Producer({"bootstrap.servers": self.bootstrap, "acks": "all", "linger.ms": 5})
