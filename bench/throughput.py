@@ -9,9 +9,13 @@ out. Conveyor runs the diagnostic ``probe`` job type with ``record=False``
 (decode, validate, timeout, handler, decision, offset tracking, the
 crash-loop guard; no database write) at log level ``warning``. At
 concurrency 8 it also runs with the crash-loop guard off
-(``max_crashes=0``) and on, in adjacent pairs, and prints the median ratio.
+(``max_crashes=0``) and on, in adjacent pairs, and prints the median ratio;
+and with ``ordering`` ``none`` and ``key`` over 1,000 distinct Kafka keys,
+in adjacent pairs (``--ordering-pairs``; ``--only-ordering`` runs just
+those). Every topic the benchmark creates is deleted when it is done.
 
     .venv/bin/python -m bench.throughput [--messages 100000] [--guard-pairs 3]
+    .venv/bin/python -m bench.throughput --only-ordering --ordering-pairs 5
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -36,9 +41,10 @@ sys.path.insert(0, str(ROOT))
 
 from schemas.envelope import JobEnvelope  # noqa: E402
 from streams.commands.migrate import migrate  # noqa: E402
-from tests.support.stack import Stack  # noqa: E402
+from tests.support.stack import Stack, TopicJanitor  # noqa: E402
 
 PARTITIONS = 3
+DISTINCT_KEYS = 1000  # the key-ordering comparison's Kafka keys
 FAUST_APP = """
 import sys, faust
 topic_name, group, concurrency = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -97,7 +103,8 @@ def measure(
         stop(handle)
 
 
-def publish(bootstrap: str, topic: str, total: int, job: bool) -> None:
+def publish(bootstrap: str, topic: str, total: int, job: bool, keys: int | None = None) -> None:
+    """``total`` messages; message i is keyed ``i`` (or ``i % keys``: that many distinct keys)."""
     prod = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all"})
     for i in range(total):
         value = (
@@ -105,7 +112,7 @@ def publish(bootstrap: str, topic: str, total: int, job: bool) -> None:
             if job
             else b'{"noop": true}'
         )
-        prod.produce(topic, value, str(i).encode())
+        prod.produce(topic, value, str(i if keys is None else i % keys).encode())
         if i % 10000 == 0:
             prod.poll(0)
     assert prod.flush(60) == 0
@@ -166,13 +173,14 @@ def run_faust(
 
 
 def run_conveyor(
-    stack: Stack, concurrency: int, workdir: Path, guard: bool = True
+    stack: Stack, concurrency: int, workdir: Path, guard: bool = True, ordering: str = "none"
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         **stack.env,
         "CONVEYOR_JOBS__PROBE__ENABLED": "true",
         "CONVEYOR_JOBS__PROBE__CONCURRENCY": str(concurrency),
+        "CONVEYOR_JOBS__PROBE__ORDERING": ordering,
         "CONVEYOR_LOGGING__LEVEL": "warning",
         "CONVEYOR_DLQ_MIRROR__ENABLED": "false",
     }
@@ -189,20 +197,91 @@ def run_conveyor(
 
 
 def conveyor_rate(
-    bootstrap: str, dsn: str, n: int, concurrency: int, workdir: Path, *, guard: bool
+    bootstrap: str,
+    dsn: str,
+    n: int,
+    concurrency: int,
+    workdir: Path,
+    *,
+    guard: bool,
+    ordering: str = "none",
+    keys: int | None = None,
 ) -> float:
     stack = Stack(bootstrap, dsn)
     stack.create_topics()
     topic = stack.registry().topic_for("probe")
-    publish(bootstrap, topic, n, job=True)
-    return measure(
-        bootstrap,
-        f"{stack.prefix}-group",
-        topic,
-        n,
-        lambda: run_conveyor(stack, concurrency, workdir, guard),
-        terminate,
+    try:
+        publish(bootstrap, topic, n, job=True, keys=keys)
+        return measure(
+            bootstrap,
+            f"{stack.prefix}-group",
+            topic,
+            n,
+            lambda: run_conveyor(stack, concurrency, workdir, guard, ordering),
+            terminate,
+        )
+    finally:
+        janitor = TopicJanitor()
+        janitor.delete(stack)
+        janitor.wait()
+
+
+def paired(
+    name: str, runs: tuple[Callable[[], float], Callable[[], float]], pairs: int
+) -> tuple[list[float], list[float]]:
+    """Run ``runs`` (baseline, variant) alternately ``pairs`` times; print the median ratio."""
+    base: list[float] = []
+    variant: list[float] = []
+    for _ in range(pairs):
+        base.append(runs[0]())
+        variant.append(runs[1]())
+    ratios = [v / b for v, b in zip(variant, base, strict=True)]
+    print(
+        f"  ratio {name}: {statistics.median(ratios):.2f}"
+        f" (median of {len(ratios)} adjacent pair(s): {[round(r, 2) for r in ratios]};"
+        f" variant {[round(r) for r in variant]}, baseline {[round(r) for r in base]})",
+        flush=True,
     )
+    return base, variant
+
+
+def baselines(bootstrap: str, dsn: str, n: int, workdir: Path) -> dict[str, float]:
+    """Raw confluent-kafka, bare Faust and the runner at concurrency 1 and 8."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    run_id = uuid.uuid4().hex[:6]
+    results: dict[str, float] = {}
+    made: list[str] = []
+
+    def fresh_topic(name: str) -> str:
+        futures = admin.create_topics([NewTopic(name, PARTITIONS, 1)])
+        for f in futures.values():
+            f.result()
+        made.append(name)
+        return name
+
+    try:
+        t = fresh_topic(f"bench-{run_id}-raw")
+        publish(bootstrap, t, n, job=False)
+        results["raw confluent-kafka"] = raw_rate(bootstrap, t, f"bench-{run_id}-raw", n)
+        for conc in (1, 8):
+            t = fresh_topic(f"bench-{run_id}-faust{conc}")
+            publish(bootstrap, t, n, job=False)
+            g = f"bench-{run_id}-faust{conc}"
+            results[f"bare Faust agent, concurrency {conc}"] = measure(
+                bootstrap,
+                g,
+                t,
+                n,
+                lambda t=t, g=g, c=conc: run_faust(bootstrap, t, g, c, workdir),
+                terminate,
+            )
+            results[f"Conveyor runner, concurrency {conc}"] = conveyor_rate(
+                bootstrap, dsn, n, conc, workdir, guard=True
+            )
+    finally:
+        if made:
+            admin.delete_topics(made)
+    return results
 
 
 def main() -> int:
@@ -215,63 +294,51 @@ def main() -> int:
         help="runs of the runner at concurrency 8 with the crash-loop guard off and on "
         "(alternating; medians reported)",
     )
+    parser.add_argument(
+        "--ordering-pairs",
+        type=int,
+        default=1,
+        help="runs of the runner at concurrency 8 over 1,000 distinct keys with ordering "
+        "none and key (alternating; medians reported)",
+    )
+    parser.add_argument(
+        "--only-ordering", action="store_true", help="run only the ordering none/key pairs"
+    )
     args = parser.parse_args()
     bootstrap = os.environ.get("CONVEYOR_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     dsn = os.environ.get(
         "CONVEYOR_POSTGRES__DSN", "postgresql://conveyor:conveyor@127.0.0.1:5432/conveyor"
     )
     n = args.messages
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    results: dict[str, float] = {}
     workdir = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
-
-    def fresh_topic(name: str) -> str:
-        futures = admin.create_topics([NewTopic(name, PARTITIONS, 1)])
-        for f in futures.values():
-            f.result()
-        return name
-
     asyncio.run(migrate(dsn))
-    run_id = uuid.uuid4().hex[:6]
-    t = fresh_topic(f"bench-{run_id}-raw")
-    publish(bootstrap, t, n, job=False)
-    g = f"bench-{run_id}-raw"
-    results["raw confluent-kafka"] = raw_rate(bootstrap, t, g, n)
-    for conc in (1, 8):
-        t = fresh_topic(f"bench-{run_id}-faust{conc}")
-        publish(bootstrap, t, n, job=False)
-        g = f"bench-{run_id}-faust{conc}"
-        results[f"bare Faust agent, concurrency {conc}"] = measure(
-            bootstrap,
-            g,
-            t,
-            n,
-            lambda t=t, g=g, c=conc: run_faust(bootstrap, t, g, c, workdir),
-            terminate,
+
+    def rate(**options: Any) -> Callable[[], float]:
+        return lambda: conveyor_rate(bootstrap, dsn, n, 8, workdir, **options)
+
+    print(f"\nno-op throughput, {n} messages, {PARTITIONS} partitions (msg/s):", flush=True)
+    if not args.only_ordering:
+        results = baselines(bootstrap, dsn, n, workdir)
+        for name, value in results.items():
+            print(f"  {name:40s} {value:10.0f}")
+        for conc in (1, 8):
+            ratio = (
+                results[f"Conveyor runner, concurrency {conc}"]
+                / results[f"bare Faust agent, concurrency {conc}"]
+            )
+            print(f"  ratio runner / bare Faust at concurrency {conc}: {ratio:.2f}")
+        paired(
+            "crash-loop guard on / off at concurrency 8",
+            (rate(guard=False), rate(guard=True)),
+            args.guard_pairs,
         )
-        results[f"Conveyor runner, concurrency {conc}"] = conveyor_rate(
-            bootstrap, dsn, n, conc, workdir, guard=True
-        )
-    guard: dict[bool, list[float]] = {False: [], True: []}
-    for _ in range(args.guard_pairs):
-        for on in (False, True):
-            guard[on].append(conveyor_rate(bootstrap, dsn, n, 8, workdir, guard=on))
-    results["Conveyor runner, concurrency 8, guard off"] = statistics.median(guard[False])
-    results["Conveyor runner, concurrency 8, guard on"] = statistics.median(guard[True])
-    print(f"\nno-op throughput, {n} messages, {PARTITIONS} partitions (msg/s):")
-    for name, rate in results.items():
-        print(f"  {name:40s} {rate:10.0f}")
-    for conc in (1, 8):
-        ratio = (
-            results[f"Conveyor runner, concurrency {conc}"]
-            / results[f"bare Faust agent, concurrency {conc}"]
-        )
-        print(f"  ratio runner / bare Faust at concurrency {conc}: {ratio:.2f}")
-    pairs = [on / off for on, off in zip(guard[True], guard[False], strict=True)]
-    print(
-        f"  ratio crash-loop guard on / off at concurrency 8: {statistics.median(pairs):.2f}"
-        f" (median of {len(pairs)} adjacent pair(s): {[round(r, 2) for r in pairs]};"
-        f" on {[round(r) for r in guard[True]]}, off {[round(r) for r in guard[False]]})"
+    paired(
+        f"ordering key / none at concurrency 8, {DISTINCT_KEYS} distinct keys",
+        (
+            rate(guard=True, ordering="none", keys=DISTINCT_KEYS),
+            rate(guard=True, ordering="key", keys=DISTINCT_KEYS),
+        ),
+        args.ordering_pairs,
     )
     return 0
 

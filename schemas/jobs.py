@@ -60,3 +60,6 @@ class Probe(Payload):
     fail: Literal["none", "retryable", "permanent", "hang", "kill"] = "none"
     fail_times: int = Field(0, ge=0, description="fail this many attempts, then succeed")
     record: bool = True
+    # Log when the handler started and ended (``probe.ran``): tests of the
+    # runner's key order read which jobs ran when, and beside which.
+    trace: bool = False

@@ -53,6 +53,10 @@ def _agent(app: faust.App, pool: JobPool, delayed: bool) -> Any:
 def flow_control(app: faust.App, topics: tuple[str, ...], draining: asyncio.Event) -> FlowFn:
     """Stop or restart fetching this worker's partitions of ``topics`` (back-pressure).
 
+    ``flow(pause_all, paused)``: stop every one of them, else stop exactly
+    ``paused`` (partitions whose records wait behind busy keys) and restart
+    the rest.
+
     Uses Faust's buffer-full mechanism, not ``pause_partitions``: Faust's
     fetch loop silently drops the rest of an already-fetched batch for a
     partition that was paused meanwhile (its position has moved on), which
@@ -60,12 +64,12 @@ def flow_control(app: faust.App, topics: tuple[str, ...], draining: asyncio.Even
     partition is no longer fetched, but its batch is still delivered.
     """
 
-    def flow(pause: bool) -> None:
+    def flow(pause_all: bool, paused: frozenset[Any]) -> None:
         consumer = app.consumer
         for tp in consumer.assignment():
             if tp.topic not in topics:
                 continue
-            if pause:
+            if pause_all or tp in paused:
                 consumer.on_buffer_full(tp)
             elif not draining.is_set():
                 consumer.on_buffer_drop(tp)

@@ -134,6 +134,7 @@ class Conveyor:
             flow=flow_control(self.app, topics, self.draining),
             high_water=max(self.settings.kafka.backlog_records, 2 * spec.policy.concurrency),
             high_water_bytes=self.settings.kafka.backlog_bytes,
+            ordering=spec.policy.ordering,
         )
         self.pools.append(pool)
         metrics.track_pool(spec.job_type, lambda: pool.in_flight, lambda: pool.waiting)

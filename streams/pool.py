@@ -1,15 +1,33 @@
-"""Bounded concurrency per job type, with offset tickets, back-pressure and a drain.
+"""Bounded concurrency per job type, with offset tickets, key order, back-pressure and a drain.
 
-``concurrency`` long-lived worker coroutines take records from a backlog
+``concurrency`` long-lived worker coroutines take records from a ready queue
 (cheaper than a task per job: a job that needs no I/O costs no extra turn of
 the event loop). The agent hands each record to ``submit()`` in partition
 order and never waits: Faust delivers every topic of the worker through one loop, so an
 agent that blocked (on a full pool, or on a retry record that is not due
 yet) would stall every other job type. Instead the record's offset is
 started at once (nothing later can be committed past it) and the record
-joins the pool's backlog — or, when it is a retry not yet due, a timer.
-When the backlog passes its high-water mark the pool pauses its topics'
-partitions, and resumes them below the low-water mark.
+joins the pool — or, when it is a retry not yet due, a timer.
+
+**Key order** (``ordering="key"``): records with the same Kafka key never
+run at the same time, and start in the order they joined the pool — a
+partition's records in offset order, a retry record when it is due. A key
+with a record ready or running has a *lane*: the records of that key
+waiting behind it. A record whose key has none is ready at once, so a busy
+key holds one slot and never keeps other keys waiting. Of the records ready
+to run, the one that joined the pool first starts first: when a key's
+record ends, its lane's next record goes before every record that came
+after it, and after every older one — a busy key neither loses its turn
+nor keeps a slot while older records of other keys wait (which would stall
+their partitions' commits). A record without a key is its own key. Offsets
+still finish in any order; the tracker commits only the contiguous run.
+
+**Back-pressure**: when the records ready to run (and retry timers) pass
+the high-water mark, or the bytes held pass theirs, the pool pauses all its
+topics' partitions, and resumes them below the low-water marks. Records
+waiting in lanes are not ready to run, so they do not pause the others: a
+partition whose lanes hold ``high_water`` records pauses alone, and resumes
+below ``low_water``.
 
 Only a run that returns finishes the offset; a cancelled or dropped record
 stays unfinished and is redelivered.
@@ -18,9 +36,12 @@ stays unfinished and is redelivered.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+import heapq
+import itertools
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import structlog
 
@@ -30,7 +51,9 @@ from streams.records import Record
 log = structlog.get_logger(__name__)
 
 RunFn = Callable[[Record], Awaitable[None]]
-FlowFn = Callable[[bool], None]  # True: pause the pool's partitions; False: resume
+# (pause every partition of the pool, else pause exactly these and resume the rest)
+FlowFn = Callable[[bool, frozenset[Hashable]], None]
+Ordering = Literal["none", "key"]
 
 
 YIELD_EVERY = 64
@@ -46,6 +69,24 @@ class _Slot:
     idle: asyncio.Future[None] | None = field(default=None)
 
 
+class _Item:
+    """A started record in the pool; ``key`` is its lane (None: it needs none).
+
+    ``seq`` is the order in which it joined the pool (its arrival, or a retry
+    record's due time): of the records ready to run, the smallest starts first.
+    """
+
+    __slots__ = ("key", "record", "seq", "size", "ticket", "tp")
+
+    def __init__(self, tp: Hashable, record: Record, ticket: Ticket, key: bytes | None) -> None:
+        self.tp = tp
+        self.record = record
+        self.ticket = ticket
+        self.key = key
+        self.size = len(record.value or b"")
+        self.seq = 0
+
+
 class JobPool:
     """Runs records of one job type, at most ``concurrency`` at a time."""
 
@@ -58,21 +99,30 @@ class JobPool:
         *,
         high_water: int,
         high_water_bytes: int,
-        flow: FlowFn = lambda pause: None,
+        flow: FlowFn = lambda pause_all, paused: None,
+        ordering: Ordering = "none",
     ) -> None:
         self.name = name
         self.concurrency = concurrency
         self._run = run
         self._tracker = tracker
         self._flow = flow
+        self._keyed = ordering == "key"
         self.high_water = high_water
         self.low_water = self.high_water // 2
         self.high_water_bytes = high_water_bytes
-        self._backlog_bytes = 0
-        self._backlog: deque[tuple[Hashable, Record, Ticket]] = deque()
+        self._bytes = 0  # of the records in the ready queue and the lanes
+        # Ready to run, oldest first: records whose key was idle when they joined
+        # (in seq order), and records a lane let go later (a heap by seq).
+        self._ready: deque[_Item] = deque()
+        self._promoted: list[tuple[int, _Item]] = []
+        self._seq = itertools.count()
+        self._lanes: dict[bytes, deque[_Item]] = {}
+        self._behind: Counter[Hashable] = Counter()  # per partition: records in lanes
         self._timers: dict[asyncio.Task[None], Hashable] = {}
         self._slots: list[_Slot] = []
-        self._paused = False
+        self._paused_all = False
+        self._paused: frozenset[Hashable] = frozenset()
         self.accepting = True
         self.finished = 0
 
@@ -83,44 +133,93 @@ class JobPool:
         ticket = self._tracker.start(tp, record.offset)
         if ticket is None:
             return  # not to run here now (revoked partition, redelivery, or a gap)
+        item = _Item(tp, record, ticket, record.key if self._keyed else None)
         if due_in_s > 0:
-            timer = asyncio.create_task(self._later(tp, record, ticket, due_in_s))
+            timer = asyncio.create_task(self._later(item, due_in_s))
             self._timers[timer] = tp
             timer.add_done_callback(lambda t: self._timers.pop(t, None))
         else:
-            self._enqueue(tp, record, ticket)
+            self._enqueue(item)
         self._wake()
 
-    async def _later(self, tp: Hashable, record: Record, ticket: Ticket, delay_s: float) -> None:
+    async def _later(self, item: _Item, delay_s: float) -> None:
         await asyncio.sleep(delay_s)
-        self._enqueue(tp, record, ticket)
+        self._enqueue(item)
         self._wake()
 
-    def _enqueue(self, tp: Hashable, record: Record, ticket: Ticket) -> None:
-        self._backlog.append((tp, record, ticket))
-        self._backlog_bytes += len(record.value or b"")
+    def _enqueue(self, item: _Item) -> None:
+        self._bytes += item.size
+        item.seq = next(self._seq)
+        if item.key is not None:
+            lane = self._lanes.get(item.key)
+            if lane is not None:  # its key is ready or running: wait behind it
+                lane.append(item)
+                self._behind[item.tp] += 1
+                return
+            self._lanes[item.key] = deque()
+        self._ready.append(item)
+
+    def _left(self, item: _Item) -> None:
+        """``item`` (ready or running) has left the pool: its key's next record may start."""
+        if item.key is None:
+            return
+        lane = self._lanes.get(item.key)
+        if lane is None:
+            return
+        if not lane:
+            del self._lanes[item.key]
+            return
+        following = lane.popleft()
+        self._behind[following.tp] -= 1
+        if not self._behind[following.tp]:
+            del self._behind[following.tp]
+        heapq.heappush(self._promoted, (following.seq, following))  # before all that came later
+        self._wake()
+
+    def _next(self) -> _Item:
+        """The oldest record ready to run (one is)."""
+        promoted = self._promoted
+        if promoted and (not self._ready or promoted[0][0] < self._ready[0].seq):
+            return heapq.heappop(promoted)[1]
+        return self._ready.popleft()
 
     def _wake(self) -> None:
         if not self._slots and self.accepting:
             self._slots = [self._spawn(_Slot()) for _ in range(self.concurrency)]
+        wanted = len(self._ready) + len(self._promoted)
         for slot in self._slots:
-            if slot.idle is not None and not slot.idle.done() and self._backlog:
+            if not wanted:
+                break
+            if slot.idle is not None and not slot.idle.done():
                 slot.idle.set_result(None)
+                wanted -= 1
         self._flow_check()
 
     def _flow_check(self) -> None:
-        waiting = self.waiting
-        full = waiting >= self.high_water or self._backlog_bytes >= self.high_water_bytes
-        if full and self.accepting:
-            self._paused = True
-            self._flow(True)  # idempotent; re-asserted in case Faust resumed them
-        elif (
-            self._paused
-            and waiting <= self.low_water
-            and self._backlog_bytes <= self.high_water_bytes // 2
+        runnable = len(self._ready) + len(self._promoted) + len(self._timers)
+        if (
+            runnable < self.high_water
+            and self._bytes < self.high_water_bytes
+            and not (self._paused_all or self._paused or self._behind)
         ):
-            self._paused = False
-            self._flow(False)
+            return  # nothing paused, nothing to pause (the common case)
+        pause_all = self._paused_all
+        if self.accepting and (runnable >= self.high_water or self._bytes >= self.high_water_bytes):
+            pause_all = True
+        elif runnable <= self.low_water and self._bytes <= self.high_water_bytes // 2:
+            pause_all = False
+        paused = self._paused
+        if self._behind or paused:
+            paused = frozenset(
+                tp
+                for tp, n in self._behind.items()
+                if n >= self.high_water or (n > self.low_water and tp in self._paused)
+            )
+        changed = pause_all != self._paused_all or paused != self._paused
+        self._paused_all, self._paused = pause_all, paused
+        # While anything is paused, say so again: Faust resumes partitions at a rebalance.
+        if changed or (self.accepting and (pause_all or paused)):
+            self._flow(pause_all, paused)
 
     def _spawn(self, slot: _Slot) -> _Slot:
         slot.task = asyncio.create_task(self._work(slot), name=f"{self.name}-worker")
@@ -137,29 +236,33 @@ class JobPool:
         loop = asyncio.get_running_loop()
         ran = 0
         while True:
-            if not self._backlog or not self.accepting:
+            if not (self._ready or self._promoted) or not self.accepting:
                 slot.idle = loop.create_future()
                 await slot.idle
                 continue
-            tp, record, ticket = self._backlog.popleft()
-            self._backlog_bytes -= len(record.value or b"")
-            if ticket.revoked:
+            item = self._next()
+            self._bytes -= item.size
+            if item.ticket.revoked:
+                self._left(item)
                 continue
-            slot.tp, slot.done = tp, loop.create_future()
+            slot.tp, slot.done = item.tp, loop.create_future()
             try:
-                await self._run(record)
+                await self._run(item.record)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 # The runner handles every job error itself; reaching here is a bug.
-                # The offset stays unfinished so the record is redelivered, not lost.
-                log.exception("pool.run_crashed", job_pool=self.name, offset=record.offset)
+                # The offset stays unfinished so the record is redelivered, not lost
+                # (its key's later records go on: holding them would stall the key
+                # until a restart, and the commit stops here anyway).
+                log.exception("pool.run_crashed", job_pool=self.name, offset=item.record.offset)
             else:
-                ticket.finish()
+                item.ticket.finish()
                 self.finished += 1
             finally:
                 slot.tp = None
                 slot.done.set_result(None)
+                self._left(item)
                 self._flow_check()
             ran += 1
             if ran % YIELD_EVERY == 0:
@@ -171,17 +274,33 @@ class JobPool:
 
     @property
     def waiting(self) -> int:
-        """Records taken from Kafka but not running yet (backlog and retry timers)."""
-        return len(self._backlog) + len(self._timers)
+        """Records taken from Kafka but not running yet (ready, in lanes, retry timers)."""
+        return len(self._ready) + len(self._promoted) + self._behind.total() + len(self._timers)
 
     def _drop_waiting(self, tps: set[Hashable] | None) -> None:
-        self._backlog = deque(
-            item for item in self._backlog if tps is not None and item[0] not in tps
-        )
-        self._backlog_bytes = sum(len(item[1].value or b"") for item in self._backlog)
+        """Drop the waiting records of ``tps`` (None: all); their keys' lanes move on."""
+
+        def dropped(item: _Item) -> bool:
+            return tps is None or item.tp in tps
+
+        for key, lane in self._lanes.items():
+            if any(dropped(item) for item in lane):
+                self._lanes[key] = deque(item for item in lane if not dropped(item))
+        gone = [item for item in self._ready_items() if dropped(item)]
+        self._ready = deque(item for item in self._ready if not dropped(item))
+        self._promoted = [entry for entry in self._promoted if not dropped(entry[1])]
+        heapq.heapify(self._promoted)
+        for item in gone:
+            self._left(item)  # a lane's next record (of a partition kept) becomes ready
+        behind = [item for lane in self._lanes.values() for item in lane]
+        self._behind = Counter(item.tp for item in behind)
+        self._bytes = sum(item.size for item in (*self._ready_items(), *behind))
         for timer, tp in list(self._timers.items()):
             if tps is None or tp in tps:
                 timer.cancel()
+
+    def _ready_items(self) -> list[_Item]:
+        return [*self._ready, *(item for _, item in self._promoted)]
 
     async def drain(self, timeout_s: float, tps: Iterable[Hashable] | None = None) -> int:
         """Drop waiting records, wait up to ``timeout_s`` for running ones, cancel the rest.

@@ -62,7 +62,11 @@ class KafkaSettings(_Group):
     buffer_per_partition: int = Field(64, ge=1, description="prefetched messages per partition")
     max_poll_records: int = Field(500, ge=1, description="records handed over per fetch")
     backlog_records: int = Field(
-        1000, ge=1, description="records a job type holds before its partitions pause"
+        1000,
+        ge=1,
+        description="records ready to run a job type holds before its partitions pause; "
+        "with ordering key, a partition also pauses alone when this many of its records "
+        "wait behind busy keys",
     )
     backlog_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="bytes a job type holds before its partitions pause"
@@ -161,6 +165,11 @@ class JobPolicy(_Group):
         description="worker deaths while running one job before it is dead-lettered "
         "unrun (stage crashed); 0 turns the guard off",
     )
+    ordering: Literal["none", "key"] = Field(
+        "none",
+        description="key: records with the same Kafka key run one at a time, in offset "
+        "order (other keys in parallel); none: any record may run beside any other",
+    )
 
 
 class JobsSettings(_Group):
@@ -172,14 +181,22 @@ class JobsSettings(_Group):
     knowledge_graph_extract: JobPolicy = JobPolicy(
         topic="jobs.knowledge_graph.extract", timeout_s=900.0
     )
-    crm_sync_pipelines: JobPolicy = JobPolicy(topic="jobs.crm.sync_pipelines", concurrency=2)
-    crm_webhook: JobPolicy = JobPolicy(topic="jobs.crm.webhook")
+    # The CRM and message topics are keyed by connection or lead: a key's jobs
+    # apply in the order they were published.
+    crm_sync_pipelines: JobPolicy = JobPolicy(
+        topic="jobs.crm.sync_pipelines", concurrency=2, ordering="key"
+    )
+    crm_webhook: JobPolicy = JobPolicy(topic="jobs.crm.webhook", ordering="key")
     # A send whose outcome is unknown is looked up before any resend: a lookup
     # and a post each hold the message's lease (crm.message_lease_s), and the
     # waits for a lease or a settling post are retries. They happen in place,
     # so later messages to the same lead do not overtake the one being resolved.
     message_send: JobPolicy = JobPolicy(
-        topic="jobs.message.send", timeout_s=150.0, max_attempts=20, in_place_max_s=130.0
+        topic="jobs.message.send",
+        timeout_s=150.0,
+        max_attempts=20,
+        in_place_max_s=130.0,
+        ordering="key",
     )
     probe: JobPolicy = JobPolicy(topic="jobs.probe", enabled=False, concurrency=8, timeout_s=10.0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ import asyncpg
 import pytest
 
 from streams.commands.migrate import migrate
+from tests.support import stack as stack_module
 from tests.support.services import Endpoints, endpoints
 from tests.support.stack import Stack
 from tests.support.worker import WorkerProcess
@@ -49,6 +51,30 @@ async def db(services: Endpoints) -> AsyncIterator[asyncpg.Pool]:
         yield pool
     finally:
         await pool.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _topic_deletions() -> Iterator[None]:
+    """At the end of the session: wait for the topic deletions the tests asked for."""
+    yield
+    stack_module.JANITOR.wait()
+
+
+@pytest.fixture(autouse=True)
+def _delete_test_topics() -> Iterator[None]:
+    """After each test (and after its workers stopped): delete the topics its stacks made.
+
+    Autouse fixtures are set up first, so this one is torn down last, once the
+    test's workers are gone. Best effort and in the background: a failure only
+    leaves topics behind.
+    """
+    yield
+    while stack_module.CREATED:
+        made = stack_module.CREATED.pop()
+        try:
+            stack_module.JANITOR.delete(made)
+        except Exception as exc:  # never fail a test over its clean-up
+            print(f"\n[topics] {made.prefix}: not deleted: {exc!r}", file=sys.stderr)
 
 
 @pytest.fixture

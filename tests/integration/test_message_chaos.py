@@ -25,7 +25,6 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 import asyncpg
@@ -38,7 +37,13 @@ from handlers.types import Job, Outcome
 from schemas.jobs import MessageSend
 from tests.support.crm import crm_deps, register_account, services
 from tests.support.kommo_server import Fault, KommoServer, kommo_server
-from tests.support.messages import message_envelopes, notes_per_key, out_of_order, sent_today
+from tests.support.messages import (
+    ledger_figures,
+    message_envelopes,
+    notes_per_key,
+    out_of_order,
+    sent_today,
+)
 from tests.support.services import Endpoints
 
 pytestmark = pytest.mark.integration
@@ -145,7 +150,7 @@ async def test_five_hundred_messages_under_chaos_make_five_hundred_notes_in_orde
         assert notes_per_key(server, keys) == Counter({key: 1 for key in keys})
         assert out_of_order(server, envelopes) == []
         assert await sent_today(pool, org) == MESSAGES
-        figures = await _ledger_figures(pool, keys)
+        figures = await ledger_figures(pool, keys)
         assert figures["sent"] == MESSAGES
 
         posts_before = server.calls[POST]
@@ -170,20 +175,3 @@ async def test_five_hundred_messages_under_chaos_make_five_hundred_notes_in_orde
         f"delay_max_s={delays[-1]:.2f} elapsed_s={elapsed_s:.1f} "
         f"replay_skipped={replay.outcomes[Outcome.SKIPPED.value]} replay_posts=0"
     )
-
-
-async def _ledger_figures(pool: asyncpg.Pool, keys: list[str]) -> dict[str, Any]:
-    row = await pool.fetchrow(
-        """
-        SELECT count(*) FILTER (WHERE state = 'sent') AS sent,
-               count(*) FILTER (WHERE resolved_by = 'answer') AS by_answer,
-               count(*) FILTER (WHERE resolved_by = 'lookup') AS by_lookup,
-               count(*) FILTER (WHERE lookups > 0) AS looked_up,
-               coalesce(sum(lookups), 0) AS lookups,
-               count(*) FILTER (WHERE posts > 1) AS posted_twice
-        FROM message_sends WHERE idempotency_key = ANY($1)
-        """,
-        keys,
-    )
-    assert row is not None
-    return dict(row)

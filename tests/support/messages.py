@@ -9,6 +9,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from confluent_kafka import Producer
@@ -188,6 +189,25 @@ async def ledger(db: asyncpg.Pool, key: str) -> asyncpg.Record:
         row = await conn.fetchrow("SELECT * FROM message_sends WHERE idempotency_key = $1", key)
     assert row is not None, f"no ledger row for {key}"
     return row
+
+
+async def ledger_figures(db: asyncpg.Pool, keys: list[str]) -> dict[str, Any]:
+    """How the ledger rows of ``keys`` got to ``sent``; each delay from first claim to sent."""
+    row = await db.fetchrow(
+        """
+        SELECT count(*) FILTER (WHERE state = 'sent') AS sent,
+               count(*) FILTER (WHERE resolved_by = 'answer') AS by_answer,
+               count(*) FILTER (WHERE resolved_by = 'lookup') AS by_lookup,
+               count(*) FILTER (WHERE lookups > 0) AS looked_up,
+               coalesce(sum(lookups), 0) AS lookups,
+               count(*) FILTER (WHERE posts > 1) AS posted_twice,
+               array_agg(extract(epoch FROM sent_at - created_at)::float8) AS delays_s
+        FROM message_sends WHERE idempotency_key = ANY($1)
+        """,
+        keys,
+    )
+    assert row is not None
+    return dict(row)
 
 
 async def sent_today(db: asyncpg.Pool, organization_id: str) -> int:

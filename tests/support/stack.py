@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 
 from schemas.envelope import JobEnvelope
 from streams.commands.topics import create_topics
@@ -29,6 +32,51 @@ def patched_env(env: Mapping[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+#: Stacks whose topics were created during the running test (deleted at its end).
+CREATED: list[Stack] = []
+
+
+class TopicJanitor:
+    """Deletes test stacks' topics in the background, so a test does not wait for it.
+
+    The broker is shared by every test session on the machine: topics left
+    behind pile up partitions until it runs out of heap. ``delete`` asks the
+    broker and returns at once (one admin client per broker, kept open);
+    ``wait`` collects the answers. The catalog's topics are deleted by name,
+    whether or not the broker's metadata lists them yet.
+    """
+
+    def __init__(self) -> None:
+        self._admins: dict[str, AdminClient] = {}
+        self._pending: list[Future[None]] = []
+
+    def delete(self, stack: Stack) -> None:
+        admin = self._admins.get(stack.bootstrap)
+        if admin is None:
+            admin = self._admins[stack.bootstrap] = AdminClient(
+                {"bootstrap.servers": stack.bootstrap}
+            )
+        futures = admin.delete_topics(stack.registry().all_topics(), operation_timeout=10)
+        self._pending += futures.values()
+
+    def wait(self, timeout_s: float = 30.0) -> int:
+        """Wait (up to ``timeout_s`` in all) for the deletions asked; how many succeeded."""
+        deadline = time.monotonic() + timeout_s
+        deleted = 0
+        for future in self._pending:
+            try:
+                future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception:  # never made, gone already, or the broker is slow
+                continue
+            deleted += 1
+        self._pending.clear()
+        return deleted
+
+
+#: The test session's janitor (tests/conftest.py).
+JANITOR = TopicJanitor()
 
 
 @dataclass
@@ -71,6 +119,7 @@ class Stack:
         return build_registry(self.settings())
 
     def create_topics(self) -> None:
+        CREATED.append(self)  # its topics are deleted when the test ends (conftest)
         create_topics(self.settings(), self.registry())
 
     def producer(self) -> Producer:
@@ -84,11 +133,15 @@ class Stack:
         *,
         raw: list[bytes] | None = None,
         topic: str | None = None,
+        keys: list[bytes] | None = None,
     ) -> None:
+        """Publish jobs keyed by their id, or by ``keys`` (one per envelope)."""
         prod = self.producer()
         registry = self.registry()
-        for env in envelopes:
-            prod.produce(topic or registry.topic_for(env.type), env.to_bytes(), env.id.encode())
+        chosen = keys if keys is not None else [env.id.encode() for env in envelopes]
+        assert len(chosen) == len(envelopes)
+        for env, key in zip(envelopes, chosen, strict=True):
+            prod.produce(topic or registry.topic_for(env.type), env.to_bytes(), key)
         for value in raw or []:
             assert topic is not None
             prod.produce(topic, value)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Hashable
 
 from streams.offsets import OffsetTracker
-from streams.pool import JobPool
+from streams.pool import JobPool, Ordering, RunFn
 from streams.records import Record
 from streams.settings import Settings
 
@@ -13,8 +14,8 @@ TP = ("jobs", 0)
 OTHER = ("jobs", 1)
 
 
-def record(offset: int, tp: tuple[str, int] = TP) -> Record:
-    return Record(tp[0], tp[1], offset, None, b"{}", (), None)
+def record(offset: int, tp: tuple[str, int] = TP, key: bytes | None = None) -> Record:
+    return Record(tp[0], tp[1], offset, key, b"{}", (), None)
 
 
 class Gate:
@@ -50,8 +51,16 @@ async def close(p: JobPool) -> None:
     await p.drain(0.1)
 
 
+Flow = list[tuple[bool, frozenset[Hashable]]]
+
+
 def pool(
-    gate: Gate, concurrency: int = 2, flow: list[bool] | None = None
+    gate: RunFn,
+    concurrency: int = 2,
+    flow: Flow | None = None,
+    *,
+    ordering: Ordering = "none",
+    high_water: int = 4,
 ) -> tuple[JobPool, OffsetTracker[tuple[str, int]]]:
     tracker: OffsetTracker[tuple[str, int]] = OffsetTracker()
     tracker.assign([TP, OTHER])
@@ -62,9 +71,10 @@ def pool(
         concurrency,
         gate,
         tracker,
-        flow=calls.append,
-        high_water=4,
+        flow=lambda pause_all, paused: calls.append((pause_all, paused)),
+        high_water=high_water,
         high_water_bytes=Settings().kafka.backlog_bytes,
+        ordering=ordering,
     )
     return pool, tracker
 
@@ -87,14 +97,14 @@ async def test_concurrency_is_bounded_and_all_finish_in_offset_order_commits() -
 
 async def test_backlog_past_high_water_pauses_then_resumes() -> None:
     gate = Gate()
-    flow: list[bool] = []
+    flow: Flow = []
     p, _ = pool(gate, concurrency=1, flow=flow)
     for offset in range(8):
         p.submit(TP, record(offset))
-    assert flow and flow[-1] is True, "paused above the high-water mark"
+    assert flow and flow[-1] == (True, frozenset()), "paused above the high-water mark"
     gate.release.set()
     await gate.wait_done(8)
-    assert flow[-1] is False, "resumed below the low-water mark"
+    assert flow[-1] == (False, frozenset()), "resumed below the low-water mark"
     await close(p)
 
 
