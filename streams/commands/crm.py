@@ -19,8 +19,7 @@ import os
 import re
 import sys
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
@@ -38,6 +37,7 @@ from handlers.db import Row
 from handlers.errors import PermanentError
 from handlers.providers.kommo import origin
 from schemas.envelope import JobEnvelope
+from streams.commands.postgres import database
 from streams.commands.submit import producer, publish
 from streams.registry import build_registry
 from streams.settings import Settings
@@ -410,16 +410,3 @@ def describe_sync(connection_id: str, result: SyncResult) -> str:
         f"no worker ran the sync of {connection_id} yet: is one running with crm.keyring set "
         "(`make run` sets a dev key)?"
     )
-
-
-# --- shared --------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def database(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
-    """One Postgres connection for a command."""
-    conn = await asyncpg.connect(settings.postgres.dsn.get_secret_value())
-    try:
-        yield conn
-    finally:
-        await conn.close()

@@ -24,8 +24,8 @@ from rich.table import Table
 
 from handlers.assets.formats.sniff import DOCX_MIME
 from schemas.envelope import JobEnvelope
-from streams.commands.crm import database
 from streams.commands.demo_kommo import run_crm_demo, serve_loopback
+from streams.commands.postgres import database
 from streams.commands.submit import producer, publish
 from streams.registry import build_registry
 from streams.settings import Settings

@@ -41,7 +41,8 @@ from handlers.crm.connections import NewConnection
 from handlers.crm.crypto import Keyring
 from handlers.crm.webhook import signature_of
 from schemas.envelope import JobEnvelope
-from streams.commands.crm import database, describe_sync, publish_sync, wait_for_sync
+from streams.commands.crm import describe_sync, publish_sync, wait_for_sync
+from streams.commands.postgres import database
 from streams.commands.submit import producer, publish
 from streams.registry import build_registry
 from streams.settings import Settings
