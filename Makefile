@@ -13,6 +13,10 @@ SERVICES := scripts/services
 ENV := eval "$$($(SERVICES) env)" &&
 # The pinned helm the chart tests render with (scripts/helm builds it once into a cache).
 HELM_ENV := CONVEYOR_HELM="$$(scripts/helm --path)"
+# DEV ONLY: a published key (base64 of "conveyor-dev-key-not-a-secret!!!") so `make run`
+# consumes CRM jobs and `make demo` can register its stand-in connection. Never use it
+# for real connections; an exported CONVEYOR_CRM__KEYRING takes its place.
+DEV_KEYRING := CONVEYOR_CRM__KEYRING="$${CONVEYOR_CRM__KEYRING:-dev:Y29udmV5b3ItZGV2LWtleS1ub3QtYS1zZWNyZXQhISE=}"
 
 .PHONY: help venv lock services services-stop services-status migrate topics setup run demo \
         helm test test-unit lint typecheck soak bench clean
@@ -50,13 +54,13 @@ topics: venv services ## create the catalog's topics
 
 setup: migrate topics ## everything `run` and `test` need
 
-run: setup ## run the worker in the foreground with readable logs
+run: setup ## run the worker in the foreground with readable logs (and a dev CRM key)
 	$(ENV) CONVEYOR_LOGGING__FORMAT=console CONVEYOR_HTTP__ALLOWED_HOSTS=127.0.0.1:* \
-	  CONVEYOR_WORKER__METRICS_HOST=127.0.0.1 \
+	  CONVEYOR_WORKER__METRICS_HOST=127.0.0.1 $(DEV_KEYRING) \
 	  $(BIN)/conveyor run
 
-demo: setup ## publish sample jobs (needs `make run` in another terminal)
-	$(ENV) $(BIN)/conveyor demo
+demo: setup ## publish sample and CRM jobs, show the results (needs `make run` in another terminal)
+	$(ENV) $(DEV_KEYRING) $(BIN)/conveyor demo
 
 lint: venv ## ruff (lint + format check)
 	$(BIN)/ruff check .

@@ -18,19 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-import uuid
 
 import aiohttp
 import asyncpg
 import structlog
 
+from bench.scratch import scratch_database
 from handlers.crm import connections, sync
 from handlers.deps import Deps
 from handlers.types import Outcome
 from schemas.jobs import CrmSyncPipelines
-from streams.commands.migrate import migrate
 from tests.support.crm import crm_deps, job, register_account, services
 from tests.support.kommo_server import KommoServer, kommo_server, make_fields, make_pipelines
 
@@ -102,19 +100,8 @@ async def run(dsn: str) -> None:
 
 async def main() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    admin = os.environ.get(
-        "CONVEYOR_POSTGRES__DSN", "postgresql://conveyor:conveyor@127.0.0.1/conveyor"
-    )
-    name = f"conveyor_bench_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f"CREATE DATABASE {name}")
-    dsn = admin.rpartition("/")[0] + "/" + name
-    try:
-        await migrate(dsn)
+    async with scratch_database() as dsn:
         await run(dsn)
-    finally:
-        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await conn.close()
 
 
 if __name__ == "__main__":

@@ -331,7 +331,10 @@ class CrmSettings(_Group):
         0.85, gt=0, lt=1, description="the adaptive limit is multiplied by this on a 429"
     )
     rate_increase_per_s: float = Field(
-        0.3, gt=0, description="requests/s the limit regains per second without a 429"
+        0.05,
+        gt=0,
+        description="requests/s the limit regains per second without a 429 "
+        "(a whole request every 20 s: workers sharing an account probe slowly)",
     )
     timeout_s: float = Field(20.0, gt=0, description="per HTTP request to Kommo")
     max_retries: int = Field(

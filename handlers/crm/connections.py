@@ -8,11 +8,13 @@ plaintext secret except the explicit ``secret`` accessor.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from handlers.crm.crypto import Keyring
+from handlers.crm.crypto import DecryptError, Keyring
 from handlers.db import Connection as DbConnection
+from handlers.db import Row
 from handlers.errors import PermanentError
 from handlers.providers.kommo import origin
 
@@ -58,6 +60,29 @@ SELECT id, {", ".join(SECRET_COLUMNS)} FROM crm_connections WHERE id = $1 FOR UP
 """
 SELECT_IDS = "SELECT id FROM crm_connections ORDER BY id"
 UPDATE_SECRET = "UPDATE crm_connections SET {column} = $2, updated_at = now() WHERE id = $1"
+SELECT_SYNC = """
+SELECT sync_job_id, sync_state, sync_started_at, sync_finished_at, sync_error, sync_pipelines,
+       sync_statuses, sync_custom_fields, sync_removed, sync_api_calls
+FROM crm_connections WHERE id = $1
+"""
+EXISTS = "SELECT EXISTS (SELECT 1 FROM crm_connections WHERE id = $1)"
+# The key id of a stored value 'v1:<key id>:<data>' (no secret leaves the database).
+_KEY_IDS = f"unnest(ARRAY[{', '.join(SECRET_COLUMNS)}]) AS v"
+LIST = f"""
+SELECT id, organization_id, base_url, client_id, redirect_uri, access_expires_at,
+       tokens_refreshed_at, needs_reauth, reauth_reason, sync_state, sync_started_at,
+       sync_finished_at, sync_error, sync_pipelines, sync_statuses, sync_custom_fields,
+       sync_removed, sync_api_calls,
+       ARRAY(SELECT DISTINCT split_part(v, ':', 2) FROM {_KEY_IDS} ORDER BY 1) AS key_ids
+FROM crm_connections
+WHERE ($1::text IS NULL OR organization_id = $1)
+ORDER BY organization_id, id
+"""
+KEY_COUNTS = f"""
+SELECT split_part(v, ':', 2) AS key_id, count(*) AS n
+FROM crm_connections, {_KEY_IDS}
+GROUP BY 1 ORDER BY 1
+"""
 
 # A sync claims its connection with a lease: a second sync waits until the
 # first finishes or its lease runs out (its worker died). The same job may
@@ -183,24 +208,81 @@ async def secret(conn: DbConnection, keyring: Keyring, connection_id: str, colum
     return keyring.decrypt(stored, context(connection_id, column))
 
 
-async def reencrypt_all(conn: DbConnection, keyring: Keyring) -> int:
-    """Re-encrypt every secret under the keyring's current key; returns values rewritten.
+@dataclass(frozen=True, slots=True)
+class Reencrypted:
+    """A rotation: values rewritten, those that did not decrypt, connections gone through."""
 
-    Each connection in its own transaction with its row locked, so a token
-    refresh in between is never overwritten with the old token.
+    rewritten: int
+    failures: tuple[str, ...] = ()
+    connections: int = 1
+
+
+async def connection_ids(conn: DbConnection) -> list[str]:
+    return [r["id"] for r in await conn.fetch(SELECT_IDS)]
+
+
+async def exists(conn: DbConnection, connection_id: str) -> bool:
+    return bool(await conn.fetchval(EXISTS, connection_id))
+
+
+async def reencrypt(conn: DbConnection, keyring: Keyring, connection_id: str) -> Reencrypted:
+    """Re-encrypt one connection's secrets under the keyring's current key.
+
+    In one transaction with the row locked: a token refresh that stores new
+    tokens meanwhile waits for it (or it for the refresh) and is never
+    overwritten with the old tokens. A value that does not decrypt (its key
+    left the keyring, or it was tampered with) is left as it is and reported.
     """
-    rewritten = 0
-    for connection_id in [r["id"] for r in await conn.fetch(SELECT_IDS)]:
-        async with conn.transaction():
-            row = await conn.fetchrow(SELECT_SECRETS_FOR_UPDATE, connection_id)
-            if row is None:
-                continue
-            for column in SECRET_COLUMNS:
+    rewritten, failures = 0, []
+    async with conn.transaction():
+        row = await conn.fetchrow(SELECT_SECRETS_FOR_UPDATE, connection_id)
+        if row is None:  # deleted meanwhile
+            return Reencrypted(0)
+        for column in SECRET_COLUMNS:
+            try:
                 moved = keyring.reencrypt(row[column], context(connection_id, column))
-                if moved is not None:
-                    await conn.execute(UPDATE_SECRET.format(column=column), connection_id, moved)
-                    rewritten += 1
-    return rewritten
+            except DecryptError as exc:
+                failures.append(str(exc))
+                continue
+            if moved is not None:
+                await conn.execute(UPDATE_SECRET.format(column=column), connection_id, moved)
+                rewritten += 1
+    return Reencrypted(rewritten, tuple(failures))
+
+
+async def reencrypt_all(
+    conn: DbConnection, keyring: Keyring, progress: Callable[[int, int], None] | None = None
+) -> Reencrypted:
+    """``reencrypt`` every connection, each in its own transaction; ``progress(done, total)``
+    after each (``conveyor crm rotate-key``)."""
+    ids = await connection_ids(conn)
+    rewritten = 0
+    failures: tuple[str, ...] = ()
+    for done, connection_id in enumerate(ids, start=1):
+        result = await reencrypt(conn, keyring, connection_id)
+        rewritten, failures = rewritten + result.rewritten, failures + result.failures
+        if progress is not None:
+            progress(done, len(ids))
+    return Reencrypted(rewritten, failures, len(ids))
+
+
+async def listing(conn: DbConnection, organization_id: str | None = None) -> list[Row]:
+    """Every connection (of one organization) with its last sync and the key ids of its
+    secrets — never a secret (``conveyor crm list``)."""
+    return await conn.fetch(LIST, organization_id)
+
+
+async def sync_status(conn: DbConnection, connection_id: str) -> Row:
+    """The connection's last (or running) sync; PermanentError when there is no connection."""
+    row = await conn.fetchrow(SELECT_SYNC, connection_id)
+    if row is None:
+        raise PermanentError(f"no CRM connection {connection_id!r}")
+    return row
+
+
+async def key_counts(conn: DbConnection) -> dict[str, int]:
+    """How many stored secret values each key id encrypts."""
+    return {r["key_id"]: r["n"] for r in await conn.fetch(KEY_COUNTS)}
 
 
 async def claim_sync(conn: DbConnection, connection_id: str, job_id: str, lease_s: float) -> bool:

@@ -296,9 +296,13 @@ class KommoClient:
     ) -> None:
         """Account a 429's wait; hand it to the runner past the budget or when it is long."""
         cfg = self.config
-        tries.rate_limit_wait_s += wait_s if wait_s is not None else 1.0 / self.limiter.rate
+        tries.rate_limit_wait_s += wait_s if wait_s is not None else 1.0 / self.limiter.pace
         log.info(
-            "kommo.rate_limited", path=_path(url), delay_s=wait_s, rate=round(self.limiter.rate, 2)
+            "kommo.rate_limited",
+            path=_path(url),
+            delay_s=wait_s,
+            rate=round(self.limiter.rate, 2),
+            pace=round(self.limiter.pace, 2),
         )
         if (wait_s or 0.0) > cfg.backoff_max_s or tries.rate_limit_wait_s > cfg.rate_limit_wait_s:
             raise RetryableError(

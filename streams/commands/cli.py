@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--count", type=int, default=1, help="publish this many copies")
     sub.add_parser("lag", help="the consumer group's lag per topic, its state and members")
     _dlq_parser(sub)
+    _crm_parser(sub)
     demo = sub.add_parser("demo", help="serve sample documents, publish asset jobs, show results")
     demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for results")
     return p
@@ -86,8 +87,54 @@ def _dlq_parser(sub: Any) -> None:
     rs.add_argument("--note", required=True, help="why (stored in resolution_note)")
 
 
+def _crm_parser(sub: Any) -> None:
+    crm = sub.add_parser("crm", help="Kommo connections: connect, list, rotate-key, sync")
+    csub = crm.add_subparsers(dest="crm_command", required=True, metavar="ACTION")
+    c = csub.add_parser(
+        "connect",
+        allow_abbrev=False,  # no --secrets standing for --secrets-from
+        help="register (or re-register) a connection after the platform's OAuth consent",
+        description="Register a Kommo connection. The secrets are read from the environment "
+        "(KOMMO_CLIENT_SECRET, KOMMO_ACCESS_TOKEN, KOMMO_REFRESH_TOKEN, KOMMO_WEBHOOK_SECRET) "
+        "or, with --secrets-from stdin, from NAME=value lines on stdin; never from arguments.",
+    )
+    c.add_argument("connection_id", metavar="CONNECTION_ID")
+    c.add_argument("--org", required=True, help="the organization the connection belongs to")
+    c.add_argument("--base-url", required=True, help="the account: https://<subdomain>.kommo.com")
+    c.add_argument("--client-id", required=True, help="the integration's OAuth client id")
+    c.add_argument("--redirect-uri", required=True, help="the integration's OAuth redirect URI")
+    when = c.add_mutually_exclusive_group(required=True)
+    when.add_argument("--expires-in", type=float, help="access token lifetime, seconds from now")
+    when.add_argument("--expires-at", help="access token expiry, ISO 8601 with a time zone")
+    c.add_argument("--secrets-from", default="env", metavar="env|stdin", help="default: env")
+    ls = csub.add_parser("list", help="connections, their state and last sync (no secrets)")
+    ls.add_argument("--org", help="only this organization's")
+    ls.add_argument("--json", action="store_true", help="as JSON")
+    csub.add_parser(
+        "rotate-key",
+        help="re-encrypt every secret under the keyring's first key (idempotent, online)",
+    )
+    s = csub.add_parser("sync", help="publish a crm.sync_pipelines job for one connection")
+    s.add_argument("connection_id", metavar="CONNECTION_ID")
+    s.add_argument("--wait", type=float, metavar="SECONDS", help="wait for its outcome")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["crm"]:
+        from streams.commands.crm import refuse_secrets_in_argv
+
+        refused = refuse_secrets_in_argv(argv)
+        if refused:
+            err.print(f"conveyor crm: {refused}", markup=False)
+            return EXIT_CONFIG
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "crm":  # not echoed: a stray argument may be a secret
+        err.print(f"conveyor crm: {len(extra)} unexpected argument(s) (not shown)")
+        return EXIT_CONFIG
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -119,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _lag(settings)
     if command == "dlq":
         return asyncio.run(_dlq(settings, args))
+    if command == "crm":
+        from streams.commands.crm import run_crm
+
+        return run_crm(settings, args)
     if command == "demo":
         from streams.commands.demo import run_demo
 

@@ -1,10 +1,13 @@
-"""``conveyor demo``: index the sample documents and show the result.
+"""``conveyor demo``: index the sample documents, sync a CRM account, show the results.
 
 Serves ``docs/samples`` (markdown, text, a PDF and a DOCX; the binary two are
 made by ``scripts/make_samples.py``) on a loopback port, creates one asset row per file,
 publishes an ``asset.process`` job for each, then waits (with a progress bar)
-until every asset is completed or failed. The worker must be running
-(``make run``) with ``127.0.0.1:*`` (any port) in ``CONVEYOR_HTTP__ALLOWED_HOSTS``.
+until every asset is completed or failed. Then the CRM part
+(streams/commands/demo_kommo.py): a pipeline sync of a stand-in Kommo account
+and a signed and an unsigned webhook. The worker must be running
+(``make run``) with ``127.0.0.1:*`` (any port) in ``CONVEYOR_HTTP__ALLOWED_HOSTS``
+and the same ``crm.keyring`` as the demo (``make run`` and ``make demo`` set a dev key).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from rich.table import Table
 
 from handlers.assets.formats.sniff import DOCX_MIME
 from schemas.envelope import JobEnvelope
+from streams.commands.demo_kommo import run_crm_demo, serve_loopback
+from streams.commands.postgres import database
 from streams.commands.submit import producer, publish
 from streams.registry import build_registry
 from streams.settings import Settings
@@ -42,21 +47,18 @@ STATUS = "SELECT id, filename, status, chunks_count, error FROM assets WHERE id 
 
 
 async def run_demo(settings: Settings, timeout_s: float) -> int:
+    indexed = await _index_samples(settings, timeout_s)
+    synced = await run_crm_demo(settings, timeout_s)
+    return 0 if indexed and synced else 1
+
+
+async def _index_samples(settings: Settings, timeout_s: float) -> bool:
     files = sorted(p for p in SAMPLES.iterdir() if p.suffix in MIME)
     app = web.Application()
     app.router.add_static("/", SAMPLES)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    conn = await asyncpg.connect(settings.postgres.dsn.get_secret_value())
-    try:
-        ids = await _submit(settings, conn, files, port)
+    async with serve_loopback(app) as samples_url, database(settings) as conn:
+        ids = await _submit(settings, conn, files, samples_url)
         rows = await _wait(conn, ids, timeout_s)
-    finally:
-        await conn.close()
-        await runner.cleanup()
     table = Table("asset", "file", "status", "chunks", "error")
     for r in rows:
         table.add_row(
@@ -66,18 +68,18 @@ async def run_demo(settings: Settings, timeout_s: float) -> int:
     done = all(r["status"] == "completed" for r in rows)
     if not done:
         out.print("[yellow]not every asset completed: is `make run` running?[/]")
-    return 0 if done else 1
+    return done
 
 
 async def _submit(
-    settings: Settings, conn: asyncpg.Connection, files: list[Path], port: int
+    settings: Settings, conn: asyncpg.Connection, files: list[Path], samples_url: str
 ) -> list[str]:
     spec = build_registry(settings).specs["asset.process"]
     prod = producer(settings)
     ids = []
     for path in files:
         asset_id = f"demo-{uuid.uuid4().hex[:8]}"
-        url = f"http://127.0.0.1:{port}/{path.name}"
+        url = f"{samples_url}/{path.name}"
         await conn.execute(INSERT_ASSET, asset_id, "demo-org", url, MIME[path.suffix], path.name)
         envelope = JobEnvelope(
             type="asset.process", organization_id="demo-org", payload={"asset_id": asset_id}

@@ -15,8 +15,7 @@ for: the same bytes fail the same way until their producer is fixed.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +26,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from schemas.dlq import Stage, own_headers
+from streams.commands.postgres import database
 from streams.commands.submit import producer
 from streams.registry import build_registry
 from streams.settings import Settings
@@ -131,7 +131,7 @@ async def replay(
     dlq_topic = settings.kafka.dlq_topic
     report = ReplayReport()
     prod = prod or producer(settings)
-    async with _connect(settings) as conn:
+    async with database(settings) as conn:
         total = int(await conn.fetchval(COUNT, *_filters(dlq_topic, sel)))
         remaining = total if sel.limit is None else min(total, sel.limit)
         with Progress(console=err, transient=True) as progress:
@@ -164,15 +164,6 @@ async def replay(
         if not dry_run:
             await _resolve_duplicates(conn, report)
     return report
-
-
-@asynccontextmanager
-async def _connect(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(settings.postgres.dsn.get_secret_value())
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 def _first_of_job(first_rows: dict[str, int], row: asyncpg.Record) -> int:
@@ -225,12 +216,12 @@ def _publish(prod: Producer, rows: list[asyncpg.Record], report: ReplayReport) -
 
 
 async def list_rows(settings: Settings, sel: Selection) -> list[asyncpg.Record]:
-    async with _connect(settings) as conn:
+    async with database(settings) as conn:
         return await fetch_rows(conn, settings.kafka.dlq_topic, sel, 0, sel.limit or 50)
 
 
 async def resolve(settings: Settings, ids: Sequence[int], note: str) -> list[int]:
-    async with _connect(settings) as conn:
+    async with database(settings) as conn:
         rows = await conn.fetch(RESOLVE, settings.kafka.dlq_topic, list(ids), note)
     return [r["id"] for r in rows]
 

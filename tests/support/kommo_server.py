@@ -22,7 +22,8 @@ part follows, is listed in docs/KOMMO.md. In short:
 
 Faults: ``faults`` is a queue of scripted faults (one consumed per matching
 request): a status (401, 429, 5xx...), optionally after performing the
-operation; slow; hang; ``late`` — perform the operation, then answer
+operation; slow; hang; ``held`` — answer normally once the test sets
+``release``; ``late`` — perform the operation, then answer
 after ``delay_s`` (past the client's timeout); and ``deferred`` — perform it
 ``delay_s`` after the request arrived even if the client has gone by then (a
 server that finishes a write after the client gave up). ``chaos`` adds faults at
@@ -79,6 +80,7 @@ class Fault:
 
     ``kind``: ``status`` (answer ``status``; with ``after`` the operation is
     performed first), ``slow`` (wait ``delay_s``, then answer normally),
+    ``held`` (wait until the server's ``release`` is set, then answer normally),
     ``hang`` (never answer), ``late`` (perform, then answer after ``delay_s``) or
     ``deferred`` (perform after ``delay_s`` whether or not the client still waits).
     """
@@ -174,6 +176,7 @@ class KommoServer:
     _rng: random.Random = field(default_factory=random.Random)
     _called: asyncio.Condition = field(default_factory=asyncio.Condition)
     _deferred: set[asyncio.Task[web.Response]] = field(default_factory=set)
+    release: asyncio.Event = field(default_factory=asyncio.Event)  # for ``held`` faults
 
     def __post_init__(self) -> None:
         self._rng.seed(self.seed)
@@ -268,9 +271,11 @@ class KommoServer:
             if fault is not None and fault.kind == "deferred":
                 await request.read()  # the body outlives the connection
                 return await self._defer(operation, fault.delay_s)
-            if fault is None or fault.kind == "slow":
-                if fault is not None:
+            if fault is None or fault.kind in ("slow", "held"):
+                if fault is not None and fault.kind == "slow":
                     await asyncio.sleep(fault.delay_s)
+                if fault is not None and fault.kind == "held":
+                    await self.release.wait()
                 return await operation()
             return await self._faulty(fault, operation)
         except Refused as refused:

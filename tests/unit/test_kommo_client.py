@@ -14,7 +14,6 @@ from structlog.testing import capture_logs
 from handlers.crm.crypto import new_key
 from handlers.crm.services import crm_services
 from handlers.errors import PermanentError, RetryableError
-from handlers.providers.adaptive_limit import HEADROOM
 from handlers.providers.kommo import (
     GrantRefused,
     Kommo,
@@ -95,7 +94,7 @@ async def test_a_429_slows_the_account_down_and_honours_retry_after(
         assert len(await client.pipelines()) == 3
     assert time.monotonic() - started >= 0.95
     assert server.calls[PIPELINES] == 2
-    cut = 7 * HEADROOM * config().rate_decrease_factor
+    cut = 7 * config().rate_decrease_factor
     assert cut <= client.limiter.rate < cut + 0.5  # cut, then a second's recovery
     assert [e["event"] for e in logs] == ["kommo.rate_limited"]
 
