@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections import Counter
 from functools import partial
 from typing import Any
 
@@ -26,23 +27,45 @@ class HashEmbedder:
 
     Deterministic and offline: good for development and tests, where texts
     that share words land near each other. It knows nothing of meaning.
+    Each word's bucket and sign are remembered (up to ``SLOTS_MAX`` words,
+    then forgotten all at once) and a text's words are counted first, so a
+    word is hashed about once per document instead of at every use: the
+    hashing was 40 % of the worker's CPU while ingesting PDFs.
     """
+
+    SLOTS_MAX = 65_536
 
     def __init__(self, dimensions: int) -> None:
         self.dimensions = dimensions
         self.model = f"hash-{dimensions}"
+        self._slots: dict[str, tuple[int, float]] = {}
 
     async def embed(self, texts: list[str], organization_id: str | None) -> list[list[float]]:
         return [self.vector(text) for text in texts]
 
     def vector(self, text: str) -> list[float]:
+        counts: dict[int, float] = {}
+        for word, uses in Counter(_WORD.findall(text.lower())).items():
+            bucket, sign = self._slots.get(word) or self._slot(word)
+            counts[bucket] = counts.get(bucket, 0.0) + sign * uses
         values = [0.0] * self.dimensions
-        for word in _WORD.findall(text.lower()):
-            digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
-            bucket = int.from_bytes(digest[:4], "little") % self.dimensions
-            values[bucket] += 1.0 if digest[4] & 1 else -1.0
-        norm = math.sqrt(sum(v * v for v in values))
-        return [v / norm for v in values] if norm else values
+        # Whole-number counts: the sum of squares is exact in any order.
+        norm = math.sqrt(sum(v * v for v in counts.values()))
+        if norm:
+            for bucket, v in counts.items():
+                values[bucket] = v / norm
+        return values
+
+    def _slot(self, word: str) -> tuple[int, float]:
+        digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
+        slot = (
+            int.from_bytes(digest[:4], "little") % self.dimensions,
+            1.0 if digest[4] & 1 else -1.0,
+        )
+        if len(self._slots) >= self.SLOTS_MAX:
+            self._slots.clear()
+        self._slots[word] = slot
+        return slot
 
 
 class _Embedding(BaseModel):

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
+import random
+import re
+
 from handlers.providers.embed import HashEmbedder, OpenAIEmbedder
 from handlers.providers.llm import OpenAIChat
 from streams.policies import knowledge_graph_policy
@@ -58,3 +63,27 @@ async def test_every_llm_call_sends_the_configured_max_tokens() -> None:
         finally:
             await providers.close()
     assert [body["max_tokens"] for body in server.chat_bodies] == [333]
+
+
+def _reference_vector(text: str, dimensions: int) -> list[float]:
+    """The hash embedder as first written: every word hashed at every use."""
+    values = [0.0] * dimensions
+    for word in re.findall(r"\w+", text.lower()):
+        digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
+        bucket = int.from_bytes(digest[:4], "little") % dimensions
+        values[bucket] += 1.0 if digest[4] & 1 else -1.0
+    norm = math.sqrt(sum(v * v for v in values))
+    return [v / norm for v in values] if norm else values
+
+
+def test_hash_embedder_remembered_words_give_the_same_vectors_bit_for_bit() -> None:
+    embedder = HashEmbedder(64)
+    embedder.SLOTS_MAX = 50  # forgets several times over these texts
+    rng = random.Random(7)
+    words = [f"w{i}" for i in range(120)] + ["Straße", "ÉTÉ", "naïve", "x_1", "42"]
+    texts = ["", "   ", "?!"] + [
+        " ".join(rng.choice(words) for _ in range(rng.randint(1, 300))) for _ in range(60)
+    ]
+    for text in texts:
+        assert embedder.vector(text) == _reference_vector(text, 64), text
+    assert len(embedder._slots) <= 50
