@@ -8,16 +8,23 @@ topic's records may be waiting for their not-before time.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from handlers.backoff import backoff_s
 from streams.commands.topics import admin
 from streams.kafka_config import confluent_config
 from streams.registry import Registry
 from streams.settings import Settings
 
 TIMEOUT_S = 10.0
+T = TypeVar("T")
+ATTEMPTS = 5  # a coordinator still loading answers NOT_COORDINATOR for a few seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +54,26 @@ def group_lag(settings: Settings, registry: Registry) -> GroupLag:
         {**confluent_config(settings.kafka), "group.id": group, "enable.auto.commit": False}
     )
     try:
-        topics = [_topic_lag(consumer, name) for name in registry.all_topics()]
+        topics = [_retrying(partial(_topic_lag, consumer, name)) for name in registry.all_topics()]
     finally:
         consumer.close()
-    state, members = _describe(settings, group)
+    state, members = _retrying(partial(_describe, settings, group))
     return GroupLag(group, state, members, topics)
+
+
+def _retrying(
+    call: Callable[[], T], sleep: Callable[[float], None] = time.sleep, attempts: int = ATTEMPTS
+) -> T:
+    """``call()``, again after a short wait while Kafka says the error is retriable."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if attempt == attempts or not (isinstance(error, KafkaError) and error.retriable()):
+                raise
+            sleep(backoff_s(attempt, 0.5, 4.0, jitter=0.5))
+    raise AssertionError("unreachable")
 
 
 def _topic_lag(consumer: Consumer, topic: str) -> TopicLag:
