@@ -74,12 +74,18 @@ def _dlq_parser(sub: Any) -> None:
         help="republish dead letters to their original topics (fresh attempts)",
         description="Republish the selected dead letters (status new) to the topics they "
         "came from, then mark them replayed. Select with --id, --job-type or --stage, or "
-        "--all. Decode and validate failures are left out unless --include-invalid.",
+        "--all. Decode and validate failures are left out unless --include-invalid, jobs that "
+        "killed their worker (stage crashed) unless --include-crashed.",
     )
     filters(rp)
     rp.add_argument("--all", action="store_true", help="every new dead letter")
     rp.add_argument("--include-replayed", action="store_true", help="replay them again")
     rp.add_argument("--include-invalid", action="store_true", help="decode/validate failures too")
+    rp.add_argument(
+        "--include-crashed",
+        action="store_true",
+        help="jobs that killed their worker too (once the cause is fixed)",
+    )
     rp.add_argument("--limit", type=int, help="at most this many dead letters")
     rp.add_argument("--dry-run", action="store_true", help="show what would be replayed")
     rs = dsub.add_parser("resolve", help="close dead letters that need no replay, with a note")
@@ -227,7 +233,11 @@ async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
             err.print("conveyor dlq replay: select with --id, --job-type or --stage, or --all")
             return EXIT_CONFIG
         report = await dlq.replay(
-            settings, sel, include_invalid=args.include_invalid, dry_run=args.dry_run
+            settings,
+            sel,
+            include_invalid=args.include_invalid,
+            include_crashed=args.include_crashed,
+            dry_run=args.dry_run,
         )
     except (OSError, asyncpg.PostgresError) as exc:
         err.print(f"conveyor dlq: Postgres: {exc}", markup=False)

@@ -15,7 +15,7 @@ for: the same bytes fail the same way until their producer is fixed.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,10 +105,20 @@ def replay_headers(stored: str | dict[str, str]) -> list[tuple[str, str | bytes 
     return [(k, v.encode()) for k, v in own_headers(headers.items())]
 
 
-def skip_reason(row: asyncpg.Record, source_topics: set[str], include_invalid: bool) -> str | None:
+def skip_reason(
+    row: asyncpg.Record | Mapping[str, Any],
+    source_topics: set[str],
+    include_invalid: bool,
+    include_crashed: bool = False,
+) -> str | None:
     """Why a row is not replayed, or None when it is."""
     if row["stage"] in INVALID_STAGES and not include_invalid:
         return f"stage {row['stage']}: the same bytes would fail again (--include-invalid)"
+    if row["stage"] == Stage.CRASHED.value and not include_crashed:
+        return (
+            "stage crashed: it killed its worker each time it ran; replay it once the cause"
+            " is fixed (--include-crashed)"
+        )
     topic = row["original_topic"]
     if not topic:
         return "no original topic recorded"
@@ -122,6 +132,7 @@ async def replay(
     sel: Selection,
     *,
     include_invalid: bool = False,
+    include_crashed: bool = False,
     dry_run: bool = False,
     prod: Producer | None = None,
 ) -> ReplayReport:
@@ -146,7 +157,7 @@ async def replay(
                 last_id = rows[-1]["id"]
                 todo = []
                 for row in rows:
-                    reason = skip_reason(row, source_topics, include_invalid)
+                    reason = skip_reason(row, source_topics, include_invalid, include_crashed)
                     if reason is not None:
                         report.skipped[row["id"]] = reason
                     elif (first := _first_of_job(first_rows, row)) != row["id"]:
