@@ -16,12 +16,16 @@ from typing import Any
 
 import pytest
 
-from streams.settings import Settings
+from streams.settings import ExtractSettings, Settings
 from tests.support import chart
 
 CI_VALUES = sorted((chart.CHART / "ci").glob("*-values.yaml"))
 FULL = chart.CHART / "ci" / "full-values.yaml"
 DEPLOYING = chart.ROOT / "docs" / "DEPLOYING.md"
+# The worker process and multiprocessing's resource tracker, above their
+# measured ~125 MB (docs/BENCHMARKS.md, the memory table).
+WORKER_BYTES = 160 * 2**20
+UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 10**3, "M": 10**6, "G": 10**9}
 
 
 # --- every values file renders valid manifests --------------------------------------
@@ -291,3 +295,22 @@ def test_deploying_documents_every_value() -> None:
         if f"`{path}`" not in cells and not (parent and f"`.{leaf}`" in cells and parent in cells):
             missing.append(path)
     assert not missing, f"docs/DEPLOYING.md, Values reference lacks: {missing}"
+
+
+def _bytes(quantity: str) -> int:
+    for suffix, factor in UNITS.items():
+        if quantity.endswith(suffix):
+            return int(float(quantity.removesuffix(suffix)) * factor)
+    return int(quantity)
+
+
+def test_the_default_memory_limit_holds_every_extraction_process_at_its_ceiling() -> None:
+    """A document that needs more than the ceiling fails alone; it never OOM-kills the pod."""
+    docs = chart.render(files=[chart.CHART / "ci" / "minimal-values.yaml"])
+    container = chart.pod_spec(chart.one(docs, "Deployment"))["containers"][0]
+    env = chart.container_env(container, docs)
+    defaults = ExtractSettings()
+    workers = int(env.get("CONVEYOR_EXTRACT__WORKERS") or defaults.workers)
+    ceiling = int(env.get("CONVEYOR_EXTRACT__MEMORY_LIMIT_BYTES") or defaults.memory_limit_bytes)
+    limit = _bytes(container["resources"]["limits"]["memory"])
+    assert limit >= WORKER_BYTES + workers * ceiling, (limit, workers, ceiling)
