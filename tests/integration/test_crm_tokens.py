@@ -16,7 +16,7 @@ from handlers.crm.connections import context
 from handlers.crm.crypto import Keyring, new_key
 from handlers.errors import PermanentError
 from tests.support.crm import KEYRING, register_account, services
-from tests.support.kommo_server import KommoServer, kommo_server
+from tests.support.kommo_server import Fault, KommoServer, kommo_server
 from tests.support.services import Endpoints
 
 pytestmark = pytest.mark.integration
@@ -79,6 +79,11 @@ async def test_without_the_lock_the_same_run_spends_the_refresh_token_twice(
 ) -> None:
     """Control for the test above: it fails when the refresh is not serialized."""
     monkeypatch.setattr(tokens, "LOCK", "SELECT $1::int, $2::text")
+    # The window, widened: Kommo answers the first refresh after 0.5 s, so the
+    # other jobs re-read the still-expired token meanwhile. (Without it, on a
+    # loaded machine the first refresh sometimes committed before any other
+    # job read the connection, and this control passed nothing.)
+    server.faults.append(Fault("slow", delay_s=0.5, route=TOKEN))
     new = await register_account(db, server, expires_in_s=-10)
     results = await _forty_jobs_on_two_workers(server, db, second_db, new.id)
     assert server.calls[TOKEN] > 1
