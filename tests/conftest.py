@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -98,3 +99,10 @@ def worker_factory(tmp_path: Path) -> Iterator[type[WorkerProcess] | object]:
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """An aiohttp session for tests that call a local stand-in API."""
+    async with aiohttp.ClientSession() as s:
+        yield s

@@ -45,12 +45,6 @@ async def server() -> AsyncIterator[KommoServer]:
         yield srv
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 def connect(
     server: KommoServer, session: aiohttp.ClientSession, **overrides: Any
 ) -> tuple[KommoClient, MemoryTokens]:

@@ -30,12 +30,6 @@ async def server() -> AsyncIterator[OpenAIServer]:
         yield srv
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 def client(
     server: OpenAIServer,
     session: aiohttp.ClientSession,
