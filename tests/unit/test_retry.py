@@ -60,6 +60,18 @@ TABLE: list[tuple[BaseException, int, float | None, int, Decision]] = [
     (OUTAGE, 4, None, 0, WaitForDependency(0.5, 1)),
     (asyncpg.exceptions.CannotConnectNowError("starting"), 2, None, 5, WaitForDependency(10.0, 6)),
     (asyncpg.exceptions.TooManyConnectionsError("full"), 1, None, 3, WaitForDependency(4.0, 4)),
+    # a failover: the database answers read-only (25006); the job is not at fault
+    (
+        asyncpg.exceptions.ReadOnlySQLTransactionError("read-only"),
+        3,
+        None,
+        0,
+        WaitForDependency(0.5, 1),
+    ),
+    # a lost race or a statement timeout is an ordinary failure; the data refused is permanent
+    (asyncpg.exceptions.SerializationError("conflict"), 1, None, 0, RetryInPlace(1.0)),
+    (asyncpg.exceptions.QueryCanceledError("statement timeout"), 1, None, 0, RetryInPlace(1.0)),
+    (asyncpg.exceptions.NumericValueOutOfRangeError("too big"), 1, None, 0, dead()),
     # the deadline: no wait or retry that could only start after it
     (FLAKY, 1, 10.0, 0, RetryInPlace(1.0)),
     (FLAKY, 1, 0.5, 0, dead(TIMEOUT)),
