@@ -92,5 +92,6 @@ async def test_a_waiting_suspect_stops_new_starts_only_for_a_while() -> None:
 
 
 async def until(condition: Callable[[], bool]) -> None:
-    while not condition():
+    """Poll (bounded by the caller's wait_for): the gate's toggle has no event to await."""
+    while not condition():  # noqa: ASYNC110
         await asyncio.sleep(0.005)
