@@ -16,7 +16,7 @@ import json
 from typing import Any
 
 from handlers.deps import Deps
-from schemas.dlq import DeadLetterRecord
+from schemas.dlq import DeadLetterRecord, FailureContext
 
 COLUMNS = """
     dlq_topic, dlq_partition, dlq_offset, original_topic, original_partition, original_offset,
@@ -97,11 +97,23 @@ def clean_record(record: DeadLetterRecord) -> tuple[DeadLetterRecord, str | None
     return record.model_copy(update={"headers": headers}), NOTE_NUL_HEADERS
 
 
+def omission_note(c: FailureContext) -> str | None:
+    """What a dead letter too large for its topic left out, and where the original is."""
+    if not c.omitted:
+        return None
+    where = f"{c.original_topic}:{c.original_partition}:{c.original_offset}"
+    return storable(
+        f"the dead letter left out its {c.omitted} ({c.omitted_bytes} bytes) to fit its topic;"
+        f" the original is at {where} until that topic's retention, where"
+        " `conveyor dlq replay` reads it"
+    )
+
+
 def row_of(record: DeadLetterRecord) -> tuple[Any, ...]:
     r, header_note = clean_record(record)
     c = r.context
     payload, payload_note = decoded_payload(r.value)
-    notes = [n for n in (payload_note, header_note) if n]
+    notes = [n for n in (omission_note(c), payload_note, header_note) if n]
     return (
         r.dlq_topic,
         r.dlq_partition,

@@ -31,7 +31,7 @@ from schemas.dlq import Stage
 from streams.crashguard import SHARED, CrashGuard, Entry
 from streams.decode import Decoder
 from streams.logs import JOB_CONTEXT, bind_job
-from streams.publish import Failure, RecordPublisher
+from streams.publish import Failure, RecordPublisher, RecordTooLarge
 from streams.records import Record
 from streams.registry import JobSpec
 from streams.report import JobReport
@@ -149,7 +149,13 @@ class JobRunner:
             match decision:
                 case RetryTopic(delay_s=delay):
                     due = datetime.now(UTC) + timedelta(seconds=delay)
-                    await self.publisher.retry_later(record, failure, self.retry_topic, due)
+                    try:
+                        await self.publisher.retry_later(record, failure, self.retry_topic, due)
+                    except RecordTooLarge:  # the retry topic cannot hold it: give up now
+                        summary = f"too large for the retry topic: {describe(error)}"
+                        decision = DeadLetter(summary, summary, decision.stage)
+                        await self._give_up(job, decision)
+                        await self.publisher.dead_letter(record, failure)
                 case DeadLetter():
                     await self._give_up(job, decision)
                     await self.publisher.dead_letter(record, failure)
