@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from handlers.backoff import backoff_s
-from handlers.errors import DeadlineExceeded, JobTimeout, PermanentError, RetryableError
+from handlers.errors import (
+    DeadlineExceeded,
+    Deferred,
+    JobTimeout,
+    PermanentError,
+    RetryableError,
+)
 from schemas.dlq import Stage
 from streams.dberrors import DbFault, classify, is_unavailable
 from streams.settings import JobPolicy
@@ -89,6 +95,8 @@ def decide(
         streak = outages + 1
         wait_s = dependency_wait_s(streak, rand)
         decision = WaitForDependency(wait_s, streak, stage)
+    elif isinstance(error, Deferred):  # other work in progress: wait for it, spend nothing
+        decision = WaitForDependency(error.delay_s, outages + 1, stage)
     elif isinstance(error, PermanentError):
         return DeadLetter(f"permanent error: {error}", str(error), stage)
     elif classify(error) is DbFault.DATA:
