@@ -91,11 +91,12 @@ class JobRunner:
         try:
             await self._run(record, hold)
         finally:
-            await hold.drop()
+            if not hold.drop_now():
+                await hold.drop()
             JOB_CONTEXT.reset(token)
 
     async def _run(self, record: Record, hold: Hold) -> None:
-        entry = await hold.take()
+        entry = hold.take_now() or await hold.take()
         limit = self.spec.policy.max_crashes
         if limit and entry.crashes >= limit:
             await self._crashed(record, entry.crashes, hold)
@@ -139,11 +140,13 @@ class JobRunner:
         outages = 0
         while True:
             bind_job(attempt=job.attempt)
-            await hold.take()
+            if hold.entry is None:
+                await hold.take()
             error = await self._attempt(job)
             if error is None:
                 return
-            await hold.drop()  # nothing is held while the run decides, publishes or waits
+            if not hold.drop_now():  # nothing is held while the run decides, publishes, waits
+                await hold.drop()
             decision = decide(error, job.attempt, self.spec.policy, job.deadline, outages=outages)
             failure = Failure(decision.stage, error, job.attempt, job.type, job.id)
             match decision:
@@ -222,45 +225,66 @@ class Hold:
     ``take()`` waits for it (shared, or alone for a suspect on its last
     chance); ``drop()`` lets it go — before every wait, so that nothing
     sleeps holding the gate. A job type without the guard (``max_crashes``
-    0) still waits while a suspect of another type runs alone.
+    0) still waits while a suspect of another type runs alone. The common
+    case (shared, granted at once) costs no coroutine: ``take_now`` and
+    ``drop_now``.
     """
 
-    __slots__ = ("_entry", "_guard", "_guarded", "_offset", "_tp")
+    __slots__ = ("_guard", "_guarded", "_offset", "_tp", "entry")
 
     def __init__(self, guard: CrashGuard | None, guarded: bool, record: Record) -> None:
         self._guard = guard
         self._guarded = guarded
         self._tp = (record.topic, record.partition)
         self._offset = record.offset
-        self._entry: Entry | None = None
+        self.entry: Entry | None = None
+
+    def take_now(self) -> Entry | None:
+        """The leave to run if it is granted at once (held already, or shared), else None."""
+        if self.entry is not None:
+            return self.entry
+        guard = self._guard
+        if guard is None:
+            entry: Entry | None = SHARED
+        elif self._guarded:
+            entry = guard.enter_now(self._tp, self._offset)
+        else:
+            entry = SHARED if guard.isolation.try_shared() else None
+        self.entry = entry
+        return entry
 
     async def take(self) -> Entry:
-        entry = self._entry
+        entry = self.take_now()
         if entry is not None:
             return entry
         guard = self._guard
-        if guard is None:
-            entry = SHARED
-        elif self._guarded:
-            entry = guard.enter_now(self._tp, self._offset) or await guard.enter(
-                self._tp, self._offset
-            )
+        assert guard is not None
+        if self._guarded:
+            entry = await guard.enter(self._tp, self._offset)
         else:
-            if not guard.isolation.try_shared():
-                await guard.isolation.shared()
+            await guard.isolation.shared()
             entry = SHARED
-        self._entry = entry
+        self.entry = entry
         return entry
 
-    async def drop(self) -> None:
-        entry, self._entry = self._entry, None
-        guard = self._guard
-        if entry is None or guard is None:
-            return
+    def drop_now(self) -> bool:
+        """Let go of a shared leave at once; False when a lone one needs ``await drop()``."""
+        entry = self.entry
+        if entry is None:
+            return True
         if entry.alone:
-            await guard.leave_alone(entry)
-        else:
-            guard.isolation.release_shared()
+            return False
+        self.entry = None
+        if self._guard is not None:
+            self._guard.isolation.release_shared()
+        return True
+
+    async def drop(self) -> None:
+        if self.drop_now():
+            return
+        entry, self.entry = self.entry, None
+        assert entry is not None and self._guard is not None
+        await self._guard.leave_alone(entry)
 
     def finished(self) -> None:
         """The record's run ended for good here: its guard count (if any) is forgotten."""
