@@ -3,8 +3,9 @@
 Postgres refuses NUL characters in ``text`` and ``jsonb``, and ``jsonb``
 refuses some escapes JSON allows (lone surrogates). A dead letter is
 hostile input like any other: NULs are stripped from the header-derived
-columns, a payload ``jsonb`` cannot hold is left out (its raw bytes are
-always kept), and ``mirror_note`` says what was left out. ``mirror_degraded``
+columns, a payload ``jsonb`` cannot hold (NULs, or nested deeper than
+Python's JSON reader goes) is left out (its raw bytes are always kept), and
+``mirror_note`` says what was left out. ``mirror_degraded``
 stores just the record's coordinates, raw bytes and a note, for a record
 whose full row Postgres still refuses.
 """
@@ -15,7 +16,7 @@ import json
 from typing import Any
 
 from handlers.deps import Deps
-from schemas.dlq import DeadLetterRecord
+from schemas.dlq import DeadLetterRecord, FailureContext
 
 COLUMNS = """
     dlq_topic, dlq_partition, dlq_offset, original_topic, original_partition, original_offset,
@@ -40,6 +41,7 @@ ON CONFLICT (dlq_topic, dlq_partition, dlq_offset) DO NOTHING
 NUL = "\x00"
 NOTE_NUL_PAYLOAD = "payload kept as raw bytes only: it contains NUL characters"
 NOTE_NUL_HEADERS = "NUL characters removed from headers"
+NOTE_DEEP_PAYLOAD = "payload kept as raw bytes only: it is nested too deeply to store as JSON"
 MAX_NOTE_CHARS = 500
 
 
@@ -48,14 +50,24 @@ def strip_nul(text: str) -> str:
     return text.replace(NUL, "") if NUL in text else text
 
 
+def storable(text: str) -> str:
+    """``text`` as Postgres ``text`` takes it: no NULs, no lone surrogates."""
+    return strip_nul(text).encode("utf-8", "replace").decode("utf-8")
+
+
 def has_nul(value: Any) -> bool:
-    """Whether a decoded JSON value holds a NUL in any string or key."""
-    if isinstance(value, str):
-        return NUL in value
-    if isinstance(value, dict):
-        return any(has_nul(k) or has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(has_nul(v) for v in value)
+    """Whether a decoded JSON value holds a NUL in any string or key (at any depth)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if NUL in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
     return False
 
 
@@ -67,9 +79,14 @@ def decoded_payload(value: bytes | None) -> tuple[str | None, str | None]:
         data = json.loads(value)
     except ValueError:
         return None, None
+    except RecursionError:
+        return None, NOTE_DEEP_PAYLOAD
     if has_nul(data):
         return None, NOTE_NUL_PAYLOAD
-    return json.dumps(data), None
+    try:
+        return json.dumps(data), None
+    except RecursionError:
+        return None, NOTE_DEEP_PAYLOAD
 
 
 def clean_record(record: DeadLetterRecord) -> tuple[DeadLetterRecord, str | None]:
@@ -80,11 +97,23 @@ def clean_record(record: DeadLetterRecord) -> tuple[DeadLetterRecord, str | None
     return record.model_copy(update={"headers": headers}), NOTE_NUL_HEADERS
 
 
+def omission_note(c: FailureContext) -> str | None:
+    """What a dead letter too large for its topic left out, and where the original is."""
+    if not c.omitted:
+        return None
+    where = f"{c.original_topic}:{c.original_partition}:{c.original_offset}"
+    return storable(
+        f"the dead letter left out its {c.omitted} ({c.omitted_bytes} bytes) to fit its topic;"
+        f" the original is at {where} until that topic's retention, where"
+        " `conveyor dlq replay` reads it"
+    )
+
+
 def row_of(record: DeadLetterRecord) -> tuple[Any, ...]:
     r, header_note = clean_record(record)
     c = r.context
     payload, payload_note = decoded_payload(r.value)
-    notes = [n for n in (payload_note, header_note) if n]
+    notes = [n for n in (omission_note(c), payload_note, header_note) if n]
     return (
         r.dlq_topic,
         r.dlq_partition,
@@ -121,7 +150,7 @@ async def mirror(record: DeadLetterRecord, deps: Deps) -> None:
 
 async def mirror_degraded(record: DeadLetterRecord, deps: Deps, reason: str) -> None:
     """Store only the coordinates and raw bytes, noting why the full row was refused."""
-    note = strip_nul(f"stored without its headers and payload: {reason}")[:MAX_NOTE_CHARS]
+    note = storable(f"stored without its headers and payload: {reason}")[:MAX_NOTE_CHARS]
     async with deps.db.acquire() as conn:
         await conn.execute(
             UPSERT_DEGRADED,

@@ -15,6 +15,15 @@ class RetryableError(JobError):
         self.delay_s = delay_s
 
 
+class Deferred(JobError):
+    """Not a failure: the job waits for other work in progress (another run of the same
+    sync, say). The same attempt runs again after ``delay_s``; no attempt is spent."""
+
+    def __init__(self, message: str, *, delay_s: float) -> None:
+        super().__init__(message)
+        self.delay_s = delay_s
+
+
 class PermanentError(JobError):
     """Retrying cannot help: dead-letter at once with this (human-readable) reason."""
 

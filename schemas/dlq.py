@@ -52,6 +52,9 @@ class FailureHeader(StrEnum):
     SERVICE_VERSION = "conveyor-service-version"
     HOST = "conveyor-host"
     NOT_BEFORE = "conveyor-not-before"
+    OMITTED = "conveyor-omitted"
+    OMITTED_BYTES = "conveyor-omitted-bytes"
+    VALUE_SHA256 = "conveyor-value-sha256"
 
 
 class FailureContext(BaseModel):
@@ -81,6 +84,12 @@ class FailureContext(BaseModel):
     service_version: str | None = None
     host: str | None = None
     not_before: datetime | None = None  # retry records only: when the job is due
+    # A dead letter too large for its topic leaves out what did not fit, and says
+    # so: "value" or "value,key,headers", their size, and the value's SHA-256.
+    # The original stays at original_topic/partition/offset until its retention.
+    omitted: str | None = None
+    omitted_bytes: int | None = None
+    value_sha256: str | None = None
 
     def to_headers(self) -> tuple[tuple[str, bytes], ...]:
         """The context as record headers (fields that are None are left out)."""

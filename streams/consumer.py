@@ -129,26 +129,28 @@ class TrackedConsumer(faust_aiokafka.Consumer):
         0, and Faust records a committed 0 as "none". A partition with nothing
         (or 0) committed would keep whatever position its fetcher reached —
         past records Faust fetched and dropped while the flow was stopped —
-        and its first record seen would become its start. So such a partition
-        is sought explicitly to where the consumer starts it: the log start
-        (``auto_offset_reset`` is earliest; a committed 0 below the log start
-        resets there too).
+        and its first record seen would become its start. And a committed
+        offset outside the log (below its start after retention, past its end
+        after a truncation or a re-created topic) is reset by the consumer to
+        the log start. So every partition's start is decided here
+        (``start_positions``), sought explicitly where it is not the committed
+        offset, and told to the tracker.
         """
         await super().perform_seek()
+        await self._seek_starts()
+
+    async def _seek_starts(self) -> None:
         assignment = self.assignment()
-        starts = {
-            tp: off
-            for tp, off in self._committed_offset.items()
-            if off is not None and tp in assignment
-        }
-        unset = [tp for tp in assignment if tp not in starts]
-        if unset:
-            earliest = await self.earliest_offsets(*unset)
-            fresh = {tp: earliest.get(tp) or 0 for tp in unset}
-            await self.seek_on_consumer_thread(fresh)
-            starts.update(fresh)
-        ends = await self.highwaters(*assignment) if assignment else {}
-        self._conveyor.on_starts(starts, dict(ends))
+        if not assignment:
+            self._conveyor.on_starts({}, {})
+            return
+        committed = {tp: self._committed_offset.get(tp) for tp in assignment}
+        earliest = await self.earliest_offsets(*assignment)
+        ends = dict(await self.highwaters(*assignment))
+        starts, moved = start_positions(committed, earliest, ends)
+        if moved:
+            await self.seek_on_consumer_thread(moved)
+        self._conveyor.on_starts(starts, ends)
 
     async def seek_on_consumer_thread(self, offsets: Mapping[Any, int]) -> None:
         """Seek partitions on aiokafka's own thread and loop (it is not thread-safe).
@@ -171,6 +173,40 @@ class TrackedConsumer(faust_aiokafka.Consumer):
     async def on_partitions_revoked(self, revoked: set[Any]) -> None:
         await self._conveyor.on_revoke(set(revoked))
         await super().on_partitions_revoked(revoked)
+
+
+def start_positions(
+    committed: Mapping[Any, int | None],
+    earliest: Mapping[Any, int | None],
+    ends: Mapping[Any, int],
+) -> tuple[dict[Any, int], dict[Any, int]]:
+    """(where each partition starts, the partitions to seek there) at an assignment.
+
+    The committed offset when the log holds it (its end included: nothing
+    new yet); else the log start — where the consumer itself resets a
+    committed offset out of range (``auto_offset_reset`` is earliest) — for a
+    partition with nothing (or 0) committed, one whose records below the
+    commit were deleted by retention, and one whose log now ends before the
+    commit (truncated, or the topic re-created).
+    """
+    starts: dict[Any, int] = {}
+    moved: dict[Any, int] = {}
+    for tp, offset in committed.items():
+        low = earliest.get(tp) or 0
+        high = ends.get(tp)
+        if offset is not None and low <= offset and (high is None or offset <= high):
+            starts[tp] = offset
+            continue
+        if offset is not None:
+            log.warning(
+                "offsets.committed_out_of_range",
+                partition=f"{tp.topic}:{tp.partition}",
+                committed=offset,
+                log_start=low,
+                log_end=high,
+            )
+        starts[tp] = moved[tp] = low
+    return starts, moved
 
 
 class TrackedTransport(faust_aiokafka.Transport):

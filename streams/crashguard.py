@@ -10,21 +10,28 @@ up. The guard counts, per record, the deaths it may have caused:
   its offset may be running (``reserved_to``). Reservations are written
   ahead, in windows that grow with the partition's pace, so a record rarely
   waits for one. A clean revoke or shutdown clears them.
-- **Claims.** A worker assigned a partition whose row still holds a
-  reservation knows its previous owner died: every record from the
-  committed offset up to the reservation may have been running, and gets
-  one more death in ``job_crashes`` (``job_journal_claim``).
-- **Isolation.** A record with a death to its name (a *suspect*) runs alone
-  in the process: running jobs finish first, nothing else starts, and the
-  row names just that record (``isolated_offset``). A death then is its own;
-  an innocent suspect finishes and its count is deleted. A suspect with
-  ``max_crashes`` deaths is dead-lettered without running.
+- **Claims**, fenced by the Kafka generation that assigned the partition
+  (an older generation's claim never takes a row a newer one holds). A
+  worker assigned a partition whose row still holds a reservation knows its
+  previous owner died: every record from the committed offset up to the
+  reservation may have been running, and gets one more death in
+  ``job_crashes`` (``job_journal_claim_fenced``) — **but never more than
+  ``max_crashes - 1``**: a death among others cannot convict anyone.
+- **Running alone.** A record on its last chance (``max_crashes - 1``
+  deaths, a *suspect*) runs each attempt alone in the process
+  (``streams.isolation``), and the row names just that record
+  (``isolated_offset``): a death then is its own, the one that takes it to
+  ``max_crashes``. It holds the gate only while its code runs, never while
+  it waits between attempts, and it stops new jobs from starting for a
+  bounded time only. Records with fewer deaths run beside the others as
+  usual. A suspect that finishes has its count deleted.
 
 So a job that kills its worker every time is dead-lettered after exactly
-``max_crashes`` deaths, and jobs that were merely running beside it run
-again (alone, once) instead of being blamed. Every write goes through one
-connection with ``synchronous_commit`` off: it must survive the worker's
-death, not the database's.
+``max_crashes`` deaths (the last one alone), a healthy neighbour never
+reaches that count, and a single death (a rolling deploy's SIGKILL, an OOM
+kill) costs nothing but a few rows. Every write goes through one connection
+with ``synchronous_commit`` off: it must survive the worker's death, not the
+database's.
 """
 
 from __future__ import annotations
@@ -33,13 +40,14 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import structlog
 
+from streams.dberrors import describe_db_error
 from streams.isolation import Isolation
 from streams.retry import dependency_wait_s
 
@@ -48,15 +56,20 @@ log = structlog.get_logger(__name__)
 MIN_WINDOW = 4
 UNKNOWN_END = 2**62  # no end offset known: every reserved record is a suspect
 MAX_WINDOW = 2048
+LOST_GRACE_S = 30.0  # a partition lost this long while still assigned: the worker is not ready
 
-CLAIM = "SELECT * FROM job_journal_claim($1, $2, $3, $4, $5, $6)"
+CLAIM = "SELECT * FROM job_journal_claim_fenced($1, $2, $3, $4, $5, $6, $7, $8)"
 RESERVE = """
 UPDATE job_journal AS j SET reserved_to = GREATEST(j.reserved_to, u.r), updated_at = now()
   FROM unnest($3::text[], $4::integer[], $5::bigint[]) AS u(t, p, r)
  WHERE j.group_id = $1 AND j.owner = $2 AND j.topic = u.t AND j.partition = u.p
 RETURNING j.topic, j.partition, j.reserved_to
 """
-# Entering isolation drops every reservation of this worker: nothing else runs now.
+FORGET = """
+DELETE FROM job_crashes AS c USING unnest($2::text[], $3::integer[], $4::bigint[]) AS d(t, p, o)
+ WHERE c.group_id = $1 AND c.topic = d.t AND c.partition = d.p AND c.record_offset = d.o
+"""
+# Running alone drops every reservation of this worker: nothing else runs now.
 ISOLATE = """
 WITH done AS (
     DELETE FROM job_crashes AS c USING unnest($5::text[], $6::integer[], $7::bigint[]) AS d(t, p, o)
@@ -76,13 +89,19 @@ UPDATE job_journal AS j SET reserved_to = NULL, isolated_offset = NULL, updated_
 """
 
 
+class PartitionLost(asyncio.CancelledError):
+    """A newer generation of the group gave this partition to another worker: do not run it."""
+
+
 @dataclass(slots=True)
 class _Partition:
     topic: str
     partition: int
     generation: int
+    last_chance: int  # deaths at which a record runs alone (max_crashes - 1)
     claimed: bool = False
     lost: bool = False
+    lost_at: float = 0.0
     suspects: dict[int, int] = field(default_factory=dict)  # offset -> deaths
     reserved: int = -1  # written: records up to here may run
     requested: int = -1
@@ -97,7 +116,10 @@ class _Partition:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """Leave to run one record: alone (a suspect, with its deaths so far) or beside others."""
+    """Leave to run one record's code: alone (a suspect on its last chance) or beside others.
+
+    ``crashes``: the deaths the record may have caused so far.
+    """
 
     tp: Hashable | None = None
     offset: int = -1
@@ -109,18 +131,28 @@ SHARED = Entry()
 
 
 class CrashGuard:
-    """Reservations, claims and isolation for the partitions of guarded job types."""
+    """Reservations, claims and isolation for the partitions of guarded job types.
+
+    ``topics`` maps each guarded topic to its job type's ``max_crashes`` (≥ 2).
+    """
 
     def __init__(
-        self, dsn: str, group_id: str, topics: Iterable[str], isolation: Isolation, app: str
+        self,
+        dsn: str,
+        group_id: str,
+        topics: Mapping[str, int],
+        isolation: Isolation,
+        app: str,
     ) -> None:
         self._dsn = dsn
         self._group = group_id
         self._owner = uuid.uuid4().hex
         self._app = app
+        self.max_crashes = dict(topics)
         self.topics = frozenset(topics)
         self.isolation = isolation
         self._parts: dict[Hashable, _Partition] = {}
+        self._claims: dict[Hashable, asyncio.Task[None]] = {}
         self._conn: asyncpg.Connection | None = None
         self._lock = asyncio.Lock()  # one statement at a time, in order
         self._reserve: dict[Hashable, int] = {}
@@ -134,11 +166,12 @@ class CrashGuard:
             self._task = asyncio.create_task(self._reserver(), name="crash-guard")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in [*self._claims.values(), *([self._task] if self._task else [])]:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._claims.clear()
+        self._task = None
         if self._conn is not None:
             await self._conn.close(timeout=5)
             self._conn = None
@@ -153,40 +186,66 @@ class CrashGuard:
     # -- assignment ------------------------------------------------------------------------
 
     def assigned(self, starts: dict[Any, int], ends: dict[Any, int], generation: int) -> None:
-        """Partitions assigned, where they start and where their logs end: claim the guarded ones.
+        """Partitions assigned in ``generation``, where they start and where their logs end.
 
-        Records written after a death cannot have caused it: suspects stop
-        at the log's end, whatever was reserved beyond it.
+        Claims the guarded ones. Records written after a death cannot have
+        caused it: suspects stop at the log's end, whatever was reserved beyond it.
         """
         fresh: dict[Hashable, tuple[int, int]] = {}
         for tp, start in starts.items():
             part = self._parts.get(tp)
             if tp.topic in self.topics and (part is None or part.generation != generation):
-                self._parts[tp] = _Partition(tp.topic, tp.partition, generation)
+                last_chance = max(self.max_crashes[tp.topic] - 1, 1)
+                self._parts[tp] = _Partition(tp.topic, tp.partition, generation, last_chance)
                 fresh[tp] = (start, ends.get(tp, UNKNOWN_END))
         if fresh:
-            task = asyncio.ensure_future(self._claim(fresh))
-            task.add_done_callback(_log_failure)
+            task = asyncio.ensure_future(self._claim(fresh, generation))
+            for tp in fresh:
+                self._claims[tp] = task
+            task.add_done_callback(lambda t: self._claimed(t, fresh))
 
-    async def _claim(self, bounds: dict[Hashable, tuple[int, int]]) -> None:
+    def _claimed(self, task: asyncio.Future[None], bounds: dict[Hashable, tuple[int, int]]) -> None:
+        for tp in bounds:
+            if self._claims.get(tp) is task:
+                del self._claims[tp]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("crashguard.claim_failed", error=repr(task.exception())[:300])
+
+    async def _claim(self, bounds: dict[Hashable, tuple[int, int]], generation: int) -> None:
         parts = [(tp, self._parts[tp]) for tp in bounds]
         rows = await self._write(
             CLAIM,
             self._owner,
+            generation,
             [p.topic for _, p in parts],
             [p.partition for _, p in parts],
             [start for start, _ in bounds.values()],
             [end for _, end in bounds.values()],
+            [p.last_chance for _, p in parts],
         )
+        owned = {(r[0], r[1]) for r in rows if r[2] is None}
         by_key = {(p.topic, p.partition): p for _, p in parts}
         for topic, partition, offset, crashes in rows:
-            by_key[(topic, partition)].suspects[offset] = crashes
-        for _, part in parts:
+            if offset is not None:
+                by_key[(topic, partition)].suspects[offset] = crashes
+        for tp, part in parts:
+            if self._parts.get(tp) is not part:
+                continue  # released meanwhile
+            if (part.topic, part.partition) not in owned:
+                part.lost, part.lost_at = True, time.monotonic()
+                log.error(
+                    "crashguard.partition_lost",
+                    partition=f"{part.topic}:{part.partition}",
+                    generation=generation,
+                )
             part.claimed = True
             part.notify()
         suspects = sum(len(p.suspects) for _, p in parts)
         if suspects:
-            log.warning("crashguard.suspects", partitions=len(parts), suspects=suspects)
+            last = sum(1 for _, p in parts for c in p.suspects.values() if c >= p.last_chance)
+            log.warning(
+                "crashguard.suspects", partitions=len(parts), suspects=suspects, last_chance=last
+            )
 
     async def release(self, tps: Iterable[Any] | None = None) -> None:
         """A clean revoke or shutdown: nothing of these partitions runs any more."""
@@ -194,12 +253,25 @@ class CrashGuard:
             self._parts.items() if tps is None else ((tp, self._parts.get(tp)) for tp in tps)
         )
         parts = [(tp, p) for tp, p in chosen if p is not None]
-        for tp, _ in parts:
+        for tp, part in parts:
             self._parts.pop(tp, None)
+            part.notify()  # records waiting for it see it gone
+            claim = self._claims.pop(tp, None)
+            if claim is not None and not any(t is claim for t in self._claims.values()):
+                claim.cancel()  # its partitions are all gone: a late claim has nothing to do
         if parts and self._conn is not None:
             await self._write(
                 RELEASE, self._owner, [p.topic for _, p in parts], [p.partition for _, p in parts]
             )
+
+    def stuck(self, now: float | None = None) -> list[str]:
+        """Assigned partitions another worker's claim has held for ``LOST_GRACE_S``."""
+        now = time.monotonic() if now is None else now
+        return [
+            f"{p.topic}:{p.partition}"
+            for p in self._parts.values()
+            if p.lost and now - p.lost_at >= LOST_GRACE_S
+        ]
 
     # -- running one record ----------------------------------------------------------------
 
@@ -220,10 +292,11 @@ class CrashGuard:
             raise asyncio.CancelledError  # revoked meanwhile: its new owner runs it
         while not part.claimed:
             await part.changed.wait()
-        crashes = part.suspects.get(offset)
-        if crashes is not None:
+        crashes = part.suspects.get(offset, 0)
+        if crashes >= part.last_chance:
             await self.isolation.exclusive()
             try:
+                self._check(tp, part)
                 await self._isolate(part, offset)
             except BaseException:
                 self.isolation.release_exclusive()
@@ -232,35 +305,42 @@ class CrashGuard:
         await self.isolation.shared()
         try:
             while offset > part.reserved:
-                if part.lost or self._parts.get(tp) is not part:
-                    raise asyncio.CancelledError
+                self._check(tp, part)
                 if part.requested < offset + part.window // 2:
                     self._request(tp, part, offset)
                 await part.changed.wait()
+            self._check(tp, part)
         except BaseException:
             self.isolation.release_shared()
             raise
-        return SHARED
+        return Entry(tp, offset, crashes) if crashes else SHARED
 
-    async def leave_alone(self, entry: Entry, finished: bool) -> None:
-        """A suspect's run is over (``finished``: it will not run again); others may run."""
-        part = self._parts.get(entry.tp)
-        if finished and part is not None:
-            part.suspects.pop(entry.offset, None)
-            self._forget.add((part.topic, part.partition, entry.offset))
+    def _check(self, tp: Hashable, part: _Partition) -> None:
+        if part.lost:
+            raise PartitionLost(f"{part.topic}:{part.partition} belongs to another worker")
+        if self._parts.get(tp) is not part:
+            raise asyncio.CancelledError  # revoked meanwhile
+
+    async def leave_alone(self, entry: Entry) -> None:
+        """A suspect's attempt is over: the row names nobody, others may run."""
         try:
-            if not self.isolation.exclusive_waiting:  # the next suspect's write replaces ours
-                await self._isolate(None, -1)
+            await self._isolate(None, -1)
         finally:
             self.isolation.release_exclusive()
+
+    def finished(self, tp: Hashable, offset: int) -> None:
+        """The record's run ended here for good (it will not run again): forget its deaths."""
+        part = self._parts.get(tp)
+        if part is not None and part.suspects.pop(offset, None) is not None:
+            self._forget.add((part.topic, part.partition, offset))
+            self._reserve_wake.set()
 
     # -- writes ----------------------------------------------------------------------------
 
     async def _isolate(self, part: _Partition | None, offset: int) -> None:
         for other in self._parts.values():  # every reservation is dropped
             other.reserved = other.requested = -1
-        forget = list(self._forget)
-        self._forget.clear()
+        forget = self._take_forget()
         await self._write(
             ISOLATE,
             self._owner,
@@ -272,6 +352,11 @@ class CrashGuard:
             offset if part else None,
             fetch=False,
         )
+
+    def _take_forget(self) -> list[tuple[str, int, int]]:
+        forget = list(self._forget)
+        self._forget.clear()
+        return forget
 
     def _request(self, tp: Hashable, part: _Partition, offset: int) -> None:
         now = time.monotonic()
@@ -289,32 +374,55 @@ class CrashGuard:
         while True:
             await self._reserve_wake.wait()
             self._reserve_wake.clear()
+            if self._forget:
+                forget = self._take_forget()
+                await self._write(
+                    FORGET,
+                    [f[0] for f in forget],
+                    [f[1] for f in forget],
+                    [f[2] for f in forget],
+                    fetch=False,
+                )
             wanted, self._reserve = self._reserve, {}
             parts = {tp: p for tp in wanted if (p := self._parts.get(tp)) is not None}
             if self.isolation.exclusive_held:
                 for part in parts.values():  # nothing runs beside a suspect: ask again later
                     part.requested = part.reserved
                 continue
-            if not parts:
-                continue
-            rows = await self._write(
-                RESERVE,
-                self._owner,
-                [p.topic for p in parts.values()],
-                [p.partition for p in parts.values()],
-                [wanted[tp] for tp in parts],
-            )
-            written = {(r[0], r[1]): r[2] for r in rows}
-            for part in parts.values():
-                reserved = written.get((part.topic, part.partition))
-                if reserved is None:
-                    part.lost = True  # another worker owns it now
-                else:
-                    part.reserved = max(part.reserved, reserved)
-                part.notify()
+            if parts:
+                await self._reserve_now(parts, wanted)
+
+    async def _reserve_now(
+        self, parts: dict[Hashable, _Partition], wanted: dict[Hashable, int]
+    ) -> None:
+        rows = await self._write(
+            RESERVE,
+            self._owner,
+            [p.topic for p in parts.values()],
+            [p.partition for p in parts.values()],
+            [wanted[tp] for tp in parts],
+        )
+        written = {(r[0], r[1]): r[2] for r in rows}
+        for part in parts.values():
+            reserved = written.get((part.topic, part.partition))
+            if reserved is None:
+                if not part.lost:
+                    part.lost, part.lost_at = True, time.monotonic()
+                    log.error(
+                        "crashguard.partition_lost",
+                        partition=f"{part.topic}:{part.partition}",
+                        generation=part.generation,
+                    )
+            else:
+                part.reserved = max(part.reserved, reserved)
+            part.notify()
 
     async def _write(self, sql: str, *args: Any, fetch: bool = True) -> list[Any]:
-        """Run one statement, waiting out an outage (jobs wait for it; nothing is skipped)."""
+        """Run one statement, waiting out an outage (jobs wait for it; nothing is skipped).
+
+        Every failure is waited out: these statements carry no record's data,
+        so no database error can be a record's fault.
+        """
         failures = 0
         while True:
             try:
@@ -329,10 +437,13 @@ class CrashGuard:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 failures += 1
                 wait_s = dependency_wait_s(failures)
-                log.warning("crashguard.write_failed", error=repr(exc)[:300], delay_s=wait_s)
+                log.warning("crashguard.write_failed", error=describe_db_error(exc), delay_s=wait_s)
+                await self._drop_connection_after(exc)
                 await asyncio.sleep(wait_s)
 
-
-def _log_failure(task: asyncio.Future[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("crashguard.claim_failed", error=repr(task.exception())[:300])
+    async def _drop_connection_after(self, exc: BaseException) -> None:
+        """A connection that failed this way is not reused (a read-only or broken session)."""
+        if isinstance(exc, asyncpg.PostgresError) and self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close(timeout=1)
+            self._conn = None

@@ -59,12 +59,16 @@ class Conveyor:
             mask=SecretMasker(secret_values(settings)).mask,
         )
         self.runtime = Runtime(settings, registry, self.records)
-        self.isolation = Isolation()
+        self.isolation = Isolation(settings.worker.isolation_block_s)
         guarded = [s for s in registry.consumed if s.policy.max_crashes]
         self.guard = CrashGuard(
             settings.postgres.dsn.get_secret_value(),
             settings.kafka.group_id,
-            [t for s in guarded for t in (s.topic, registry.retry_topic(s))],
+            {
+                topic: spec.policy.max_crashes
+                for spec in guarded
+                for topic in (spec.topic, registry.retry_topic(spec))
+            },
             self.isolation,
             APPLICATION_NAME,
         )
@@ -80,8 +84,17 @@ class Conveyor:
         )
 
     def ready(self) -> bool:
-        """Joined the group, not draining, and the group coordinator reachable."""
-        return self.joined and not self.draining.is_set() and coordinator_known(self.app)
+        """Joined the group, not draining, the group coordinator reachable, no partition stuck.
+
+        A partition is stuck when the crash guard found it claimed by a newer
+        generation while this worker still holds it (its records cannot run).
+        """
+        return (
+            self.joined
+            and not self.draining.is_set()
+            and coordinator_known(self.app)
+            and not self.guard.stuck()
+        )
 
     async def start(self) -> None:
         """Once Faust has started: open the runtime and the crash guard, serve health."""
@@ -163,8 +176,11 @@ class Conveyor:
         self.tracker.revoke(revoked)  # nothing new starts on them from here on
         timeout = self.settings.worker.rebalance_drain_timeout_s
         cancelled = sum(await asyncio.gather(*(p.drain(timeout, revoked) for p in self.pools)))
+        # Nothing of these partitions runs any more: say so before the commit,
+        # which may wait out a broker outage (the next owner must not blame
+        # the records for a death that never happened).
+        await self._release(revoked)
         committed, attempts, left = await self.commit_finished(revoked)
-        await self._release(revoked)  # before the next owner claims them
         if left:
             # Only when the broker refuses the commit (the group moved on without
             # this worker): the partitions' next owner runs these jobs again.
@@ -224,8 +240,8 @@ class Conveyor:
         timeout = self.settings.worker.drain_timeout_s
         log.info("worker.draining", in_flight=in_flight, drain_timeout_s=timeout)
         cancelled = sum(await asyncio.gather(*(p.drain(timeout) for p in self.pools)))
+        await self._release(None)  # nothing runs any more, whatever the commit does
         committed, attempts, left = await self.commit_finished()
-        await self._release(None)
         if left:
             log.error("worker.drain_commit_failed", uncommitted=_named(left), attempts=attempts)
         log.info(

@@ -1,35 +1,35 @@
 """The dead-letter mirror: every record of the dead-letter topic lands in ``worker_dlq``.
 
-While Postgres is unreachable it retries with capped backoff and its offsets
-stay unfinished, so nothing is committed that was not written — the topic
-stays the source of truth. A record Postgres refuses for what it contains
-(a data or constraint error) is that record's problem, never a reason to
-stop: it is stored without the refused parts (``mirror_degraded``, flagged in
-``mirror_note``), or, if even that is refused, logged and skipped — never
-retried in a loop that would hide every later dead letter.
+While Postgres is unavailable — unreachable, read-only in a failover, out of
+connections, or any error that is not about this record's values — it
+retries with capped backoff and its offsets stay unfinished, so nothing is
+committed that was not written: the topic stays the source of truth. Only a
+record whose *values* Postgres (or the driver, or the code that builds the
+row) refuses is that record's problem (``streams.dberrors``): it is stored
+without the refused parts (``mirror_degraded``, flagged in ``mirror_note``),
+never retried in a loop that would hide every later dead letter. The
+degraded row holds only the record's coordinates, its raw bytes and a fixed
+note, which nothing can refuse.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-import asyncpg
 import structlog
 
 from handlers.backoff import backoff_s
 from handlers.dlq_mirror import mirror, mirror_degraded
 from schemas.dlq import DeadLetterRecord
+from streams.dberrors import DbFault, classify, describe_db_error
 from streams.records import Record
-from streams.retry import describe, is_outage
+from streams.retry import describe
 from streams.runtime import DepsSource
 from streams.settings import DlqMirrorSettings
 
 log = structlog.get_logger(__name__)
 
 MIRROR_WRITE_TIMEOUT_S = 10.0
-# SQLSTATE classes that concern the whole database (connection, authorization,
-# schema, resources, operator, system), not one record: keep retrying those.
-DATABASE_WIDE_CLASSES = frozenset({"08", "28", "3D", "42", "53", "55", "57", "58", "XX"})
 
 
 def dead_letter_record(record: Record) -> DeadLetterRecord:
@@ -44,14 +44,17 @@ def dead_letter_record(record: Record) -> DeadLetterRecord:
 
 
 def is_record_problem(exc: BaseException) -> bool:
-    """Postgres (or the driver) refused this record's data; retrying cannot help."""
-    if is_outage(exc):
-        return False
-    if isinstance(exc, asyncpg.PostgresError):
-        sqlstate = str(getattr(exc, "sqlstate", "") or "")
-        return sqlstate[:2] not in DATABASE_WIDE_CLASSES
-    # asyncpg refuses some values before sending them (client-side encoding).
-    return isinstance(exc, ValueError | TypeError | UnicodeError)
+    """The record's values were refused; retrying the same row cannot help.
+
+    Anything raised while building the row (a payload nested past Python's
+    recursion limit, a value the driver cannot encode) is the record's too.
+    A timeout, a lost connection or any database error not about the values
+    is not: the mirror waits for the database instead.
+    """
+    fault = classify(exc)
+    if fault is not None:
+        return fault in (DbFault.DATA, DbFault.CONSTRAINT)
+    return not isinstance(exc, OSError)  # OSError: timeouts, connections refused or reset
 
 
 class MirrorRunner:
@@ -68,7 +71,7 @@ class MirrorRunner:
         while True:
             try:
                 await self._write(row, refused)
-            except Exception as exc:
+            except Exception as exc:  # RecursionError too: a payload nested past the limit
                 if not is_record_problem(exc):
                     failures += 1
                     await self._wait(record, exc, failures)
@@ -111,6 +114,10 @@ class MirrorRunner:
         s = self.settings
         delay = backoff_s(failures, s.backoff_base_s, s.backoff_max_s, jitter=0.0)
         log.warning(
-            "dlq.mirror_retrying", offset=record.offset, error=repr(exc)[:300], delay_s=delay
+            "dlq.mirror_retrying",
+            partition=record.partition,
+            offset=record.offset,
+            error=describe_db_error(exc),
+            delay_s=delay,
         )
         await asyncio.sleep(delay)

@@ -14,11 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
-
 from handlers.backoff import backoff_s
-from handlers.errors import DeadlineExceeded, JobTimeout, PermanentError, RetryableError
+from handlers.errors import (
+    DeadlineExceeded,
+    Deferred,
+    JobTimeout,
+    PermanentError,
+    RetryableError,
+)
 from schemas.dlq import Stage
+from streams.dberrors import DbFault, classify, is_unavailable
 from streams.settings import JobPolicy
 
 
@@ -63,15 +68,6 @@ class DeadLetter:
 
 Decision = WaitForDependency | RetryInPlace | RetryTopic | DeadLetter
 
-# Errors that mean "Postgres is unreachable right now", not "this job is bad".
-_OUTAGES: tuple[type[BaseException], ...] = (
-    ConnectionError,
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CrashShutdownError,
-    asyncpg.exceptions.TooManyConnectionsError,
-)
 # Waiting out an outage: 0.5 s doubling to 10 s, half jitter.
 DEPENDENCY_WAIT_BASE_S = 0.5
 DEPENDENCY_WAIT_MAX_S = 10.0
@@ -99,10 +95,12 @@ def decide(
         streak = outages + 1
         wait_s = dependency_wait_s(streak, rand)
         decision = WaitForDependency(wait_s, streak, stage)
+    elif isinstance(error, Deferred):  # other work in progress: wait for it, spend nothing
+        decision = WaitForDependency(error.delay_s, outages + 1, stage)
     elif isinstance(error, PermanentError):
         return DeadLetter(f"permanent error: {error}", str(error), stage)
-    elif isinstance(error, asyncpg.exceptions.DataError):
-        # Postgres refused the job's data (class 22): the same data fails the same way.
+    elif classify(error) is DbFault.DATA:
+        # Postgres (or the driver) refused the job's data: the same data fails the same way.
         summary = f"the database refused the job's data: {describe(error)}"
         return DeadLetter(summary, summary, stage)
     elif attempt >= policy.max_attempts:
@@ -140,8 +138,10 @@ def is_outage(error: BaseException) -> bool:
 
     Retrying such a job is certain to fail the same way until the dependency
     returns, so counting it would dead-letter healthy jobs during an outage.
+    Postgres is the one shared dependency judged here (``streams.dberrors``:
+    unreachable, shutting down, out of connections, read-only in a failover).
     """
-    return isinstance(error, _OUTAGES)
+    return is_unavailable(error)
 
 
 def stage_of(error: BaseException) -> Stage:

@@ -5,9 +5,12 @@ was handed to the retry topic, or to the dead-letter topic, with the
 broker's acknowledgement. Cancellation (drain, revoke) propagates and leaves
 the record unfinished, so its offset is never committed.
 
-Every run holds the crash guard's gate: shared, or alone for a record
-suspected of having killed a worker; past ``max_crashes`` such a record is
-dead-lettered (stage ``crashed``) without running again. See
+While a record's code runs (decoding it, each attempt of its handler) the
+run holds the crash guard's gate (``Hold``): shared, or alone for a record
+on its last chance after deaths it may have caused; past ``max_crashes``
+such a record is dead-lettered (stage ``crashed``) without running again.
+Nothing is held while the run waits — between attempts, for a dependency,
+or for the broker to take a retry or dead-letter record. See
 ``streams/crashguard.py``.
 """
 
@@ -25,11 +28,10 @@ from handlers.backoff import backoff_s
 from handlers.errors import DeadlineExceeded, JobTimeout, PermanentError
 from handlers.types import Job
 from schemas.dlq import Stage
-from streams.crashguard import CrashGuard
+from streams.crashguard import SHARED, CrashGuard, Entry
 from streams.decode import Decoder
-from streams.isolation import Isolation
 from streams.logs import JOB_CONTEXT, bind_job
-from streams.publish import Failure, RecordPublisher
+from streams.publish import Failure, RecordPublisher, RecordTooLarge
 from streams.records import Record
 from streams.registry import JobSpec
 from streams.report import JobReport
@@ -85,87 +87,78 @@ class JobRunner:
                 "job_type": self.spec.job_type,
             }
         )
+        hold = Hold(self.guard, self.spec.policy.max_crashes > 0, record)
         try:
-            if self.guard is None:
-                await self._run(record)
-            elif self.spec.policy.max_crashes:
-                await self._run_guarded(record, self.guard)
-            else:
-                await self._run_beside(record, self.guard.isolation)
+            await self._run(record, hold)
         finally:
+            if not hold.drop_now():
+                await hold.drop()
             JOB_CONTEXT.reset(token)
 
-    async def _run_guarded(self, record: Record, guard: CrashGuard) -> None:
-        tp = (record.topic, record.partition)
-        entry = guard.enter_now(tp, record.offset) or await guard.enter(tp, record.offset)
-        if not entry.alone:
-            try:
-                await self._run(record)
-            finally:
-                guard.isolation.release_shared()
-            return
-        finished = False
-        try:
-            if entry.crashes >= self.spec.policy.max_crashes:
-                await self._crashed(record, entry.crashes)
-            else:
+    async def _run(self, record: Record, hold: Hold) -> None:
+        entry = hold.take_now() or await hold.take()
+        limit = self.spec.policy.max_crashes
+        if limit and entry.crashes >= limit:
+            await self._crashed(record, entry.crashes, hold)
+        else:
+            if entry.alone:
                 log.info("job.running_alone", deaths=entry.crashes)
-                await self._run(record)
-            finished = True
-        finally:
-            await guard.leave_alone(entry, finished)
+            job = self._decoder.decode(record)
+            if isinstance(job, Failure):
+                await hold.drop()
+                error = job.error
+                decision = DeadLetter(describe(error), str(error), job.stage)
+                await self._dead_letter(record, job, decision)
+            else:
+                bind_job(job_id=job.id)
+                await self._run_job(record, job, hold)
+        hold.finished()
 
-    async def _run_beside(self, record: Record, isolation: Isolation) -> None:
-        """A job type without the guard still waits while a suspect runs alone."""
-        if not isolation.try_shared():
-            await isolation.shared()
-        try:
-            await self._run(record)
-        finally:
-            isolation.release_shared()
-
-    async def _run(self, record: Record) -> None:
-        job = self._decoder.decode(record)
-        if isinstance(job, Failure):
-            error = job.error
-            await self._dead_letter(record, job, DeadLetter(describe(error), str(error), job.stage))
-            return
-        bind_job(job_id=job.id)
-        await self._run_job(record, job)
-
-    async def _crashed(self, record: Record, crashes: int) -> None:
+    async def _crashed(self, record: Record, crashes: int, hold: Hold) -> None:
         """Dead-letter a record whose runs took the worker down ``crashes`` times."""
         limit = self.spec.policy.max_crashes
         summary = f"the worker died {crashes} times running this job; it is not run again"
         error = WorkerDied(f"{summary} (max_crashes={limit})")
         attempts = record.attempts_before + crashes
         decision = DeadLetter(f"crashed: {error}", summary, Stage.CRASHED)
-        # Decoding once more is safe enough to name the job and run its give-up
-        # hook; if even that killed the worker, the next delivery skips both.
+        # Decoding once more (alone) is safe enough to name the job and run its
+        # give-up hook; if even that killed the worker, the next delivery skips both.
         job = self._decoder.decode(record) if crashes == limit else None
         if job is None or isinstance(job, Failure):
+            await hold.drop()
             failure = Failure(Stage.CRASHED, error, attempts)
             await self._dead_letter(record, failure, decision)
             return
         bind_job(job_id=job.id)
-        await self._give_up(job, decision)
+        await self._give_up(job, decision, hold)
+        await hold.drop()
         failure = Failure(Stage.CRASHED, error, attempts, job.type, job.id)
         await self._dead_letter(record, failure, decision)
 
-    async def _run_job(self, record: Record, job: Job[BaseModel]) -> None:
+    async def _run_job(self, record: Record, job: Job[BaseModel], hold: Hold) -> None:
         """Attempt the job until it succeeds or the decision ends it; one report per failure."""
         outages = 0
         while True:
             bind_job(attempt=job.attempt)
+            if hold.entry is None:
+                await hold.take()
             error = await self._attempt(job)
             if error is None:
                 return
+            if not hold.drop_now():  # nothing is held while the run decides, publishes, waits
+                await hold.drop()
             decision = decide(error, job.attempt, self.spec.policy, job.deadline, outages=outages)
             failure = Failure(decision.stage, error, job.attempt, job.type, job.id)
             match decision:
                 case RetryTopic(delay_s=delay):
                     due = datetime.now(UTC) + timedelta(seconds=delay)
-                    await self.publisher.retry_later(record, failure, self.retry_topic, due)
+                    try:
+                        await self.publisher.retry_later(record, failure, self.retry_topic, due)
+                    except RecordTooLarge:  # the retry topic cannot hold it: give up now
+                        summary = f"too large for the retry topic: {describe(error)}"
+                        decision = DeadLetter(summary, summary, decision.stage)
+                        await self._give_up(job, decision)
+                        await self.publisher.dead_letter(record, failure)
                 case DeadLetter():
                     await self._give_up(job, decision)
                     await self.publisher.dead_letter(record, failure)
@@ -198,7 +191,10 @@ class JobRunner:
         self._report.succeeded(outcome, time.perf_counter() - started)
         return None
 
-    async def _give_up(self, job: Job[BaseModel], decision: DeadLetter) -> None:
+    async def _give_up(
+        self, job: Job[BaseModel], decision: DeadLetter, hold: Hold | None = None
+    ) -> None:
+        """Run the job type's give-up hook (retried; ``hold`` is let go between tries)."""
         hook = self.spec.on_give_up
         if hook is None:
             return
@@ -212,8 +208,85 @@ class JobRunner:
                 return
             except Exception as exc:
                 log.warning("job.give_up_hook_failed", error=describe(exc), hook_attempt=attempt)
+                if hold is not None:
+                    await hold.drop()
                 await self._sleep(backoff_s(attempt, 2.0, 10.0, jitter=0.0))
+                if hold is not None:
+                    await hold.take()
 
     async def _dead_letter(self, record: Record, failure: Failure, decision: DeadLetter) -> None:
         await self.publisher.dead_letter(record, failure)
         self._report.failed(decision, failure)
+
+
+class Hold:
+    """What one record's run holds while its code runs: the crash guard's leave to run.
+
+    ``take()`` waits for it (shared, or alone for a suspect on its last
+    chance); ``drop()`` lets it go — before every wait, so that nothing
+    sleeps holding the gate. A job type without the guard (``max_crashes``
+    0) still waits while a suspect of another type runs alone. The common
+    case (shared, granted at once) costs no coroutine: ``take_now`` and
+    ``drop_now``.
+    """
+
+    __slots__ = ("_guard", "_guarded", "_offset", "_tp", "entry")
+
+    def __init__(self, guard: CrashGuard | None, guarded: bool, record: Record) -> None:
+        self._guard = guard
+        self._guarded = guarded
+        self._tp = (record.topic, record.partition)
+        self._offset = record.offset
+        self.entry: Entry | None = None
+
+    def take_now(self) -> Entry | None:
+        """The leave to run if it is granted at once (held already, or shared), else None."""
+        if self.entry is not None:
+            return self.entry
+        guard = self._guard
+        if guard is None:
+            entry: Entry | None = SHARED
+        elif self._guarded:
+            entry = guard.enter_now(self._tp, self._offset)
+        else:
+            entry = SHARED if guard.isolation.try_shared() else None
+        self.entry = entry
+        return entry
+
+    async def take(self) -> Entry:
+        entry = self.take_now()
+        if entry is not None:
+            return entry
+        guard = self._guard
+        assert guard is not None
+        if self._guarded:
+            entry = await guard.enter(self._tp, self._offset)
+        else:
+            await guard.isolation.shared()
+            entry = SHARED
+        self.entry = entry
+        return entry
+
+    def drop_now(self) -> bool:
+        """Let go of a shared leave at once; False when a lone one needs ``await drop()``."""
+        entry = self.entry
+        if entry is None:
+            return True
+        if entry.alone:
+            return False
+        self.entry = None
+        if self._guard is not None:
+            self._guard.isolation.release_shared()
+        return True
+
+    async def drop(self) -> None:
+        if self.drop_now():
+            return
+        entry, self.entry = self.entry, None
+        assert entry is not None and self._guard is not None
+        await self._guard.leave_alone(entry)
+
+    def finished(self) -> None:
+        """The record's run ended for good here: its guard count (if any) is forgotten."""
+        if self._guard is not None and self._guarded:
+            self._guard.finished(self._tp, self._offset)

@@ -163,13 +163,25 @@ class JobPolicy(_Group):
         3,
         ge=0,
         description="worker deaths while running one job before it is dead-lettered "
-        "unrun (stage crashed); 0 turns the guard off",
+        "unrun (stage crashed; the last death while it ran alone); 0 turns the guard off, "
+        "1 is refused",
     )
     ordering: Literal["none", "key"] = Field(
         "none",
         description="key: records with the same Kafka key run one at a time, in offset "
         "order (other keys in parallel); none: any record may run beside any other",
     )
+
+    @field_validator("max_crashes")
+    @classmethod
+    def _not_one(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError(
+                "1 would dead-letter every job that was running beside any crash; "
+                "use 2 or more (the last death counts only while the job ran alone), "
+                "or 0 to turn the guard off"
+            )
+        return value
 
 
 class JobsSettings(_Group):
@@ -215,6 +227,12 @@ class WorkerSettings(_Group):
     drain_timeout_s: float = Field(25.0, gt=0, description="< Helm terminationGracePeriodSeconds")
     hard_exit_after_s: float = Field(10.0, gt=0, description="extra time after the drain")
     rebalance_drain_timeout_s: float = Field(10.0, ge=0)
+    isolation_block_s: float = Field(
+        10.0,
+        gt=0,
+        description="how long a crash suspect waiting to run alone may stop new jobs from "
+        "starting; then they start again for 3x as long before it asks again",
+    )
     service_name: str = "conveyor"
     metrics_port: int = Field(
         9102, ge=0, le=65535, description="/metrics, /healthz, /readyz; 0 disables them"

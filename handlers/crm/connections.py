@@ -86,14 +86,29 @@ GROUP BY 1 ORDER BY 1
 
 # A sync claims its connection with a lease: a second sync waits until the
 # first finishes or its lease runs out (its worker died). The same job may
-# re-claim its own lease (a retry after a timeout).
+# re-claim its own lease (a retry after a timeout). A sync requested at $4 is
+# covered — nothing left to do — by a successful sync that started at or after
+# $4 (it read everything the request could want).
 CLAIM_SYNC = """
-UPDATE crm_connections
-SET sync_state = 'running', sync_job_id = $2, sync_started_at = now(),
-    sync_lease_until = now() + make_interval(secs => $3), sync_error = NULL, updated_at = now()
-WHERE id = $1
-  AND (sync_state <> 'running' OR sync_job_id = $2 OR sync_lease_until < now())
-RETURNING id
+WITH cur AS (
+    SELECT id, sync_state, sync_job_id, sync_started_at, sync_lease_until,
+           sync_state = 'succeeded' AND $4::timestamptz IS NOT NULL
+               AND sync_started_at >= $4::timestamptz AS covered
+      FROM crm_connections WHERE id = $1 FOR UPDATE
+), claimed AS (
+    UPDATE crm_connections AS c
+       SET sync_state = 'running', sync_job_id = $2, sync_started_at = now(),
+           sync_lease_until = now() + make_interval(secs => $3), sync_error = NULL,
+           updated_at = now()
+      FROM cur
+     WHERE c.id = cur.id AND NOT cur.covered
+       AND (cur.sync_state <> 'running' OR cur.sync_job_id = $2 OR cur.sync_lease_until < now())
+    RETURNING c.id
+)
+SELECT CASE WHEN EXISTS (SELECT 1 FROM claimed) THEN 'claimed'
+            WHEN cur.covered THEN 'covered'
+            ELSE 'busy' END
+  FROM cur
 """
 OWNS_SYNC = """
 SELECT sync_job_id = $2 AND sync_state = 'running' FROM crm_connections WHERE id = $1 FOR UPDATE
@@ -285,8 +300,17 @@ async def key_counts(conn: DbConnection) -> dict[str, int]:
     return {r["key_id"]: r["n"] for r in await conn.fetch(KEY_COUNTS)}
 
 
-async def claim_sync(conn: DbConnection, connection_id: str, job_id: str, lease_s: float) -> bool:
-    return await conn.fetchval(CLAIM_SYNC, connection_id, job_id, lease_s) is not None
+async def claim_sync(
+    conn: DbConnection,
+    connection_id: str,
+    job_id: str,
+    lease_s: float,
+    requested_at: datetime | None = None,
+) -> str:
+    """'claimed' (this job syncs now), 'busy' (another sync runs) or 'covered' (a sync
+    that started after ``requested_at`` succeeded: nothing is left to do)."""
+    state = await conn.fetchval(CLAIM_SYNC, connection_id, job_id, lease_s, requested_at)
+    return str(state or "busy")
 
 
 async def owns_sync(conn: DbConnection, connection_id: str, job_id: str) -> bool:

@@ -1,7 +1,11 @@
 """``crm.sync_pipelines``: a Kommo account's pipelines, statuses and custom fields, as a diff.
 
 1. Claim the connection's sync lease (two syncs of one connection never
-   interleave; a dead worker's lease runs out after ``sync_lease_s``).
+   interleave; a dead worker's lease runs out after ``sync_lease_s``). A
+   sync requested while another runs waits for it without spending an
+   attempt; one that a successful sync started after its request already
+   covers is done at once (coalesced: a burst of requests makes one or two
+   syncs, not one each).
 2. Fetch everything first — every pipeline with its embedded statuses, and
    every page of the custom fields of leads, contacts and companies —
    writing nothing, so a failed fetch leaves the previous state whole.
@@ -24,7 +28,7 @@ from handlers.crm.connections import SyncCounts
 from handlers.crm.services import require
 from handlers.db import Pool
 from handlers.deps import Deps
-from handlers.errors import JobError, PermanentError, RetryableError
+from handlers.errors import Deferred, JobError, PermanentError, RetryableError
 from handlers.providers.kommo import ENTITIES, KommoClient
 from handlers.types import Job, Outcome
 from schemas.jobs import CrmSyncPipelines
@@ -107,10 +111,17 @@ async def handle(job: Job[CrmSyncPipelines], deps: Deps) -> Outcome:
         connection = await connections.load(conn, connection_id)
         if connection.needs_reauth:
             raise PermanentError(f"CRM connection {connection_id} needs re-consent")
-        if not await connections.claim_sync(conn, connection_id, job.id, crm.policy.sync_lease_s):
-            raise RetryableError(
-                f"another sync of {connection_id} is running", delay_s=BUSY_RETRY_S
-            )
+        claim = await connections.claim_sync(
+            conn, connection_id, job.id, crm.policy.sync_lease_s, job.created_at
+        )
+    if claim == "covered":
+        log.info("crm.sync_coalesced", connection_id=connection_id)
+        return Outcome.SKIPPED
+    if claim == "busy":
+        raise Deferred(
+            f"another sync of {connection_id} is running; this one waits for it",
+            delay_s=BUSY_RETRY_S,
+        )
     client = crm.client(deps.db, connection)
     try:
         snapshot = await fetch(client)

@@ -26,6 +26,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from schemas.dlq import Stage, own_headers
+from streams.commands.originals import Original, omitted, read_originals
 from streams.commands.postgres import database
 from streams.commands.submit import producer
 from streams.registry import build_registry
@@ -167,7 +168,9 @@ async def replay(
                 if dry_run:
                     report.replayed += [r["id"] for r in todo]
                 else:
-                    acked = _publish(prod, todo, report)
+                    originals = _originals(settings, todo, report)
+                    todo = [r for r in todo if r["id"] not in report.failed]
+                    acked = _publish(prod, todo, report, originals)
                     if acked:
                         await conn.execute(MARK_REPLAYED, acked)
                     report.replayed += acked
@@ -195,8 +198,27 @@ async def _resolve_duplicates(conn: asyncpg.Connection, report: ReplayReport) ->
     )
 
 
-def _publish(prod: Producer, rows: list[asyncpg.Record], report: ReplayReport) -> list[int]:
-    """Produce one record per row; the ids Kafka acknowledged (failures go to the report)."""
+def _originals(
+    settings: Settings, rows: list[asyncpg.Record], report: ReplayReport
+) -> dict[int, Original]:
+    """The records that rows' dead letters left out, read back from their source topics."""
+    wanted = {r["id"]: ctx for r in rows if (ctx := omitted(r["headers"])) is not None}
+    found, failed = read_originals(settings, wanted)
+    report.failed.update(failed)
+    return found
+
+
+def _publish(
+    prod: Producer,
+    rows: list[asyncpg.Record],
+    report: ReplayReport,
+    originals: Mapping[int, Original] | None = None,
+) -> list[int]:
+    """Produce one record per row; the ids Kafka acknowledged (failures go to the report).
+
+    A row whose dead letter left out its record is published as ``originals``
+    has it (read back from its source topic).
+    """
     acked: list[int] = []
 
     def delivered(row_id: int) -> Any:
@@ -209,11 +231,12 @@ def _publish(prod: Producer, rows: list[asyncpg.Record], report: ReplayReport) -
         return callback
 
     for row in rows:
+        original = (originals or {}).get(row["id"])
         prod.produce(
             row["original_topic"],
-            value=row["raw_value"],
-            key=row["raw_key"],
-            headers=replay_headers(row["headers"]),
+            value=row["raw_value"] if original is None else original.value,
+            key=row["raw_key"] if original is None else original.key,
+            headers=replay_headers(row["headers"]) if original is None else original.headers,
             on_delivery=delivered(row["id"]),
         )
         prod.poll(0)

@@ -13,6 +13,7 @@ the same transaction as the job's ledger row).
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -88,3 +89,43 @@ async def test_broker_restart_mid_load_loses_nothing_and_applies_nothing_twice(
     assert final.total == JOBS and final.duplicated == 0
     assert worker.proc.poll() is None, "the worker recovers without a restart"
     assert worker.count("worker.partitions_assigned") >= 1
+
+
+async def test_a_sigterm_while_the_broker_is_down_leaves_no_death_to_count(
+    services: Endpoints,
+    own_kafka: DedicatedKafka,
+    db: asyncpg.Pool,
+    worker_factory: Any,
+) -> None:
+    """The drain tells the crash guard its partitions ended cleanly before it commits.
+
+    Before, the release came after the shutdown commit: with the broker down
+    the commit outlasted the hard deadline, the reservations stayed, and the
+    next owner blamed every reserved record for a death that never happened.
+    """
+    await asyncio.to_thread(own_kafka.start)  # up (the test before restarted it)
+    stack = Stack(own_kafka.bootstrap, services.dsn)
+    stack.create_topics()
+    worker = worker_factory(
+        stack, **ENV, CONVEYOR_WORKER__DRAIN_TIMEOUT_S="5", CONVEYOR_WORKER__HARD_EXIT_AFTER_S="5"
+    )
+    worker.wait_ready()
+    jobs = probe_jobs(600, seed=15)
+    stack.publish(jobs)
+    await wait_done(db, jobs, 100, what="some jobs done")
+    group = f"{stack.prefix}-group"
+    reserved = await db.fetchval(
+        "SELECT count(*) FROM job_journal WHERE group_id = $1 AND reserved_to IS NOT NULL", group
+    )
+    assert reserved > 0, "the running worker holds reservations"
+
+    await asyncio.to_thread(own_kafka.stop)
+    worker.signal(signal.SIGTERM)
+    await asyncio.to_thread(worker.wait_exit, 60)
+    left = await db.fetch(
+        "SELECT topic, partition, reserved_to, isolated_offset FROM job_journal"
+        " WHERE group_id = $1 AND (reserved_to IS NOT NULL OR isolated_offset IS NOT NULL)",
+        group,
+    )
+    assert [dict(r) for r in left] == [], "a clean shutdown left reservations behind"
+    await asyncio.to_thread(own_kafka.restart)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -13,14 +14,17 @@ import pytest
 
 from handlers.crm import connections, sync
 from handlers.deps import Deps
-from handlers.errors import PermanentError, RetryableError
+from handlers.errors import Deferred, PermanentError, RetryableError
 from handlers.types import Outcome
 from schemas.jobs import CrmSyncPipelines
+from streams.retry import WaitForDependency, decide
+from streams.settings import Settings
 from tests.support.crm import crm_deps, job, register_account, services
 from tests.support.kommo_server import Fault, KommoServer, kommo_server, make_fields, make_pipelines
 
 pytestmark = pytest.mark.integration
 
+POLICY = Settings().jobs.crm_sync_pipelines
 CONTACT_FIELDS = "GET /api/v4/contacts/custom_fields"
 PIPELINES = "GET /api/v4/leads/pipelines"
 
@@ -32,9 +36,12 @@ class Kit:
     deps: Deps
     connection_id: str
 
-    async def sync(self, job_id: str | None = None) -> Outcome:
+    async def sync(
+        self, job_id: str | None = None, requested_at: datetime | None = None
+    ) -> Outcome:
         payload = CrmSyncPipelines(connection_id=self.connection_id)
-        return await sync.handle(job("crm.sync_pipelines", payload, job_id), self.deps)
+        request = job("crm.sync_pipelines", payload, job_id, created_at=requested_at)
+        return await sync.handle(request, self.deps)
 
     async def connection(self) -> connections.Connection:
         async with self.db.acquire() as conn:
@@ -175,7 +182,7 @@ async def test_two_syncs_of_one_connection_never_interleave(kit: Kit) -> None:
     first = asyncio.create_task(kit.sync("job-first"))
     await kit.server.wait_for_call(PIPELINES)  # claimed, and now fetching
     assert (await kit.connection()).sync_state == "running"
-    with pytest.raises(RetryableError, match="another sync") as caught:
+    with pytest.raises(Deferred, match="another sync") as caught:
         await kit.sync("job-second")
     assert caught.value.delay_s == sync.BUSY_RETRY_S
     assert await first == Outcome.SUCCEEDED
@@ -187,6 +194,34 @@ async def test_two_syncs_of_one_connection_never_interleave(kit: Kit) -> None:
             kit.connection_id,
         )
     assert await kit.sync("job-third") == Outcome.SUCCEEDED
+
+
+async def test_syncs_requested_during_a_sync_wait_without_an_attempt_and_coalesce(
+    kit: Kit,
+) -> None:
+    """A burst of requests while a sync runs makes one more sync, not one each.
+
+    Before, the second request failed an attempt ("another sync ... is
+    running") and every request ran a sync of its own.
+    """
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    kit.server.faults.append(Fault("slow", delay_s=1.0, route=PIPELINES))
+    first = asyncio.create_task(kit.sync("job-first"))
+    await kit.server.wait_for_call(PIPELINES)
+    during = datetime.now(UTC)
+    for job_id in ("job-b", "job-c"):
+        with pytest.raises(Deferred):
+            await kit.sync(job_id, requested_at=during)
+    assert isinstance(decide(Deferred("busy", delay_s=5.0), 3, POLICY), WaitForDependency), (
+        "waiting for another sync spends no attempt"
+    )
+    assert await first == Outcome.SUCCEEDED
+    assert await kit.sync("job-early", requested_at=before) == Outcome.SKIPPED, (
+        "requested before the first sync started: that sync covers it"
+    )
+    assert await kit.sync("job-b", requested_at=during) == Outcome.SUCCEEDED, "runs after it"
+    assert await kit.sync("job-c", requested_at=during) == Outcome.SKIPPED, "b's sync covers c"
+    assert kit.server.calls[PIPELINES] == 2, "two syncs for four requests"
 
 
 async def test_a_connection_needing_consent_or_a_worker_without_keyring_fails_permanently(

@@ -120,5 +120,12 @@ def crm_deps(db: asyncpg.Pool, session: aiohttp.ClientSession, crm: CrmServices 
     )
 
 
-def job(job_type: str, payload: P, job_id: str | None = None, attempt: int = 1) -> Job[P]:
-    return Job(job_id or f"job-{uuid.uuid4().hex[:12]}", job_type, attempt, "org-1", payload)
+def job(
+    job_type: str,
+    payload: P,
+    job_id: str | None = None,
+    attempt: int = 1,
+    created_at: datetime | None = None,
+) -> Job[P]:
+    job_id = job_id or f"job-{uuid.uuid4().hex[:12]}"
+    return Job(job_id, job_type, attempt, "org-1", payload, created_at=created_at)

@@ -108,12 +108,16 @@ class ThreadCpuPool:
 
 class FakeCrashGuard:
     """The runner's view of ``streams.crashguard.CrashGuard``: records at ``suspects``
-    (offset -> deaths so far) run alone; every other record runs shared."""
+    (offset -> deaths so far) on their last chance (``last_chance`` deaths) run alone;
+    every other record runs shared."""
 
-    def __init__(self, suspects: dict[int, int] | None = None) -> None:
+    def __init__(self, suspects: dict[int, int] | None = None, last_chance: int = 2) -> None:
         self.suspects = suspects or {}
+        self.last_chance = last_chance
         self.isolation = Isolation()
-        self.left: list[tuple[int, bool]] = []
+        self.alone: list[int] = []  # offsets, each time one ran alone
+        self.left: list[int] = []  # offsets, each time one stopped running alone
+        self.finished_offsets: list[int] = []
 
     def enter_now(self, tp: Any, offset: int) -> Entry | None:
         if offset in self.suspects or not self.isolation.try_shared():
@@ -121,13 +125,17 @@ class FakeCrashGuard:
         return SHARED
 
     async def enter(self, tp: Any, offset: int) -> Entry:
-        crashes = self.suspects.get(offset)
-        if crashes is None:
+        crashes = self.suspects.get(offset, 0)
+        if crashes < self.last_chance:
             await self.isolation.shared()
-            return SHARED
+            return Entry(tp, offset, crashes) if crashes else SHARED
         await self.isolation.exclusive()
+        self.alone.append(offset)
         return Entry(tp, offset, crashes, alone=True)
 
-    async def leave_alone(self, entry: Entry, finished: bool) -> None:
-        self.left.append((entry.offset, finished))
+    async def leave_alone(self, entry: Entry) -> None:
+        self.left.append(entry.offset)
         self.isolation.release_exclusive()
+
+    def finished(self, tp: Any, offset: int) -> None:
+        self.finished_offsets.append(offset)

@@ -28,6 +28,9 @@ FULL = FailureContext(
     service_version="0.1.0",
     host="worker-1",
     not_before=NOW + timedelta(seconds=30),
+    omitted="value",
+    omitted_bytes=4_194_000,
+    value_sha256="ab" * 32,
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from streams.isolation import Isolation
 
@@ -65,3 +66,32 @@ async def test_a_cancelled_waiting_suspect_does_not_block_the_others() -> None:
     assert gate.exclusive_held
     gate.release_exclusive()
     assert gate.try_shared()
+
+
+async def test_a_waiting_suspect_stops_new_starts_only_for_a_while() -> None:
+    """A suspect queued behind a long job lets new jobs start again after ``block_s``.
+
+    Before, a queued suspect kept every new job waiting until all running
+    ones ended (a 900 s knowledge-graph job stopped the whole worker).
+    """
+    gate = Isolation(block_s=0.05, yield_s=0.05)
+    assert gate.try_shared()  # a long job
+    alone = asyncio.create_task(gate.exclusive())
+    await asyncio.sleep(0)
+    assert gate.blocking and not gate.try_shared(), "at first nothing new starts"
+    late = asyncio.create_task(gate.shared())
+    await asyncio.wait_for(late, timeout=2.0)  # let in once the suspect yields
+    assert not alone.done() and gate.shared_holders == 2
+    gate.release_shared()  # the job let in ends
+    await asyncio.wait_for(until(lambda: gate.blocking), timeout=2.0)  # the suspect asks again
+    gate.release_shared()  # the long job ends
+    await asyncio.wait_for(alone, timeout=2.0)
+    assert gate.exclusive_held and not gate.blocking
+    gate.release_exclusive()
+    assert gate.try_shared()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Poll (bounded by the caller's wait_for): the gate's toggle has no event to await."""
+    while not condition():  # noqa: ASYNC110
+        await asyncio.sleep(0.005)

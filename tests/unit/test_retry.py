@@ -7,7 +7,13 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from handlers.errors import DeadlineExceeded, JobTimeout, PermanentError, RetryableError
+from handlers.errors import (
+    DeadlineExceeded,
+    Deferred,
+    JobTimeout,
+    PermanentError,
+    RetryableError,
+)
 from schemas.dlq import Stage
 from streams.retry import (
     DeadLetter,
@@ -60,6 +66,20 @@ TABLE: list[tuple[BaseException, int, float | None, int, Decision]] = [
     (OUTAGE, 4, None, 0, WaitForDependency(0.5, 1)),
     (asyncpg.exceptions.CannotConnectNowError("starting"), 2, None, 5, WaitForDependency(10.0, 6)),
     (asyncpg.exceptions.TooManyConnectionsError("full"), 1, None, 3, WaitForDependency(4.0, 4)),
+    # another run of the same work in progress: wait for it, spending nothing
+    (Deferred("another sync runs", delay_s=5.0), 4, None, 0, WaitForDependency(5.0, 1)),
+    # a failover: the database answers read-only (25006); the job is not at fault
+    (
+        asyncpg.exceptions.ReadOnlySQLTransactionError("read-only"),
+        3,
+        None,
+        0,
+        WaitForDependency(0.5, 1),
+    ),
+    # a lost race or a statement timeout is an ordinary failure; the data refused is permanent
+    (asyncpg.exceptions.SerializationError("conflict"), 1, None, 0, RetryInPlace(1.0)),
+    (asyncpg.exceptions.QueryCanceledError("statement timeout"), 1, None, 0, RetryInPlace(1.0)),
+    (asyncpg.exceptions.NumericValueOutOfRangeError("too big"), 1, None, 0, dead()),
     # the deadline: no wait or retry that could only start after it
     (FLAKY, 1, 10.0, 0, RetryInPlace(1.0)),
     (FLAKY, 1, 0.5, 0, dead(TIMEOUT)),

@@ -250,9 +250,12 @@ async def test_the_give_up_hook_gets_the_summary_and_a_crash_suspect_is_released
     assert gave_up.script.gave_up == ["the file is not a PDF"]
     crashed = await run(CASES["crashed"])
     assert "the worker died 3 times" in crashed.script.gave_up[0]
-    assert crashed.guard.left == [(7, True)]
+    assert crashed.guard.alone == crashed.guard.left == [7]
+    assert crashed.guard.finished_offsets == [7]
     finished = await run(CASES["suspect that finishes"])
-    assert finished.guard.left == [(7, True)]
+    assert finished.guard.alone == [], "one death short of its last chance: it runs beside others"
+    assert finished.guard.finished_offsets == [7], "its count is forgotten"
+    assert not finished.guard.isolation.exclusive_held and finished.guard.isolation.try_shared()
 
 
 async def test_a_dead_letter_publish_is_retried_until_the_broker_acknowledges_it() -> None:
@@ -306,3 +309,53 @@ async def test_unreadable_conveyor_headers_neither_crash_nor_wedge_a_record() ->
     assert record.header("conveyor-original-topic") == "elsewhere"
     assert record.header("conveyor-original-partition") == "-1"
     assert record.header("conveyor-stage") == "decode"
+
+
+class GateWatchingSleep(RecordedSleep):
+    """Records, at each wait of the run, what the run held of the crash guard's gate."""
+
+    def __init__(self, guard: FakeCrashGuard) -> None:
+        super().__init__()
+        self.guard = guard
+        self.held: list[tuple[bool, int]] = []  # (exclusive held, shared holders)
+
+    async def __call__(self, delay_s: float) -> None:
+        gate = self.guard.isolation
+        self.held.append((gate.exclusive_held, gate.shared_holders))
+        await super().__call__(delay_s)
+
+
+@pytest.mark.parametrize("crashes", [None, 1, 2], ids=["fresh", "one death", "last chance"])
+async def test_nothing_holds_the_gate_while_a_run_waits(crashes: int | None) -> None:
+    """A waiting run (a retry in place, a dependency down) holds neither side of the gate.
+
+    Before, a suspect held the gate alone through its waits (a message waiting
+    out a dead run's 48 s lease stopped every job of the worker), and a
+    shared run kept a suspect from its turn while it slept.
+    """
+    policy = Settings().jobs.probe.model_copy(
+        update={"topic": TOPIC, "backoff_base_s": 0.01, "max_crashes": 3}
+    )
+    script = Script(
+        [RetryableError("lease held", delay_s=2), ConnectionError("pg"), Outcome.SUCCEEDED]
+    )
+    guard = FakeCrashGuard({7: crashes} if crashes is not None else {}, last_chance=2)
+    sleeps = GateWatchingSleep(guard)
+    producer = RecordingProducer()
+    runner = JobRunner(
+        JobSpec("probe", jobs.Probe, policy, script.handle),
+        FakeRuntime(deps=None),
+        RecordPublisher(producer, group_id="g", dlq_topic=DLQ_TOPIC, sleep=sleeps),
+        retry_topic=RETRY_TOPIC,
+        max_job_bytes=MAX_JOB_BYTES,
+        guard=guard,
+        sleep=sleeps,
+    )
+    await runner.run(Record(TOPIC, 0, 7, b"key", envelope(), (), 1_700_000_000_000))
+    assert script.attempts == [1, 2, 2]
+    assert sleeps.held == [(False, 0), (False, 0)], "each wait held nothing"
+    alone = crashes == 2
+    assert guard.alone == ([7, 7, 7] if alone else []), "a last-chance suspect: alone each attempt"
+    assert guard.left == guard.alone
+    assert guard.finished_offsets == [7]
+    assert guard.isolation.try_shared(), "the gate is free at the end"

@@ -162,3 +162,14 @@ def test_an_unknown_group_exits_2_naming_the_variable_with_the_other_problems() 
     assert result.returncode == 2
     assert "CONVEYOR_KAFAK__BOOTSTRAP_SERVERS: unknown settings group 'KAFAK'" in result.stderr
     assert "CONVEYOR_CHUNKING__SIZE:" in result.stderr
+
+
+def test_max_crashes_of_one_is_refused_with_the_reason() -> None:
+    """With 1, a death among others would dead-letter every job that ran beside it."""
+    with patched_env({"CONVEYOR_JOBS__PROBE__MAX_CRASHES": "1"}), pytest.raises(ConfigError) as c:
+        load_settings()
+    assert "CONVEYOR_JOBS__PROBE__MAX_CRASHES" in str(c.value)
+    assert "use 2 or more" in str(c.value)
+    for ok in ("0", "2", "5"):
+        with patched_env({"CONVEYOR_JOBS__PROBE__MAX_CRASHES": ok}):
+            assert load_settings().jobs.probe.max_crashes == int(ok)
