@@ -323,6 +323,11 @@ class CrmSettings(_Group):
         None,
         description="'id:base64key,...' (32-byte AES keys); the first encrypts, all decrypt",
     )
+    allowed_account_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*.kommo.com"],
+        description="Kommo account hosts that may receive secrets and tokens: host, *.domain or"
+        " address, with :port or :* for another port than 443 (docs/KOMMO.md)",
+    )
     requests_per_second: float = Field(
         7.0, gt=0, description="per Kommo account and worker; Kommo allows 7"
     )
@@ -362,6 +367,22 @@ class CrmSettings(_Group):
         ge=0,
         description="how long after an unanswered POST its note may still appear in Kommo",
     )
+
+    @field_validator("allowed_account_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_account_hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[str]) -> list[str]:
+        from handlers.providers.kommo_accounts import parse_entry  # only when validating
+
+        for entry in value:
+            parse_entry(entry)
+        return value
 
     @field_validator("keyring")
     @classmethod

@@ -2,8 +2,12 @@
 
 SQL as named constants, small functions taking a connection (asyncpg). Every
 secret column is encrypted with the keyring (handlers/crm/crypto.py) under
-the context ``crm_connections/<id>/<column>``; nothing here returns or logs a
-plaintext secret except the explicit ``secret`` accessor.
+the context ``crm_connections/<id>/<column> account=<account URL>``: a row
+whose account URL was changed in the database no longer decrypts, so its
+secrets cannot be sent to another host. Values written before that binding
+(format ``v1``, context ``crm_connections/<id>/<column>``) still decrypt
+until ``conveyor crm rotate-key`` rewrites them. Nothing here returns or logs
+a plaintext secret except the explicit ``secret`` accessor.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from handlers.crm.crypto import DecryptError, Keyring
 from handlers.db import Connection as DbConnection
 from handlers.db import Row
 from handlers.errors import PermanentError
-from handlers.providers.kommo import origin
+from handlers.providers.kommo_accounts import origin
 
 SECRET_COLUMNS = (
     "client_secret_enc",
@@ -54,9 +58,9 @@ FROM crm_connections
 """
 SELECT_ONE = SELECT + " WHERE id = $1"
 SELECT_ALL = SELECT + " ORDER BY organization_id, id"
-SELECT_SECRET = "SELECT {column} FROM crm_connections WHERE id = $1"
+SELECT_SECRET = "SELECT {column}, base_url FROM crm_connections WHERE id = $1"
 SELECT_SECRETS_FOR_UPDATE = f"""
-SELECT id, {", ".join(SECRET_COLUMNS)} FROM crm_connections WHERE id = $1 FOR UPDATE
+SELECT id, base_url, {", ".join(SECRET_COLUMNS)} FROM crm_connections WHERE id = $1 FOR UPDATE
 """
 SELECT_IDS = "SELECT id FROM crm_connections ORDER BY id"
 UPDATE_SECRET = "UPDATE crm_connections SET {column} = $2, updated_at = now() WHERE id = $1"
@@ -82,6 +86,10 @@ KEY_COUNTS = f"""
 SELECT split_part(v, ':', 2) AS key_id, count(*) AS n
 FROM crm_connections, {_KEY_IDS}
 GROUP BY 1 ORDER BY 1
+"""
+# Values still in the format that does not bind the account URL (v1).
+UNBOUND_COUNT = f"""
+SELECT count(*) FROM crm_connections, {_KEY_IDS} WHERE split_part(v, ':', 1) = 'v1'
 """
 
 # A sync claims its connection with a lease: a second sync waits until the
@@ -163,9 +171,26 @@ class SyncCounts:
     api_calls: int
 
 
-def context(connection_id: str, column: str) -> str:
-    """What a secret's ciphertext is bound to: this row and this column."""
+def context(connection_id: str, column: str, base_url: str) -> str:
+    """What a secret's ciphertext is bound to: this row, this column and its account URL.
+
+    Unambiguous read from the right: the URL has no space, the column no slash.
+    """
+    return f"{legacy_context(connection_id, column)} account={origin(base_url)}"
+
+
+def legacy_context(connection_id: str, column: str) -> str:
+    """The context of values written before the account URL was bound (format v1)."""
     return f"crm_connections/{connection_id}/{column.removesuffix('_enc')}"
+
+
+def open_secret(
+    keyring: Keyring, stored: str, connection_id: str, column: str, base_url: str
+) -> str:
+    """Decrypt one stored secret of a connection at ``base_url`` (either format)."""
+    return keyring.decrypt(
+        stored, context(connection_id, column, base_url), legacy_context(connection_id, column)
+    )
 
 
 async def register(conn: DbConnection, keyring: Keyring, new: NewConnection) -> None:
@@ -173,7 +198,7 @@ async def register(conn: DbConnection, keyring: Keyring, new: NewConnection) -> 
     ``needs_reauth``)."""
 
     def seal(column: str, value: str) -> str:
-        return keyring.encrypt(value, context(new.id, column))
+        return keyring.encrypt(value, context(new.id, column, new.base_url))
 
     await conn.execute(
         UPSERT,
@@ -202,10 +227,10 @@ async def secret(conn: DbConnection, keyring: Keyring, connection_id: str, colum
     """One decrypted secret column (``webhook_secret_enc``, ``client_secret_enc``...)."""
     if column not in SECRET_COLUMNS:
         raise ValueError(f"{column} is not a secret column")
-    stored = await conn.fetchval(SELECT_SECRET.format(column=column), connection_id)
-    if stored is None:
+    row = await conn.fetchrow(SELECT_SECRET.format(column=column), connection_id)
+    if row is None:
         raise PermanentError(f"no CRM connection {connection_id!r}")
-    return keyring.decrypt(stored, context(connection_id, column))
+    return open_secret(keyring, row[column], connection_id, column, row["base_url"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +251,8 @@ async def exists(conn: DbConnection, connection_id: str) -> bool:
 
 
 async def reencrypt(conn: DbConnection, keyring: Keyring, connection_id: str) -> Reencrypted:
-    """Re-encrypt one connection's secrets under the keyring's current key.
+    """Re-encrypt one connection's secrets under the keyring's current key, bound to its
+    account URL (a v1 value is rewritten even under the current key).
 
     In one transaction with the row locked: a token refresh that stores new
     tokens meanwhile waits for it (or it for the refresh) and is never
@@ -240,7 +266,11 @@ async def reencrypt(conn: DbConnection, keyring: Keyring, connection_id: str) ->
             return Reencrypted(0)
         for column in SECRET_COLUMNS:
             try:
-                moved = keyring.reencrypt(row[column], context(connection_id, column))
+                moved = keyring.reencrypt(
+                    row[column],
+                    context(connection_id, column, row["base_url"]),
+                    legacy_context(connection_id, column),
+                )
             except DecryptError as exc:
                 failures.append(str(exc))
                 continue
@@ -283,6 +313,11 @@ async def sync_status(conn: DbConnection, connection_id: str) -> Row:
 async def key_counts(conn: DbConnection) -> dict[str, int]:
     """How many stored secret values each key id encrypts."""
     return {r["key_id"]: r["n"] for r in await conn.fetch(KEY_COUNTS)}
+
+
+async def unbound_count(conn: DbConnection) -> int:
+    """How many stored secret values are not yet bound to their account URL (format v1)."""
+    return int(await conn.fetchval(UNBOUND_COUNT))
 
 
 async def claim_sync(conn: DbConnection, connection_id: str, job_id: str, lease_s: float) -> bool:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import ipaddress
 import json
 import os
 import re
@@ -35,7 +34,7 @@ from handlers.crm.connections import NewConnection
 from handlers.crm.crypto import Keyring
 from handlers.db import Row
 from handlers.errors import PermanentError
-from handlers.providers.kommo import origin
+from handlers.providers.kommo_accounts import AccountHosts, origin
 from schemas.envelope import JobEnvelope
 from streams.commands.postgres import database
 from streams.commands.submit import producer, publish
@@ -110,7 +109,7 @@ async def connect(settings: Settings, args: Any, environ: Mapping[str, str], std
     new = NewConnection(
         id=connection_id(args.connection_id),
         organization_id=required(args.org, "--org"),
-        base_url=account_url(args.base_url),
+        base_url=account_url(args.base_url, settings.crm.allowed_account_hosts),
         client_id=required(args.client_id, "--client-id"),
         redirect_uri=web_url(args.redirect_uri, "--redirect-uri"),
         access_expires_at=expiry(args.expires_in, args.expires_at),
@@ -190,16 +189,13 @@ def required(value: str | None, option: str) -> str:
     return value.strip()
 
 
-def account_url(value: str) -> str:
-    """An account origin: https, or plain http only for a loopback stand-in (the demo)."""
+def account_url(value: str, allowed: Sequence[str]) -> str:
+    """An account origin the allowlist admits (https; plain http only for a loopback
+    stand-in such as the demo's)."""
     try:
-        found = origin(value)
+        return AccountHosts(allowed).check(value)
     except ValueError as exc:
         raise UsageError(f"--base-url: {exc}") from None
-    host = urlsplit(found).hostname or ""
-    if found.startswith("http://") and not _loopback(host):
-        raise UsageError("--base-url: Kommo accounts are served over https")
-    return found
 
 
 def web_url(value: str, option: str) -> str:
@@ -220,15 +216,6 @@ def expiry(expires_in: float | None, expires_at: str | None) -> datetime:
     if when.tzinfo is None:
         raise UsageError("--expires-at: give a time zone, e.g. 2026-12-01T10:00:00Z")
     return when
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # --- list ----------------------------------------------------------------------
@@ -300,6 +287,7 @@ async def rotate_key(settings: Settings) -> int:
 
             result = await connections.reencrypt_all(conn, keyring, advance)
         counts = await connections.key_counts(conn)
+        unbound = await connections.unbound_count(conn)
     out.print(
         f"re-encrypted {result.rewritten} secret value(s) of {result.connections} "
         f"connection(s) under key {keyring.current!r}"
@@ -322,9 +310,19 @@ async def rotate_key(settings: Settings) -> int:
             "first key) and run rotate-key again.",
             markup=False,
         )
-    if left:
+    if unbound:  # written meanwhile by a worker of the version before the binding
+        err.print(
+            f"{unbound} value(s) still in the format not bound to the account URL (v1):"
+            " a worker of an older version wrote them meanwhile. Upgrade every worker, then"
+            " run rotate-key again.",
+            markup=False,
+        )
+    if left or unbound:
         return 1
-    out.print(f"every stored secret is under key {keyring.current!r}: older keys can go")
+    out.print(
+        f"every stored secret is under key {keyring.current!r} and bound to its account URL:"
+        " older keys can go"
+    )
     return 0
 
 

@@ -116,7 +116,7 @@ async def test_a_refused_refresh_marks_the_connection_and_fails_its_jobs_permane
     server._refresh.discard(new.refresh_token)  # spent elsewhere (e.g. another integration)
     async with aiohttp.ClientSession() as session:
         crm = services(session)
-        source = crm.tokens(db, new.id)
+        source = crm.tokens(db, new.id, new.base_url)
         with capture_logs() as logs, pytest.raises(PermanentError) as caught:
             await source.access_token()
         assert "invalid_grant" in str(caught.value) and "Token has been revoked" in str(
@@ -151,10 +151,9 @@ async def test_a_new_key_first_rewrites_every_secret_and_old_keys_can_go(
     only_new = Keyring("new", {"new": rotated.keys["new"]})
     for column in connections.SECRET_COLUMNS:
         assert only_new.key_id_of(row[column]) == "new"
-        only_new.decrypt(row[column], context(new.id, column))
-    assert only_new.decrypt(row["refresh_token_enc"], context(new.id, "refresh_token")) == (
-        new.refresh_token
-    )
+        only_new.decrypt(row[column], context(new.id, column, new.base_url))
+    bound = context(new.id, "refresh_token", new.base_url)
+    assert only_new.decrypt(row["refresh_token_enc"], bound) == new.refresh_token
 
 
 def _b64(ring: Keyring, key_id: str) -> str:

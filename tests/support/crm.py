@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import os
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -10,9 +12,10 @@ from typing import Any, TypeVar
 
 import aiohttp
 import asyncpg
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import BaseModel
 
-from handlers.crm.connections import NewConnection, register
+from handlers.crm.connections import NewConnection, legacy_context, register
 from handlers.crm.crypto import Keyring, new_key
 from handlers.crm.services import CrmPolicy, CrmServices
 from handlers.deps import Deps
@@ -25,13 +28,22 @@ from tests.support.kommo_server import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, K
 from tests.support.policies import CHUNKING, EXTRACT, FETCH, KNOWLEDGE_GRAPH
 
 APP = OAuthApp(CLIENT_ID, CLIENT_SECRET, REDIRECT_URI)
+# The test servers are Kommo accounts on 127.0.0.1 at random ports (the setting's text
+# for a worker subprocess: tests/support/stack.py).
+LOOPBACK_ACCOUNTS = ("127.0.0.1:*",)
 P = TypeVar("P", bound=BaseModel)
 
 
 def config(**overrides: Any) -> KommoConfig:
-    """The production defaults (settings.crm), with quick backoffs unless overridden."""
+    """The production defaults (settings.crm), with quick backoffs unless overridden, and
+    the loopback stand-ins (tests/support/kommo_server.py) admitted as accounts."""
     base = kommo_config(Settings().crm)
-    quick = {"backoff_base_s": 0.01, "backoff_max_s": 2.0, "timeout_s": 2.0}
+    quick = {
+        "backoff_base_s": 0.01,
+        "backoff_max_s": 2.0,
+        "timeout_s": 2.0,
+        "allowed_account_hosts": LOOPBACK_ACCOUNTS,
+    }
     return dataclasses.replace(base, **{**quick, **overrides})
 
 
@@ -53,6 +65,15 @@ class MemoryTokens:
             self.access, self.refresh = grant.access_token, grant.refresh_token
             self.refreshes += 1
         return self.access
+
+
+def seal_v1(keyring: Keyring, plaintext: str, connection_id: str, column: str) -> str:
+    """A secret as the version before the account binding wrote it (format v1: its
+    associated data names the row and column only), under the keyring's current key."""
+    nonce = os.urandom(12)
+    aad = legacy_context(connection_id, column).encode()
+    sealed = AESGCM(keyring.keys[keyring.current]).encrypt(nonce, plaintext.encode(), aad)
+    return f"v1:{keyring.current}:{base64.b64encode(nonce + sealed).decode()}"
 
 
 # This process's keyring; a worker subprocess gets the same text (``worker_env``).

@@ -92,6 +92,7 @@ class Fault:
     route: str | None = None
     after: bool = False
     detail: str | None = None
+    location: str | None = None  # a redirect's Location (with status 3xx)
 
     @classmethod
     def answer(cls, status: int, route: str | None = None, **kw: Any) -> Fault:
@@ -293,6 +294,8 @@ class KommoServer:
         if fault.after:
             await operation()
         headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
+        if fault.location is not None:
+            headers["Location"] = fault.location
         return _problem(fault.status, fault.detail or f"injected HTTP {fault.status}", headers)
 
     async def _defer(

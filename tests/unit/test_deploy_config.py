@@ -227,6 +227,8 @@ def _non_default(leaf: Any) -> Any:
     if isinstance(default, list):
         if leaf.dotted.endswith("origins"):
             return ["https://files.example", "http://10.0.0.1:9000"]
+        if leaf.dotted.endswith("account_hosts"):
+            return ["*.kommo.com", "*.amocrm.ru", "127.0.0.1:*"]
         return ["files.example", "10.0.0.0/8"]
     raise AssertionError(f"no non-default value for {leaf.dotted} ({default!r})")
 
