@@ -367,6 +367,12 @@ class CrmSettings(_Group):
         ge=0,
         description="how long after an unanswered POST its note may still appear in Kommo",
     )
+    webhook_max_age_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="a webhook delivery signed longer ago than this is refused as a possible"
+        " replay; keep it above the time a crm.webhook job may wait in Kafka and retries",
+    )
 
     @field_validator("allowed_account_hosts", mode="before")
     @classmethod

@@ -13,8 +13,9 @@ a plaintext secret except the explicit ``secret`` accessor.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from urllib.parse import urlsplit
 
 from handlers.crm.crypto import DecryptError, Keyring
 from handlers.db import Connection as DbConnection
@@ -32,10 +33,12 @@ SECRET_COLUMNS = (
 UPSERT = """
 INSERT INTO crm_connections (
     id, organization_id, base_url, client_id, client_secret_enc, redirect_uri,
-    access_token_enc, refresh_token_enc, access_expires_at, webhook_secret_enc
+    access_token_enc, refresh_token_enc, access_expires_at, webhook_secret_enc,
+    account_subdomain
 )
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT (id) DO UPDATE SET
+    account_subdomain = EXCLUDED.account_subdomain,
     organization_id = EXCLUDED.organization_id,
     base_url = EXCLUDED.base_url,
     client_id = EXCLUDED.client_id,
@@ -51,9 +54,10 @@ ON CONFLICT (id) DO UPDATE SET
 """
 
 SELECT = """
-SELECT id, organization_id, base_url, client_id, redirect_uri, access_expires_at,
-       needs_reauth, reauth_reason, sync_state, sync_started_at, sync_finished_at,
-       sync_error, sync_pipelines, sync_statuses, sync_custom_fields, sync_api_calls
+SELECT id, organization_id, base_url, account_subdomain, client_id, redirect_uri,
+       access_expires_at, needs_reauth, reauth_reason, sync_state, sync_started_at,
+       sync_finished_at, sync_error, sync_pipelines, sync_statuses, sync_custom_fields,
+       sync_api_calls
 FROM crm_connections
 """
 SELECT_ONE = SELECT + " WHERE id = $1"
@@ -63,6 +67,10 @@ SELECT_SECRETS_FOR_UPDATE = f"""
 SELECT id, base_url, {", ".join(SECRET_COLUMNS)} FROM crm_connections WHERE id = $1 FOR UPDATE
 """
 SELECT_IDS = "SELECT id FROM crm_connections ORDER BY id"
+SELECT_WEBHOOK = """
+SELECT organization_id, base_url, account_subdomain, webhook_secret_enc
+FROM crm_connections WHERE id = $1
+"""
 UPDATE_SECRET = "UPDATE crm_connections SET {column} = $2, updated_at = now() WHERE id = $1"
 SELECT_SYNC = """
 SELECT sync_job_id, sync_state, sync_started_at, sync_finished_at, sync_error, sync_pipelines,
@@ -73,10 +81,10 @@ EXISTS = "SELECT EXISTS (SELECT 1 FROM crm_connections WHERE id = $1)"
 # The key id of a stored value 'v1:<key id>:<data>' (no secret leaves the database).
 _KEY_IDS = f"unnest(ARRAY[{', '.join(SECRET_COLUMNS)}]) AS v"
 LIST = f"""
-SELECT id, organization_id, base_url, client_id, redirect_uri, access_expires_at,
-       tokens_refreshed_at, needs_reauth, reauth_reason, sync_state, sync_started_at,
-       sync_finished_at, sync_error, sync_pipelines, sync_statuses, sync_custom_fields,
-       sync_removed, sync_api_calls,
+SELECT id, organization_id, base_url, account_subdomain, client_id, redirect_uri,
+       access_expires_at, tokens_refreshed_at, needs_reauth, reauth_reason, sync_state,
+       sync_started_at, sync_finished_at, sync_error, sync_pipelines, sync_statuses,
+       sync_custom_fields, sync_removed, sync_api_calls,
        ARRAY(SELECT DISTINCT split_part(v, ':', 2) FROM {_KEY_IDS} ORDER BY 1) AS key_ids
 FROM crm_connections
 WHERE ($1::text IS NULL OR organization_id = $1)
@@ -121,9 +129,17 @@ WHERE id = $1 AND sync_job_id = $2
 """
 
 
+# The webhook secret keys an HMAC-SHA256: at least 32 characters (128 bits as hex).
+MIN_WEBHOOK_SECRET_CHARS = 32
+
+
 @dataclass(frozen=True, slots=True)
 class NewConnection:
-    """A connection as the platform's OAuth consent leaves it (``conveyor crm connect``)."""
+    """A connection as the platform's OAuth consent leaves it (``conveyor crm connect``).
+
+    ``account_subdomain``: the account its webhook deliveries must name; by
+    default the first label of ``base_url`` (``acme`` of ``https://acme.kommo.com``).
+    """
 
     id: str
     organization_id: str
@@ -135,9 +151,19 @@ class NewConnection:
     refresh_token: str
     access_expires_at: datetime
     webhook_secret: str
+    account_subdomain: str | None = None
 
     def __repr__(self) -> str:
         return f"NewConnection(id={self.id!r}, base_url={self.base_url!r}, secrets='***')"
+
+    def subdomain(self) -> str:
+        """The account's subdomain; ValueError when none is given or can be read from the URL."""
+        found = self.account_subdomain or subdomain_of(self.base_url)
+        if not found:
+            raise ValueError(
+                f"{self.base_url} names no account subdomain: give it (--account-subdomain)"
+            )
+        return found.lower()
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +173,7 @@ class Connection:
     id: str
     organization_id: str
     base_url: str
+    account_subdomain: str | None
     client_id: str
     redirect_uri: str
     access_expires_at: datetime
@@ -169,6 +196,24 @@ class SyncCounts:
     custom_fields: int
     removed: int
     api_calls: int
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookTarget:
+    """What a webhook delivery is checked against; its repr shows no secret."""
+
+    organization_id: str
+    account_subdomain: str | None
+    secret: str = field(repr=False)
+
+
+def subdomain_of(base_url: str) -> str | None:
+    """``acme`` of ``https://acme.kommo.com``; None for an address or a two-label name."""
+    host = urlsplit(origin(base_url)).hostname or ""
+    labels = host.split(".")
+    if len(labels) < 3 or host.replace(".", "").isdigit() or ":" in host:
+        return None
+    return labels[0]
 
 
 def context(connection_id: str, column: str, base_url: str) -> str:
@@ -195,7 +240,12 @@ def open_secret(
 
 async def register(conn: DbConnection, keyring: Keyring, new: NewConnection) -> None:
     """Insert the connection, or replace its settings and tokens (a re-consent clears
-    ``needs_reauth``)."""
+    ``needs_reauth``). ValueError: no account subdomain, or a webhook secret too short."""
+    if len(new.webhook_secret) < MIN_WEBHOOK_SECRET_CHARS:
+        raise ValueError(
+            f"the webhook secret must be at least {MIN_WEBHOOK_SECRET_CHARS} characters"
+        )
+    subdomain = new.subdomain()
 
     def seal(column: str, value: str) -> str:
         return keyring.encrypt(value, context(new.id, column, new.base_url))
@@ -212,6 +262,7 @@ async def register(conn: DbConnection, keyring: Keyring, new: NewConnection) -> 
         seal("refresh_token_enc", new.refresh_token),
         new.access_expires_at,
         seal("webhook_secret_enc", new.webhook_secret),
+        subdomain,
     )
 
 
@@ -231,6 +282,16 @@ async def secret(conn: DbConnection, keyring: Keyring, connection_id: str, colum
     if row is None:
         raise PermanentError(f"no CRM connection {connection_id!r}")
     return open_secret(keyring, row[column], connection_id, column, row["base_url"])
+
+
+async def webhook_target(conn: DbConnection, keyring: Keyring, connection_id: str) -> WebhookTarget:
+    """The connection's organization, account and decrypted webhook secret."""
+    row = await conn.fetchrow(SELECT_WEBHOOK, connection_id)
+    if row is None:
+        raise PermanentError(f"no CRM connection {connection_id!r}")
+    column = "webhook_secret_enc"
+    secret = open_secret(keyring, row[column], connection_id, column, row["base_url"])
+    return WebhookTarget(row["organization_id"], row["account_subdomain"], secret)
 
 
 @dataclass(frozen=True, slots=True)

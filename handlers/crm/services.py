@@ -21,6 +21,7 @@ class CrmPolicy:
     sync_lease_s: float
     message_lease_s: float
     message_settle_s: float
+    webhook_max_age_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,7 @@ def crm_services(session: aiohttp.ClientSession, crm_settings: Any) -> CrmServic
             crm_settings.sync_lease_s,
             crm_settings.message_lease_s,
             crm_settings.message_settle_s,
+            crm_settings.webhook_max_age_s,
         ),
     )
 

@@ -109,6 +109,10 @@ def _crm_parser(sub: Any) -> None:
     c.add_argument("--base-url", required=True, help="the account: https://<subdomain>.kommo.com")
     c.add_argument("--client-id", required=True, help="the integration's OAuth client id")
     c.add_argument("--redirect-uri", required=True, help="the integration's OAuth redirect URI")
+    c.add_argument(
+        "--account-subdomain",
+        help="the account its webhook deliveries name (default: from --base-url)",
+    )
     when = c.add_mutually_exclusive_group(required=True)
     when.add_argument("--expires-in", type=float, help="access token lifetime, seconds from now")
     when.add_argument("--expires-at", help="access token expiry, ISO 8601 with a time zone")

@@ -30,7 +30,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from handlers.crm import connections
-from handlers.crm.connections import NewConnection
+from handlers.crm.connections import MIN_WEBHOOK_SECRET_CHARS, NewConnection
 from handlers.crm.crypto import Keyring
 from handlers.db import Row
 from handlers.errors import PermanentError
@@ -113,8 +113,13 @@ async def connect(settings: Settings, args: Any, environ: Mapping[str, str], std
         client_id=required(args.client_id, "--client-id"),
         redirect_uri=web_url(args.redirect_uri, "--redirect-uri"),
         access_expires_at=expiry(args.expires_in, args.expires_at),
+        account_subdomain=args.account_subdomain,
         **read_secrets(args.secrets_from, environ, stdin),
     )
+    try:
+        new.subdomain()
+    except ValueError as exc:
+        raise UsageError(f"--base-url: {exc}") from None
     async with database(settings) as conn:
         existed = await connections.exists(conn, new.id)
         await connections.register(conn, keyring, new)
@@ -141,6 +146,11 @@ def read_secrets(source: str, environ: Mapping[str, str], stdin: TextIO) -> dict
     missing = [SECRETS[field] for field in SECRETS if not found.get(field)]
     if missing:
         raise UsageError(f"{', '.join(missing)} missing or empty {where}")
+    if len(found["webhook_secret"]) < MIN_WEBHOOK_SECRET_CHARS:
+        raise UsageError(
+            f"KOMMO_WEBHOOK_SECRET is shorter than {MIN_WEBHOOK_SECRET_CHARS} characters: it keys"
+            " the HMAC that authenticates webhook deliveries (e.g. `openssl rand -hex 32`)"
+        )
     return found
 
 

@@ -39,7 +39,7 @@ def env(services: Endpoints) -> dict[str, str]:
 
 def _secrets() -> dict[str, str]:
     """Four distinct values no output may contain."""
-    return {field: f"{field}-{secrets.token_hex(8)}" for field in NAMES}
+    return {field: f"{field}-{secrets.token_hex(16)}" for field in NAMES}
 
 
 def _connect(connection_id: str, *extra: str) -> list[str]:

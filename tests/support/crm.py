@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
+import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -18,13 +19,22 @@ from pydantic import BaseModel
 from handlers.crm.connections import NewConnection, legacy_context, register
 from handlers.crm.crypto import Keyring, new_key
 from handlers.crm.services import CrmPolicy, CrmServices
+from handlers.crm.webhook import signature_of
 from handlers.deps import Deps
 from handlers.providers.embed import HashEmbedder
 from handlers.providers.kommo import Kommo, KommoConfig, OAuthApp, kommo_config
 from handlers.types import Job
+from schemas.jobs import CrmWebhook
 from streams.settings import Settings
 from tests.support.fakes import NoFollowUps
-from tests.support.kommo_server import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, KommoServer
+from tests.support.kommo_server import (
+    ACCOUNT_ID,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    REDIRECT_URI,
+    KommoServer,
+    form_encode,
+)
 from tests.support.policies import CHUNKING, EXTRACT, FETCH, KNOWLEDGE_GRAPH
 
 APP = OAuthApp(CLIENT_ID, CLIENT_SECRET, REDIRECT_URI)
@@ -76,6 +86,35 @@ def seal_v1(keyring: Keyring, plaintext: str, connection_id: str, column: str) -
     return f"v1:{keyring.current}:{base64.b64encode(nonce + sealed).decode()}"
 
 
+WEBHOOK_SECRET = "whsec-test-0123456789abcdef0123456789"
+
+
+def signed_hook(
+    secret: str,
+    connection_id: str,
+    body: str,
+    *,
+    event_id: str | None = None,
+    timestamp: int | None = None,
+) -> CrmWebhook:
+    """A crm.webhook payload as the platform's edge signs it (docs/KOMMO.md)."""
+    event_id = event_id or f"evt-{uuid.uuid4().hex[:10]}"
+    when = int(time.time()) if timestamp is None else timestamp
+    return CrmWebhook(
+        connection_id=connection_id,
+        event_id=event_id,
+        timestamp=when,
+        signature=signature_of(secret, connection_id, event_id, when, body),
+        body=body,
+    )
+
+
+def delivery_body(tree: Mapping[str, Any], subdomain: str = "conveyor-test") -> str:
+    """Kommo's form-encoded webhook body for ``tree``, naming the account (the stand-in's
+    subdomain by default)."""
+    return form_encode({**tree, "account": {"id": ACCOUNT_ID, "subdomain": subdomain}})
+
+
 # This process's keyring; a worker subprocess gets the same text (``worker_env``).
 KEYRING_TEXT = f"k1:{new_key()}"
 KEYRING = Keyring.parse(KEYRING_TEXT)
@@ -87,7 +126,7 @@ async def register_account(
     *,
     expires_in_s: float = 3600.0,
     keyring: Keyring = KEYRING,
-    webhook_secret: str = "whsec-test",
+    webhook_secret: str = WEBHOOK_SECRET,
     organization_id: str = "org-1",
 ) -> NewConnection:
     """A connection to ``server`` as the platform's consent would register it."""
@@ -103,6 +142,7 @@ async def register_account(
         refresh_token=pair.refresh_token,
         access_expires_at=datetime.now(UTC) + timedelta(seconds=expires_in_s),
         webhook_secret=webhook_secret,
+        account_subdomain=server.subdomain,  # the stand-in's URL is an address
     )
     async with db.acquire() as conn:
         await register(conn, keyring, new)
@@ -120,7 +160,11 @@ def services(
     CrmPolicy fields (``message_lease_s``...), ``overrides`` the client's config."""
     crm = Settings().crm
     base = CrmPolicy(
-        crm.token_refresh_margin_s, crm.sync_lease_s, crm.message_lease_s, crm.message_settle_s
+        crm.token_refresh_margin_s,
+        crm.sync_lease_s,
+        crm.message_lease_s,
+        crm.message_settle_s,
+        crm.webhook_max_age_s,
     )
     chosen = dataclasses.replace(base, **(policy or {}))
     return CrmServices(Kommo(session, config(**overrides)), keyring, chosen)

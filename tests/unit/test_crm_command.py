@@ -17,7 +17,7 @@ from streams.commands.crm import (
 )
 from streams.settings import Settings
 
-VALUES = {name: f"value-of-{name.lower()}" for name in SECRETS.values()}
+VALUES = {name: f"value-of-{name.lower()}-0123456789abcdef" for name in SECRETS.values()}
 
 
 def test_secrets_come_from_the_environment_by_name() -> None:
@@ -124,3 +124,11 @@ def test_expiry_from_seconds_or_a_zoned_time() -> None:
         expiry(None, "2030-01-01T00:00:00")
     with pytest.raises(UsageError, match="ISO 8601"):
         expiry(None, "tomorrow")
+
+
+def test_a_short_webhook_secret_is_refused_without_echoing_it() -> None:
+    short = {**VALUES, "KOMMO_WEBHOOK_SECRET": "whsec-31-characters-long-123456"}
+    assert len(short["KOMMO_WEBHOOK_SECRET"]) == 31
+    with pytest.raises(UsageError, match="shorter than 32 characters") as caught:
+        read_secrets("env", short, io.StringIO())
+    assert short["KOMMO_WEBHOOK_SECRET"] not in str(caught.value)
