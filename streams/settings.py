@@ -537,14 +537,19 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def forget_environment() -> list[str]:
-    """Drop every ``CONVEYOR_*`` variable from this process's environment; return their names.
+    """Drop every ``CONVEYOR_*`` variable, in any case, from this process's environment;
+    return their names.
 
     Called once the settings are read (they are read once, at start): the
     settings object is then the only holder of the secrets, and no child
     process — above all the extraction processes that parse hostile files —
-    inherits them.
+    inherits them. pydantic-settings reads names case-insensitively
+    (``conveyor_crm__keyring`` sets the keyring), so they are cleared so too.
+    The environment block the process started with stays in its memory
+    (``/proc/<pid>/environ``): the worker is non-dumpable for that
+    (handlers/cpu_pool.py).
     """
-    names = [name for name in os.environ if name.startswith(ENV_PREFIX)]
+    names = [name for name in os.environ if name.upper().startswith(ENV_PREFIX)]
     for name in names:
         del os.environ[name]
     return names

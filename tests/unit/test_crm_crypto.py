@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import base64
 
+import aiohttp
 import pytest
 from pydantic import ValidationError
 
 from handlers.crm.connections import context, legacy_context, open_secret
 from handlers.crm.crypto import DecryptError, Keyring, KeyringError, new_key
 from streams.settings import ConfigError, Settings, load_settings
-from tests.support.crm import seal_v1
+from tests.support.crm import crm_deps, seal_v1, services
 from tests.support.stack import patched_env
 
 K1, K2 = new_key(), new_key()
@@ -124,3 +125,17 @@ def test_a_bound_value_relabelled_as_the_old_format_does_not_decrypt() -> None:
     downgraded = "v1" + stored.removeprefix("v2")
     with pytest.raises(DecryptError):
         open_secret(ring, downgraded, "c1", "refresh_token_enc", EVIL)
+
+
+async def test_the_keyring_and_what_holds_it_show_no_key_in_their_repr() -> None:
+    raw = base64.b64decode(K1)
+    ring = Keyring.parse(f"k1:{K1},k2:{K2}")
+    async with aiohttp.ClientSession() as session:
+        crm = services(session, ring)
+        deps = crm_deps(None, session, crm)  # type: ignore[arg-type]
+        tokens = crm.tokens(None, "c1", "https://acme.kommo.com")  # type: ignore[arg-type]
+        shown = [repr(ring), str(ring), repr(crm), repr(deps), repr(tokens), f"{ring!r:>10}"]
+    assert repr(ring) == "Keyring(current='k1', key_ids=['k1', 'k2'])"
+    for text in shown:
+        for key in (K1, K2, repr(raw), raw.hex(), repr(base64.b64decode(K2))):
+            assert key not in text, text
