@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from streams.settings import ConfigError, load_settings, masked
+from streams.settings import ConfigError, forget_environment, load_settings, masked
 from tests.support.stack import patched_env
 
 
@@ -162,3 +162,21 @@ def test_an_unknown_group_exits_2_naming_the_variable_with_the_other_problems() 
     assert result.returncode == 2
     assert "CONVEYOR_KAFAK__BOOTSTRAP_SERVERS: unknown settings group 'KAFAK'" in result.stderr
     assert "CONVEYOR_CHUNKING__SIZE:" in result.stderr
+
+
+def test_settings_read_in_any_case_are_forgotten_in_any_case() -> None:
+    """pydantic-settings reads ``conveyor_llm__api_key`` as the LLM key: clearing only
+    upper-case names left it for every child process to inherit (issue 19)."""
+    env = {"conveyor_llm__api_key": "sk-lower", "Conveyor_Embedding__Api_Key": "sk-mixed"}
+    saved = dict(os.environ)  # forget_environment clears this session's settings too
+    try:
+        with patched_env(env):
+            settings = load_settings()
+            assert settings.llm.api_key is not None
+            assert settings.llm.api_key.get_secret_value() == "sk-lower"
+            forgotten = forget_environment()
+            assert set(env) <= set(forgotten)
+            assert not [n for n in os.environ if n.upper().startswith("CONVEYOR_")]
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
