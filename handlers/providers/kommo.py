@@ -29,7 +29,7 @@ import random
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import structlog
@@ -54,7 +54,8 @@ class OutcomeUnknown(RetryableError):
 
 
 class GrantRefused(PermanentError):
-    """The token endpoint refused the refresh token or code (OAuth ``invalid_grant``)."""
+    """Kommo's OAuth server refused the refresh token, code or client: the connection
+    needs consent. Only its own answers count (``_oauth_refusal``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,11 +229,26 @@ class KommoClient:
         return [item async for page in self.pages(path, key, params) for item in page]
 
     def _next_page(self, body: Any, current: str) -> str | None:
+        """The next page's URL, resolved against this one; only on this account's origin.
+
+        A link elsewhere (``.evil.example/…`` glued to the host, another host, a
+        scheme change) would take the Bearer token with it: PermanentError, so a
+        sync never applies a list cut short either.
+        """
         href = body.get("_links", {}).get("next", {}).get("href")
         if not isinstance(href, str) or not href:
             return None
-        parts = urlsplit(href)  # the path and query only: never another host
-        following = f"{self.base_url}{parts.path}" + (f"?{parts.query}" if parts.query else "")
+        following = urljoin(current, href.strip())
+        parts = urlsplit(following)
+        try:
+            same = origin(f"{parts.scheme}://{parts.netloc}") == self.base_url
+        except ValueError:
+            same = False
+        if not same or parts.username or parts.password:
+            raise PermanentError(
+                f"Kommo: the next page of {_path(current)} is linked on another origin;"
+                " not followed (it would carry the token)"
+            )
         return None if following == current else following
 
     # --- one request, retried --------------------------------------------------
@@ -388,9 +404,31 @@ async def request_tokens(
     if 300 <= status < 400:
         raise PermanentError(_redirect_refused("the token endpoint", status))
     detail = _problem_detail(raw, secrets=secrets)
-    if status in (400, 401, 403):
+    if status in (400, 401, 403) and _oauth_refusal(raw):
         raise GrantRefused(f"Kommo refused the grant (invalid_grant): HTTP {status}{detail}")
+    if status in (400, 401, 403):  # a proxy's or firewall's answer: the grant was not judged
+        raise RetryableError(
+            f"Kommo token endpoint: HTTP {status} that is not Kommo's OAuth answer"
+            f" (a proxy or firewall?){detail}",
+            delay_s=wait_s,
+        )
     raise RetryableError(f"Kommo token endpoint: HTTP {status}{detail}", delay_s=wait_s)
+
+
+def _oauth_refusal(raw: bytes) -> bool:
+    """Kommo's own refusal of a grant or client: its OAuth problem document
+    (``"type": ".../OAuthProblemJson"``), or an RFC 6749 ``invalid_grant`` /
+    ``invalid_client`` error. Anything else did not come from its OAuth server."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return False
+    if not isinstance(doc, dict):
+        return False
+    kind = doc.get("type")
+    if isinstance(kind, str) and kind.rstrip("/").endswith("/OAuthProblemJson"):
+        return True
+    return doc.get("error") in ("invalid_grant", "invalid_client")
 
 
 class Kommo:

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from handlers.errors import PermanentError
-from handlers.providers.kommo import Kommo
+from handlers.errors import PermanentError, RetryableError
+from handlers.providers.kommo import GrantRefused, Kommo, OAuthApp
 from tests.support.crm import APP, MemoryTokens, config
 from tests.support.http import serve
 from tests.support.kommo_server import Fault, KommoServer, kommo_server, make_pipelines
@@ -89,3 +89,40 @@ async def test_an_account_off_the_allowlist_gets_no_request_at_all(
     with pytest.raises(PermanentError, match="no secret or token is sent"):
         kommo.client(server.base_url, MemoryTokens(Kommo(session, config()), server))
     assert sum(server.calls.values()) == 0
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "content_type"),
+    [
+        (403, "<html><body>Request blocked by the firewall</body></html>", "text/html"),
+        (401, '{"message": "proxy authentication required"}', "application/json"),
+        (400, '{"title": "Bad Request", "status": 400}', "application/problem+json"),
+    ],
+)
+async def test_a_proxy_or_firewall_refusal_at_the_token_endpoint_is_no_reason_to_reconsent(
+    server: KommoServer, session: aiohttp.ClientSession, status: int, body: str, content_type: str
+) -> None:
+    """Only Kommo's own OAuth answers mark a connection needs_reauth (issue 19): this
+    refusal is retried and the refresh token stays valid."""
+    kommo = Kommo(session, config())
+    refresh = server.grant().refresh_token
+    server.faults.append(Fault.answer(status, TOKEN, body=body, content_type=content_type))
+    with pytest.raises(RetryableError, match="not Kommo's OAuth answer") as caught:
+        await kommo.refresh(server.base_url, APP, refresh)
+    assert not isinstance(caught.value, GrantRefused)
+    assert server.refresh_is_valid(refresh)
+    grant = await kommo.refresh(server.base_url, APP, refresh)  # the next try goes through
+    assert grant.refresh_token != refresh
+
+
+async def test_kommos_own_refusals_of_grant_and_client_need_consent(
+    server: KommoServer, session: aiohttp.ClientSession
+) -> None:
+    kommo = Kommo(session, config())
+    spent = server.grant().refresh_token
+    await kommo.refresh(server.base_url, APP, spent)
+    with pytest.raises(GrantRefused, match="Token has been revoked"):
+        await kommo.refresh(server.base_url, APP, spent)
+    wrong_client = OAuthApp(APP.client_id, "not-the-client-secret", APP.redirect_uri)
+    with pytest.raises(GrantRefused, match="Client authentication failed"):
+        await kommo.refresh(server.base_url, wrong_client, server.grant().refresh_token)
