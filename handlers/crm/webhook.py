@@ -172,6 +172,13 @@ async def handle(job: Job[CrmWebhook], deps: Deps) -> Outcome:
     verify(target.secret, hook, crm.policy.webhook_max_age_s)
     delivery = parse_delivery(hook.body)
     check_target(target, delivery, job.organization_id)
+    if delivery.nul_removed:
+        log.warning(
+            "crm.webhook_nul_removed",
+            connection_id=hook.connection_id,
+            removed=delivery.nul_removed,
+            reason="NUL (%00) in the delivery's keys or values; Postgres cannot store it",
+        )
     delivered_at = datetime.fromtimestamp(hook.timestamp, UTC)
     async with deps.db.acquire() as conn, conn.transaction():
         stored = await conn.fetchval(

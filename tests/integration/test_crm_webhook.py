@@ -242,3 +242,19 @@ async def test_a_late_delete_does_not_bury_a_lead_restored_after_it(kit: Kit) ->
     await kit.send(newer)
     lead = await kit.lead(24)
     assert lead is not None and lead["deleted"], "a delete after the restore applies"
+
+
+async def test_a_nul_in_a_delivery_is_removed_not_a_permanent_failure(kit: Kit) -> None:
+    """``%00`` decodes to NUL, which Postgres refuses: the delivery was dead-lettered for
+    good (issue 19). It is applied without the NUL, and the removal is reported."""
+    body = delivery_body(lead_update(25, T0, name="A%00B")).replace("A%2500B", "A%00B")
+    assert "A%00B" in body
+    hook = signed_hook(SECRET, kit.connection_id, body)
+    with capture_logs() as logs:
+        assert await kit.send(hook) == Outcome.SUCCEEDED
+    lead = await kit.lead(25)
+    assert lead is not None and lead["name"] == "AB"
+    (stored,) = [d for d in await kit.deliveries() if d["event_id"] == hook.event_id]
+    assert stored["body"] == body and "\x00" not in stored["events"]
+    removed = [e for e in logs if e["event"] == "crm.webhook_nul_removed"]
+    assert removed and removed[0]["removed"] == 1
