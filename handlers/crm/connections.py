@@ -207,6 +207,21 @@ class WebhookTarget:
     secret: str = field(repr=False)
 
 
+def check_organization(
+    connection_id: str, connection_organization: str, job_organization: str | None
+) -> None:
+    """The one rule for every CRM job (sync, webhook, message.send): its envelope names the
+    connection's organization. None or another is refused (PermanentError): budgets,
+    fair share and usage are counted by the job's organization, and a platform tenant
+    must not act through another tenant's connection."""
+    if job_organization != connection_organization:
+        named = "no organization" if job_organization is None else "another organization"
+        raise PermanentError(
+            f"CRM connection {connection_id} belongs to another organization than the job's"
+            f" (the job names {named}): nothing done"
+        )
+
+
 def subdomain_of(base_url: str) -> str | None:
     """``acme`` of ``https://acme.kommo.com``; None for an address or a two-label name."""
     host = urlsplit(origin(base_url)).hostname or ""

@@ -144,10 +144,8 @@ def verify(secret: str, hook: CrmWebhook, max_age_s: float, now: float | None = 
         )
 
 
-def check_target(target: WebhookTarget, delivery: Delivery, organization_id: str | None) -> None:
-    """The delivery names the connection's account, and the job its organization."""
-    if organization_id != target.organization_id:
-        raise PermanentError("webhook job's organization is not the connection's: nothing applied")
+def check_account(target: WebhookTarget, delivery: Delivery) -> None:
+    """The delivery names the connection's account."""
     named = delivery.account.get("subdomain")
     if target.account_subdomain is None:
         raise PermanentError(
@@ -169,9 +167,10 @@ async def handle(job: Job[CrmWebhook], deps: Deps) -> Outcome:
             target = await connections.webhook_target(conn, crm.keyring, hook.connection_id)
         except DecryptError as exc:
             raise PermanentError(str(exc)) from None
+    connections.check_organization(hook.connection_id, target.organization_id, job.organization_id)
     verify(target.secret, hook, crm.policy.webhook_max_age_s)
     delivery = parse_delivery(hook.body)
-    check_target(target, delivery, job.organization_id)
+    check_account(target, delivery)
     if delivery.nul_removed:
         log.warning(
             "crm.webhook_nul_removed",

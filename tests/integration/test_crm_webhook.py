@@ -222,7 +222,7 @@ async def test_a_webhook_job_of_another_organization_is_refused(kit: Kit) -> Non
     hook = kit.delivery(lead_update(23, T0, name="cross-tenant"))
     for organization_id in ("org-2", None):
         wrong = Job("job-x", "crm.webhook", 1, organization_id, hook)
-        with pytest.raises(PermanentError, match="organization is not the connection's"):
+        with pytest.raises(PermanentError, match="belongs to another organization"):
             await webhook.handle(wrong, kit.deps)
     assert await kit.lead(23) is None
 
