@@ -13,6 +13,7 @@ from rich.console import Console
 
 from schemas.dlq import Stage
 from streams import __version__
+from streams.commands.safe import clean
 from streams.settings import ConfigError, Settings, forget_environment, load_settings, masked
 
 EXIT_CONFIG = 2
@@ -244,7 +245,7 @@ async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
         )
     except (OSError, asyncpg.PostgresError) as exc:
-        err.print(f"conveyor dlq: Postgres: {exc}", markup=False)
+        err.print(f"conveyor dlq: Postgres: {clean(exc)}", markup=False)
         return 1
     dlq.print_report(report, args.dry_run)
     return 1 if report.failed else 0

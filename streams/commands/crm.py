@@ -37,6 +37,7 @@ from handlers.errors import PermanentError
 from handlers.providers.kommo_accounts import AccountHosts, origin
 from schemas.envelope import JobEnvelope
 from streams.commands.postgres import database
+from streams.commands.safe import cell, clean
 from streams.commands.submit import producer, publish
 from streams.registry import build_registry
 from streams.settings import Settings
@@ -93,11 +94,11 @@ def run_crm(settings: Settings, args: Any) -> int:
             return asyncio.run(rotate_key(settings))
         return asyncio.run(sync(settings, args.connection_id, args.wait))
     except UsageError as exc:
-        err.print(f"conveyor crm {args.crm_command}: {exc}", markup=False)
+        err.print(f"conveyor crm {args.crm_command}: {clean(exc)}", markup=False)
         return EXIT_USAGE
     except (OSError, asyncpg.PostgresError) as exc:
         hint = " (run `conveyor migrate`)" if isinstance(exc, asyncpg.UndefinedTableError) else ""
-        err.print(f"conveyor crm {args.crm_command}: Postgres: {exc}{hint}", markup=False)
+        err.print(f"conveyor crm {args.crm_command}: Postgres: {clean(exc)}{hint}", markup=False)
         return 1
 
 
@@ -237,23 +238,29 @@ async def list_connections(settings: Settings, organization_id: str | None, as_j
     if as_json:
         out.print_json(json.dumps([dict(r) for r in rows], default=_json_value))
         return 0
-    table = Table("connection", "organization", "account", "state", "last sync", "synced", "keys")
-    for r in rows:
-        table.add_row(
-            r["id"],
-            r["organization_id"],
-            r["base_url"],
-            f"needs re-consent: {r['reauth_reason'] or ''}" if r["needs_reauth"] else "ok",
-            _last_sync(r),
-            _counts(r),
-            ", ".join(r["key_ids"]),
-        )
-    out.print(table)
+    out.print(connection_table(rows))
     out.print(f"{len(rows)} connection(s)")
     return 0
 
 
-def _last_sync(row: Row) -> str:
+def connection_table(rows: Sequence[Row | Mapping[str, Any]]) -> Table:
+    """The connections as a table; every field is data (escaped, never markup)."""
+    table = Table("connection", "organization", "account", "state", "last sync", "synced", "keys")
+    for r in rows:
+        reason = r["reauth_reason"] or ""
+        table.add_row(
+            cell(r["id"]),
+            cell(r["organization_id"]),
+            cell(r["base_url"]),
+            cell(f"needs re-consent: {reason}" if r["needs_reauth"] else "ok"),
+            cell(_last_sync(r)),
+            cell(_counts(r)),
+            cell(", ".join(r["key_ids"])),
+        )
+    return table
+
+
+def _last_sync(row: Row | Mapping[str, Any]) -> str:
     state: str = row["sync_state"]
     when = row["sync_finished_at"] if state != "running" else row["sync_started_at"]
     text = state + (f" {when:%Y-%m-%d %H:%M:%S}" if when else "")
@@ -263,7 +270,7 @@ def _last_sync(row: Row) -> str:
     return text
 
 
-def _counts(row: Row) -> str:
+def _counts(row: Row | Mapping[str, Any]) -> str:
     if row["sync_pipelines"] is None:
         return ""
     return (
@@ -303,7 +310,7 @@ async def rotate_key(settings: Settings) -> int:
         f"connection(s) under key {keyring.current!r}"
     )
     for failure in result.failures:
-        err.print(f"  not decryptable, left as it is: {failure}", markup=False)
+        err.print(f"  not decryptable, left as it is: {clean(failure)}", markup=False)
     left = {key: n for key, n in counts.items() if key != keyring.current}
     older = {key: n for key, n in left.items() if key in keyring.keys}
     if older:  # rewritten meanwhile by a worker that encrypts with an older key
@@ -411,7 +418,7 @@ def describe_sync(connection_id: str, result: SyncResult) -> str:
             f"{r['sync_api_calls']} API calls"
         )
     if result.state == "failed":
-        return f"sync of {connection_id} failed: {r['sync_error']}"
+        return f"sync of {connection_id} failed: {clean(r['sync_error'])}"
     if result.state == "running":
         return f"sync of {connection_id} still running"
     return (

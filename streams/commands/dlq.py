@@ -27,6 +27,7 @@ from rich.table import Table
 
 from schemas.dlq import Stage, own_headers
 from streams.commands.postgres import database
+from streams.commands.safe import cell, clean
 from streams.commands.submit import producer
 from streams.registry import build_registry
 from streams.settings import Settings
@@ -237,19 +238,20 @@ async def resolve(settings: Settings, ids: Sequence[int], note: str) -> list[int
     return [r["id"] for r in rows]
 
 
-def print_rows(rows: Sequence[asyncpg.Record]) -> None:
+def print_rows(rows: Sequence[asyncpg.Record | Mapping[str, Any]]) -> None:
+    """The dead letters as a table; every field is data (escaped, never markup)."""
     table = Table("id", "failed at", "job type", "job id", "stage", "error", "tries", "status")
     for r in rows:
         message = f"{r['error_class'] or ''}: {r['error_message'] or ''}"
         table.add_row(
-            str(r["id"]),
-            r["failed_at"].strftime("%Y-%m-%d %H:%M:%S"),
-            r["job_type"] or "",
-            r["job_id"] or "",
-            r["stage"] or "",
-            message if len(message) <= 80 else message[:79] + "…",
-            str(r["attempts"] or ""),
-            r["status"] + (f", {r['replay_count']} replay(s)" if r["replay_count"] else ""),
+            cell(r["id"]),
+            cell(r["failed_at"].strftime("%Y-%m-%d %H:%M:%S")),
+            cell(r["job_type"] or ""),
+            cell(r["job_id"] or ""),
+            cell(r["stage"] or ""),
+            cell(message if len(message) <= 80 else message[:79] + "…"),
+            cell(r["attempts"] or ""),
+            cell(r["status"] + (f", {r['replay_count']} replay(s)" if r["replay_count"] else "")),
         )
     out.print(table)
 
@@ -260,6 +262,8 @@ def print_report(report: ReplayReport, dry_run: bool) -> None:
     for row_id, first in sorted(report.duplicates.items()):
         out.print(f"  duplicate {row_id}: the same job as {first}, replayed once", markup=False)
     for row_id, reason in sorted(report.skipped.items()):
-        out.print(f"  skipped {row_id}: {reason}", markup=False)
+        out.print(f"  skipped {row_id}: {clean(reason)}", markup=False)
     for row_id, reason in sorted(report.failed.items()):
-        err.print(f"  failed {row_id}: {reason} (still new; run the replay again)", markup=False)
+        err.print(
+            f"  failed {row_id}: {clean(reason)} (still new; run the replay again)", markup=False
+        )
