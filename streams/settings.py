@@ -207,6 +207,12 @@ class DlqMirrorSettings(_Group):
     enabled: bool = True
     backoff_base_s: float = Field(0.5, gt=0)
     backoff_max_s: float = Field(30.0, gt=0, description="cap while Postgres is unreachable")
+    retention_days: int = Field(
+        30,
+        ge=1,
+        description="conveyor dlq purge deletes dead letters mirrored longer ago than this"
+        " (they hold job payloads: webhook bodies, message texts); run it daily",
+    )
 
 
 class WorkerSettings(_Group):

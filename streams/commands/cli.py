@@ -92,6 +92,16 @@ def _dlq_parser(sub: Any) -> None:
     rs = dsub.add_parser("resolve", help="close dead letters that need no replay, with a note")
     rs.add_argument("ids", type=int, nargs="+", metavar="ID")
     rs.add_argument("--note", required=True, help="why (stored in resolution_note)")
+    pg = dsub.add_parser(
+        "purge",
+        help="delete dead letters mirrored longer ago than the retention (any status)",
+    )
+    pg.add_argument(
+        "--older-than",
+        metavar="AGE",
+        help="e.g. 30d, 12h, 90m (default: dlq_mirror.retention_days)",
+    )
+    pg.add_argument("--dry-run", action="store_true", help="count, delete nothing")
 
 
 def _crm_parser(sub: Any) -> None:
@@ -215,6 +225,21 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
+async def _purge(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.commands import dlq
+
+    try:
+        age_s = dlq.age_s(args.older_than, settings.dlq_mirror.retention_days)
+    except ValueError as exc:
+        err.print(f"conveyor dlq purge: {exc}", markup=False)
+        return EXIT_CONFIG
+    counts = await dlq.purge(settings, age_s, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    per_status = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "none"
+    out.print(f"{verb} dead letters mirrored over {age_s / 86400:g} day(s) ago: {per_status}")
+    return 0
+
+
 async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
     import asyncpg
 
@@ -222,6 +247,8 @@ async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
 
     action = args.dlq_command
     try:
+        if action == "purge":
+            return await _purge(settings, args)
         if action == "resolve":
             done = await dlq.resolve(settings, args.ids, args.note)
             missing = sorted(set(args.ids) - set(done))
