@@ -220,6 +220,8 @@ def _non_default(leaf: Any) -> Any:
         up = default + 0.25
         fits = (upper is None or up <= upper) and (below is None or up < below)
         return up if fits else default - 0.25
+    if leaf.dotted == "kafka.bootstrap_servers":  # host:port (the NetworkPolicy reads ports)
+        return "kafka-0.kafka:9093,kafka-1.kafka:9093"
     if isinstance(default, str):
         return f"{default}-x"
     if default is None and str in typing.get_args(annotation):
