@@ -32,9 +32,12 @@ async def test_an_edited_account_url_gets_neither_token_nor_refresh(
             "UPDATE crm_connections SET base_url = $2 WHERE id = $1", new.id, other.base_url
         )
         deps = crm_deps(db, session, services(session))
-        with pytest.raises(PermanentError) as caught:
-            payload = CrmSyncPipelines(connection_id=new.id)
-            await sync.handle(job("crm.sync_pipelines", payload), deps)
+        try:
+            with pytest.raises(PermanentError) as caught:
+                payload = CrmSyncPipelines(connection_id=new.id)
+                await sync.handle(job("crm.sync_pipelines", payload), deps)
+        finally:  # its secrets no longer decrypt: rotate-key tests expect every row to
+            await db.execute("DELETE FROM crm_connections WHERE id = $1", new.id)
         assert "does not decrypt" in str(caught.value)
         assert sum(other.calls.values()) == 0, "the edited account URL got no request"
         assert sum(own.calls.values()) == 0
