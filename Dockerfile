@@ -8,7 +8,9 @@
 # (docs/CONFIGURATION.md). The image sets none, so streams/settings.py stays the
 # only source of defaults; tests/unit/test_deploy_config.py checks this file.
 
-ARG PYTHON_IMAGE=python:3.11-slim
+# The base image by digest, so a rebuild takes the same bytes; `make lock`
+# (scripts/base-image) moves it to what the tag names at that time.
+ARG PYTHON_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 
 # --- build: install Conveyor and its dependencies into a virtualenv -------------
 FROM ${PYTHON_IMAGE} AS build

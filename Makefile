@@ -56,6 +56,7 @@ setup: migrate topics ## everything `run` and `test` need
 
 run: setup ## run the worker in the foreground with readable logs (and a dev CRM key)
 	$(ENV) CONVEYOR_LOGGING__FORMAT=console CONVEYOR_HTTP__ALLOWED_HOSTS=127.0.0.1:* \
+	  CONVEYOR_CRM__ALLOWED_ACCOUNT_HOSTS=127.0.0.1:* \
 	  CONVEYOR_WORKER__METRICS_HOST=127.0.0.1 $(DEV_KEYRING) \
 	  $(BIN)/conveyor run
 

@@ -13,6 +13,16 @@ parser kept does not accumulate. With ``memory_limit_bytes`` each process
 gets that ceiling on its address space (``RLIMIT_AS``): a document that needs
 more fails alone (``CpuMemoryExceeded``) instead of the kernel choosing
 which process of the pod to kill.
+
+The processes parse hostile files, so a parser exploit must not reach the
+worker's secrets (docs/SECURITY.md, "Secrets"). Before the first one starts,
+the worker makes itself non-dumpable (``PR_SET_DUMPABLE`` 0): a process of the
+same user without ``CAP_SYS_PTRACE`` can then neither read
+``/proc/<worker>/environ`` (which still holds the environment the worker
+started with, whatever ``unsetenv`` did) nor its memory (``/proc/<worker>/mem``,
+``ptrace``, ``process_vm_readv``). Each extraction process then drops every
+capability (also when the worker runs as root), sets ``no_new_privs`` and
+makes itself non-dumpable too, so it cannot read its siblings' documents.
 """
 
 from __future__ import annotations
@@ -62,6 +72,41 @@ def _pid(_: object) -> int:
 
 
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+LAST_CAPABILITY = 63  # the kernel answers EINVAL past its own last one
+
+
+def _libc() -> ctypes.CDLL | None:
+    return ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def undumpable() -> None:
+    """Linux: make this process non-dumpable, so no other process of its user without
+    ``CAP_SYS_PTRACE`` reads its environment or memory (no-op elsewhere)."""
+    libc = _libc()
+    if libc is not None and libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+
+
+def _drop_privileges(libc: ctypes.CDLL) -> None:
+    """No capability left (bounding, ambient, effective, permitted, inheritable), none to
+    regain through exec, and non-dumpable."""
+    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    for cap in range(LAST_CAPABILITY + 1):  # needs CAP_SETPCAP: before the capset below
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            break  # EINVAL past the last capability; EPERM when there is none to drop
+    header = (ctypes.c_uint32 * 2)(LINUX_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # two sets of (effective, permitted, inheritable): empty
+    if libc.capset(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capset() could not drop the capabilities")
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
 
 
 def _init_child(parent_pid: int, preload: tuple[str, ...], memory_limit: int | None) -> None:
@@ -70,6 +115,9 @@ def _init_child(parent_pid: int, preload: tuple[str, ...], memory_limit: int | N
         importlib.import_module(module)
     if memory_limit is not None:  # past it, allocations fail (MemoryError) in this process only
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+    libc = _libc()
+    if libc is not None:  # last: nothing trusted needs a privilege after this
+        _drop_privileges(libc)
     # Only the worker decides when to stop; a terminal's Ctrl-C must not break the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in ("pypdf", "mammoth"):
@@ -78,9 +126,9 @@ def _init_child(parent_pid: int, preload: tuple[str, ...], memory_limit: int | N
 
 def _die_with_parent(parent_pid: int) -> None:
     """Linux: SIGKILL this process when the worker dies (no-op elsewhere)."""
-    if not sys.platform.startswith("linux"):
+    libc = _libc()
+    if libc is None:
         return
-    libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent_pid:  # the worker died before the request took effect
         os._exit(1)
@@ -138,6 +186,7 @@ class ProcessCpuPool:
         memory_limit_bytes: int | None = None,
     ) -> None:
         context = multiprocessing.get_context("spawn")
+        undumpable()  # before any process that parses hostile files exists
         self.workers = workers
         self.grace_s = grace_s
         self.recycle_after = recycle_after

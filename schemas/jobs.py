@@ -33,11 +33,22 @@ class CrmSyncPipelines(Payload):
     connection_id: str = Field(min_length=1, max_length=200)
 
 
-class CrmWebhook(Payload):
-    """A Kommo webhook delivery, verified and applied once."""
+# No control character: the signed string joins these fields with newlines.
+NO_CONTROL = r"^[^\x00-\x1f\x7f]+$"
 
-    connection_id: str = Field(min_length=1, max_length=200)
-    event_id: str = Field(min_length=1, max_length=200)
+
+class CrmWebhook(Payload):
+    """A Kommo webhook delivery as the platform's edge received and signed it.
+
+    Version 2: the signature covers ``timestamp``, ``connection_id``,
+    ``event_id`` and ``body`` (docs/KOMMO.md, "The signature contract"); a
+    version 1 payload (body-only signature) is refused at validation.
+    """
+
+    schema_version: Literal[2] = 2  # type: ignore[assignment]
+    connection_id: str = Field(min_length=1, max_length=200, pattern=NO_CONTROL)
+    event_id: str = Field(min_length=1, max_length=200, pattern=NO_CONTROL)
+    timestamp: int = Field(ge=0, description="Unix seconds when the edge received the delivery")
     signature: str = Field(min_length=1, max_length=200)
     body: str
 

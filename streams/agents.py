@@ -44,7 +44,7 @@ def _agent(app: faust.App, pool: JobPool, delayed: bool) -> Any:
             if message.generation_id != app.consumer_generation_id:
                 _stale(message, app.consumer_generation_id)
                 continue
-            record = Record.from_faust(message)
+            record = Record.from_faust(message, trusted=delayed)  # its headers: ours
             pool.submit(message.tp, record, record.due_in_s() if delayed else 0.0)
 
     return agent

@@ -1,4 +1,11 @@
-"""A consumed record, independent of the client library that fetched it."""
+"""A consumed record, independent of the client library that fetched it.
+
+Conveyor's own headers (``conveyor-attempts``, ``conveyor-original-*``,
+``conveyor-not-before``...) are believed only on a record of the service's own
+retry topics (``trusted``), which only Conveyor writes to. On a fresh job any
+producer could set them — to skip the retries (attempts 99), or to steer the
+job's recorded origin — so there they read as absent.
+"""
 
 from __future__ import annotations
 
@@ -21,9 +28,10 @@ class Record:
     value: bytes | None
     headers: Headers
     timestamp_ms: int | None
+    trusted: bool = False  # a record of one of the service's own retry topics
 
     @classmethod
-    def from_faust(cls, message: Any) -> Record:
+    def from_faust(cls, message: Any, *, trusted: bool = False) -> Record:
         raw = message.headers or ()
         items: Iterable[tuple[str, Any]] = raw.items() if isinstance(raw, dict) else raw
         headers = tuple((str(k), bytes(v) if v is not None else b"") for k, v in items)
@@ -36,11 +44,15 @@ class Record:
             value=message.value,
             headers=headers,
             timestamp_ms=int(ts * 1000) if ts else None,
+            trusted=trusted,
         )
 
     @property
     def context(self) -> FailureContext:
-        """What Conveyor's headers on this record say (empty for a fresh job)."""
+        """What Conveyor's headers on this record say; empty for a fresh job, whatever
+        headers its producer set (only retry records are ``trusted``)."""
+        if not self.trusted:
+            return FailureContext()
         return FailureContext.from_headers(self.headers)
 
     def own_headers(self) -> Headers:

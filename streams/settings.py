@@ -219,6 +219,12 @@ class DlqMirrorSettings(_Group):
     enabled: bool = True
     backoff_base_s: float = Field(0.5, gt=0)
     backoff_max_s: float = Field(30.0, gt=0, description="cap while Postgres is unreachable")
+    retention_days: int = Field(
+        30,
+        ge=1,
+        description="conveyor dlq purge deletes dead letters mirrored longer ago than this"
+        " (they hold job payloads: webhook bodies, message texts); run it daily",
+    )
 
 
 class WorkerSettings(_Group):
@@ -341,6 +347,11 @@ class CrmSettings(_Group):
         None,
         description="'id:base64key,...' (32-byte AES keys); the first encrypts, all decrypt",
     )
+    allowed_account_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*.kommo.com"],
+        description="Kommo account hosts that may receive secrets and tokens: host, *.domain or"
+        " address, with :port or :* for another port than 443 (docs/KOMMO.md)",
+    )
     requests_per_second: float = Field(
         7.0, gt=0, description="per Kommo account and worker; Kommo allows 7"
     )
@@ -380,6 +391,28 @@ class CrmSettings(_Group):
         ge=0,
         description="how long after an unanswered POST its note may still appear in Kommo",
     )
+    webhook_max_age_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="a webhook delivery signed longer ago than this is refused as a possible"
+        " replay; keep it above the time a crm.webhook job may wait in Kafka and retries",
+    )
+
+    @field_validator("allowed_account_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_account_hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[str]) -> list[str]:
+        from handlers.providers.kommo_accounts import parse_entry  # only when validating
+
+        for entry in value:
+            parse_entry(entry)
+        return value
 
     @field_validator("keyring")
     @classmethod
@@ -528,14 +561,19 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def forget_environment() -> list[str]:
-    """Drop every ``CONVEYOR_*`` variable from this process's environment; return their names.
+    """Drop every ``CONVEYOR_*`` variable, in any case, from this process's environment;
+    return their names.
 
     Called once the settings are read (they are read once, at start): the
     settings object is then the only holder of the secrets, and no child
     process — above all the extraction processes that parse hostile files —
-    inherits them.
+    inherits them. pydantic-settings reads names case-insensitively
+    (``conveyor_crm__keyring`` sets the keyring), so they are cleared so too.
+    The environment block the process started with stays in its memory
+    (``/proc/<pid>/environ``): the worker is non-dumpable for that
+    (handlers/cpu_pool.py).
     """
-    names = [name for name in os.environ if name.startswith(ENV_PREFIX)]
+    names = [name for name in os.environ if name.upper().startswith(ENV_PREFIX)]
     for name in names:
         del os.environ[name]
     return names

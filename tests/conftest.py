@@ -89,10 +89,12 @@ def stack(services: Endpoints) -> Stack:
 def worker_factory(tmp_path: Path) -> Iterator[type[WorkerProcess] | object]:
     started: list[WorkerProcess] = []
 
-    def start(stack: Stack, hooks: Sequence[str] = (), **extra: str) -> WorkerProcess:
+    def start(
+        stack: Stack, hooks: Sequence[str] = (), capabilities: bool = True, **extra: str
+    ) -> WorkerProcess:
         env = {**stack.env, **extra}
         log = tmp_path / f"worker-{len(started)}.log"
-        worker = WorkerProcess(env, log, hooks).start()
+        worker = WorkerProcess(env, log, hooks, capabilities=capabilities).start()
         started.append(worker)
         return worker
 

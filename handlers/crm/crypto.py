@@ -5,10 +5,15 @@ first key encrypts, every key decrypts. To rotate: put a new key first, keep
 the old ones until every row was re-encrypted (``Keyring.reencrypt``), then
 drop them.
 
-A stored value is ``v1:<key id>:<base64(nonce ‖ ciphertext ‖ tag)>``. The
-associated data names the row and the column (``crm_connections/<id>/
-refresh_token``), so a value copied to another row or column does not
-decrypt. Neither keys nor plaintexts ever appear in an error message.
+A stored value is ``<version>:<key id>:<base64(nonce ‖ ciphertext ‖ tag)>``.
+The associated data is the caller's context: for ``v2`` (written now) the
+row, the column and the account URL the secret belongs to; for ``v1``
+(written before the account URL was bound) only the row and the column. So a
+value copied to another row or column, or a row whose account URL was edited,
+does not decrypt; and a ``v2`` value relabelled ``v1`` does not either (its
+tag was made with the other context). ``reencrypt`` moves ``v1`` values to
+``v2`` (``conveyor crm rotate-key``). Neither keys nor plaintexts ever appear
+in an error message or a repr.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ import base64
 import binascii
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-VERSION = "v1"
+VERSION = "v2"  # associated data: the caller's bound context (row, column, account URL)
+LEGACY_VERSION = "v1"  # associated data: the caller's legacy context (row and column only)
 KEY_BYTES = 32
 NONCE_BYTES = 12
 KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
@@ -38,10 +44,13 @@ class DecryptError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Keyring:
-    """Keys by id; ``current`` encrypts."""
+    """Keys by id; ``current`` encrypts. Its repr names the key ids only."""
 
     current: str
-    keys: dict[str, bytes]
+    keys: dict[str, bytes] = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"Keyring(current={self.current!r}, key_ids={sorted(self.keys)!r})"
 
     @classmethod
     def parse(cls, text: str) -> Keyring:
@@ -60,23 +69,28 @@ class Keyring:
         return cls(entries[0].partition(":")[0], keys)
 
     def encrypt(self, plaintext: str, context: str) -> str:
-        """Encrypt with the current key; ``context`` (row and column) is authenticated."""
+        """Encrypt with the current key as ``v2``; ``context`` is authenticated."""
         nonce = os.urandom(NONCE_BYTES)
         sealed = AESGCM(self.keys[self.current]).encrypt(
             nonce, plaintext.encode("utf-8"), context.encode("utf-8")
         )
         return f"{VERSION}:{self.current}:{base64.b64encode(nonce + sealed).decode('ascii')}"
 
-    def decrypt(self, stored: str, context: str) -> str:
+    def decrypt(self, stored: str, context: str, legacy_context: str | None = None) -> str:
+        """The plaintext of a ``v2`` value under ``context``, or of a ``v1`` value under
+        ``legacy_context`` (refused when None)."""
         version, key_id, encoded = _split(stored)
         key = self.keys.get(key_id)
-        if version != VERSION or key is None:
+        if version not in (VERSION, LEGACY_VERSION):
+            raise DecryptError(f"unknown format {version!r} for {context}")
+        bound = context if version == VERSION else legacy_context
+        if bound is None:
+            raise DecryptError(f"{context} is in the old format {version!r}, not accepted here")
+        if key is None:
             raise DecryptError(f"no key {key_id!r} in the keyring for {context}")
         try:
             raw = base64.b64decode(encoded, validate=True)
-            plain = AESGCM(key).decrypt(
-                raw[:NONCE_BYTES], raw[NONCE_BYTES:], context.encode("utf-8")
-            )
+            plain = AESGCM(key).decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], bound.encode())
         except (InvalidTag, binascii.Error, ValueError):
             raise DecryptError(f"{context} does not decrypt (tampered or moved)") from None
         return plain.decode("utf-8")
@@ -84,11 +98,14 @@ class Keyring:
     def key_id_of(self, stored: str) -> str:
         return _split(stored)[1]
 
-    def reencrypt(self, stored: str, context: str) -> str | None:
-        """The value under the current key, or None when it already uses it."""
-        if self.key_id_of(stored) == self.current:
+    def version_of(self, stored: str) -> str:
+        return _split(stored)[0]
+
+    def reencrypt(self, stored: str, context: str, legacy_context: str | None = None) -> str | None:
+        """The value as ``v2`` under the current key, or None when it already is."""
+        if self.version_of(stored) == VERSION and self.key_id_of(stored) == self.current:
             return None
-        return self.encrypt(self.decrypt(stored, context), context)
+        return self.encrypt(self.decrypt(stored, context, legacy_context), context)
 
 
 def new_key() -> str:

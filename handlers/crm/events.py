@@ -89,18 +89,39 @@ Event = EntityEvent | NoteEvent | MessageEvent | UnknownEvent
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
+    """``nul_removed``: NUL characters (``%00``) taken out of keys and values, which
+    Postgres refuses in text and jsonb."""
+
     account: dict[str, Any]
     events: list[Event]
+    nul_removed: int = 0
 
     @property
     def unknown_kinds(self) -> list[str]:
         return sorted({e.kind for e in self.events if isinstance(e, UnknownEvent)})
 
 
+def decoded_pairs(body: str) -> tuple[list[tuple[str, str]], int]:
+    """The body's decoded key/value pairs without NUL characters, and how many were removed.
+
+    ``%00`` decodes to NUL, which Postgres cannot store: left in, the delivery
+    would fail at the database, permanently, however often it is retried.
+    """
+    pairs, removed = [], 0
+    for key, value in parse_qsl(body, keep_blank_values=True):
+        removed += key.count("\x00") + value.count("\x00")
+        pairs.append((key.replace("\x00", ""), value.replace("\x00", "")))
+    return pairs, removed
+
+
 def parse_form(body: str) -> dict[str, Any]:
     """Nested keys into nested values; a level whose keys are all indices becomes a list."""
+    return _tree(decoded_pairs(body)[0])
+
+
+def _tree(pairs: list[tuple[str, str]]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
-    for key, value in parse_qsl(body, keep_blank_values=True):
+    for key, value in pairs:
         node = tree
         path = _path(key)
         for part in path[:-1]:
@@ -116,7 +137,8 @@ def parse_form(body: str) -> dict[str, Any]:
 
 
 def parse_delivery(body: str) -> Delivery:
-    tree = parse_form(body)
+    pairs, removed = decoded_pairs(body)
+    tree = _tree(pairs)
     account = tree.pop("account", {})
     events: list[Event] = []
     for entity, actions in tree.items():
@@ -126,7 +148,7 @@ def parse_delivery(body: str) -> Delivery:
         for action, items in actions.items():
             for item in items if isinstance(items, list) else [items]:
                 events.append(_event(entity, action, item))
-    return Delivery(account if isinstance(account, dict) else {}, events)
+    return Delivery(account if isinstance(account, dict) else {}, events, removed)
 
 
 def _event(entity: str, action: str, item: Any) -> Event:

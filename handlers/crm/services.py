@@ -21,6 +21,7 @@ class CrmPolicy:
     sync_lease_s: float
     message_lease_s: float
     message_settle_s: float
+    webhook_max_age_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,13 +32,20 @@ class CrmServices:
     keyring: Keyring
     policy: CrmPolicy
 
-    def tokens(self, db: Pool, connection_id: str) -> ConnectionTokens:
+    def tokens(self, db: Pool, connection_id: str, base_url: str) -> ConnectionTokens:
         return ConnectionTokens(
-            db, connection_id, self.keyring, self.kommo, self.policy.token_refresh_margin_s
+            db,
+            connection_id,
+            base_url,
+            self.keyring,
+            self.kommo,
+            self.policy.token_refresh_margin_s,
         )
 
     def client(self, db: Pool, connection: Connection) -> KommoClient:
-        return self.kommo.client(connection.base_url, self.tokens(db, connection.id))
+        """A client of the connection's account; PermanentError if the allowlist refuses it."""
+        tokens = self.tokens(db, connection.id, connection.base_url)
+        return self.kommo.client(connection.base_url, tokens)
 
 
 def crm_services(session: aiohttp.ClientSession, crm_settings: Any) -> CrmServices | None:
@@ -52,6 +60,7 @@ def crm_services(session: aiohttp.ClientSession, crm_settings: Any) -> CrmServic
             crm_settings.sync_lease_s,
             crm_settings.message_lease_s,
             crm_settings.message_settle_s,
+            crm_settings.webhook_max_age_s,
         ),
     )
 

@@ -109,6 +109,9 @@ async def handle(job: Job[CrmSyncPipelines], deps: Deps) -> Outcome:
     connection_id = job.payload.connection_id
     async with deps.db.acquire() as conn:
         connection = await connections.load(conn, connection_id)
+        connections.check_organization(
+            connection_id, connection.organization_id, job.organization_id
+        )
         if connection.needs_reauth:
             raise PermanentError(f"CRM connection {connection_id} needs re-consent")
         claim = await connections.claim_sync(

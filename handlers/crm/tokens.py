@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import structlog
 
-from handlers.crm.connections import context
+from handlers.crm.connections import context, open_secret
 from handlers.crm.crypto import DecryptError, Keyring
 from handlers.db import Connection, Pool, Row
-from handlers.errors import PermanentError
+from handlers.errors import PermanentError, RetryableError
 from handlers.providers.kommo import GrantRefused, Kommo, OAuthApp
 
 log = structlog.get_logger(__name__)
@@ -29,7 +29,7 @@ log = structlog.get_logger(__name__)
 LOCK_NAMESPACE = 0x6B6D6D6F  # "kmmo": the advisory lock's first key; hashtext(id) the second
 
 SELECT_ACCESS = """
-SELECT access_token_enc, needs_reauth, reauth_reason,
+SELECT base_url, access_token_enc, needs_reauth, reauth_reason,
        access_expires_at > now() + make_interval(secs => $2) AS fresh
 FROM crm_connections WHERE id = $1
 """
@@ -54,17 +54,22 @@ WHERE id = $1
 
 
 class ConnectionTokens:
-    """The TokenSource of one connection, backed by ``crm_connections``."""
+    """The TokenSource of one connection at ``base_url``, backed by ``crm_connections``.
+
+    Its secrets are decrypted bound to ``base_url`` (the account its client
+    calls), and a refresh goes to that account only.
+    """
 
     def __init__(
         self,
         db: Pool,
         connection_id: str,
+        base_url: str,
         keyring: Keyring,
         kommo: Kommo,
         margin_s: float,
     ) -> None:
-        self.db, self.connection_id = db, connection_id
+        self.db, self.connection_id, self.base_url = db, connection_id, base_url
         self.keyring, self.kommo, self.margin_s = keyring, kommo, margin_s
 
     async def access_token(self) -> str:
@@ -104,12 +109,12 @@ class ConnectionTokens:
             row["redirect_uri"],
         )
         refresh = self._open(row["refresh_token_enc"], "refresh_token")
-        grant = await self.kommo.refresh(row["base_url"], app, refresh)
+        grant = await self.kommo.refresh(self.base_url, app, refresh)
         await conn.execute(
             STORE_TOKENS,
             self.connection_id,
-            self.keyring.encrypt(grant.access_token, context(self.connection_id, "access_token")),
-            self.keyring.encrypt(grant.refresh_token, context(self.connection_id, "refresh_token")),
+            self._seal(grant.access_token, "access_token"),
+            self._seal(grant.refresh_token, "refresh_token"),
             float(grant.expires_in),
         )
         log.info("crm.tokens_refreshed", connection_id=self.connection_id)
@@ -119,6 +124,8 @@ class ConnectionTokens:
         """The connection's row; PermanentError when there is none or it needs consent."""
         if row is None:
             raise PermanentError(f"no CRM connection {self.connection_id!r}")
+        if row["base_url"] != self.base_url:  # re-registered at another account meanwhile
+            raise RetryableError(f"CRM connection {self.connection_id}'s account URL changed")
         if row["needs_reauth"]:
             raise PermanentError(
                 f"CRM connection {self.connection_id} needs re-consent: {row['reauth_reason']}"
@@ -127,6 +134,9 @@ class ConnectionTokens:
 
     def _open(self, stored: str, column: str) -> str:
         try:
-            return self.keyring.decrypt(stored, context(self.connection_id, column))
-        except DecryptError as exc:  # a key dropped too early: no retry will help
+            return open_secret(self.keyring, stored, self.connection_id, column, self.base_url)
+        except DecryptError as exc:  # a key dropped too early, or the row was edited
             raise PermanentError(str(exc)) from None
+
+    def _seal(self, value: str, column: str) -> str:
+        return self.keyring.encrypt(value, context(self.connection_id, column, self.base_url))

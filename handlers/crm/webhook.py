@@ -1,17 +1,24 @@
 """``crm.webhook``: a Kommo webhook delivery, verified, stored once and applied.
 
-1. Verify: HMAC-SHA256 of the raw body (its UTF-8 bytes) under the
-   connection's webhook secret, as lowercase hex (``sha256=`` prefix
-   allowed), compared in constant time. Missing or wrong: PermanentError
-   (dead-lettered with that reason), nothing stored or applied.
+1. Verify (docs/KOMMO.md, "The signature contract"): the edge signs
+   ``conveyor-webhook-v1\\n<timestamp>\\n<connection_id>\\n<event_id>\\n<body>``
+   with HMAC-SHA256 under the connection's webhook secret (lowercase hex,
+   ``sha256=`` prefix allowed), compared in constant time. A missing or wrong
+   signature, a delivery older than ``crm.webhook_max_age_s`` (or dated in the
+   future), a body naming another account than the connection's, or a job of
+   another organization: PermanentError (dead-lettered with that reason),
+   nothing stored or applied. So a delivery seen once cannot be republished
+   with a new event id (the id is signed), nor with the same id (stored once),
+   nor after its dedup row could be gone (too old).
 2. Parse the form-encoded nested keys into typed events (handlers/crm/events.py).
 3. In one transaction: store the delivery once (unique on connection and
    event id; a duplicate is skipped) and apply its lead and contact events,
    last write wins by Kommo's own ``updated_at``: a duplicate, late or
    replayed delivery never overwrites newer state. Deletes are kept as
-   tombstones; a delete without a timestamp (Kommo sends none) takes the
-   time it is applied. Notes, messages and unknown kinds are stored with
-   the delivery and reported, not failed.
+   tombstones and obey the same rule; a delete without Kommo's time (Kommo
+   sends none) takes the delivery's signed time, so it never buries a restore
+   or an update Kommo made after it. Notes, messages and unknown kinds are
+   stored with the delivery and reported, not failed.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +34,7 @@ from typing import Any
 import structlog
 
 from handlers.crm import connections
+from handlers.crm.connections import MIN_WEBHOOK_SECRET_CHARS, WebhookTarget
 from handlers.crm.crypto import DecryptError
 from handlers.crm.events import Delivery, EntityEvent, Event, UnknownEvent, parse_delivery
 from handlers.crm.services import require
@@ -38,6 +47,8 @@ from schemas.jobs import CrmWebhook
 log = structlog.get_logger(__name__)
 
 UNTIMED = datetime(1970, 1, 1, tzinfo=UTC)  # an event without a timestamp: any timed one wins
+SIGNED_PREFIX = "conveyor-webhook-v1"
+MAX_FUTURE_S = 300  # the edge's clock may run this far ahead of ours
 
 STORE = """
 INSERT INTO crm_webhook_events (connection_id, event_id, job_id, body, events, unknown_kinds)
@@ -80,7 +91,7 @@ ON CONFLICT (connection_id, contact_id) DO UPDATE SET
 """
 TOMBSTONE = """
 INSERT INTO {table} AS t (connection_id, {key}, kommo_updated_at, deleted, fields, event_id)
-VALUES ($1, $2, COALESCE($3, now()), true, $4::jsonb, $5)
+VALUES ($1, $2, $3, true, $4::jsonb, $5)
 ON CONFLICT (connection_id, {key}) DO UPDATE SET
     kommo_updated_at = EXCLUDED.kommo_updated_at, deleted = true,
     event_id = EXCLUDED.event_id, applied_at = now()
@@ -99,17 +110,53 @@ class Applied:
     stale: int
 
 
-def signature_of(secret: str, body: str) -> str:
-    """What the platform's edge sends: hex HMAC-SHA256 of the body's UTF-8 bytes."""
-    return hmac.new(secret.encode("utf-8"), body.encode("utf-8"), hashlib.sha256).hexdigest()
+def signed_text(connection_id: str, event_id: str, timestamp: int, body: str) -> bytes:
+    """Exactly what the edge signs (UTF-8): the fields joined by newlines, body last."""
+    return f"{SIGNED_PREFIX}\n{timestamp}\n{connection_id}\n{event_id}\n{body}".encode()
 
 
-def verify(secret: str, body: str, signature: str) -> None:
-    """Raise PermanentError unless ``signature`` is the body's HMAC (constant-time compare)."""
-    given = signature.strip().removeprefix("sha256=").lower()
-    expected = signature_of(secret, body)
+def signature_of(secret: str, connection_id: str, event_id: str, timestamp: int, body: str) -> str:
+    """What the platform's edge sends: hex HMAC-SHA256 of ``signed_text``."""
+    text = signed_text(connection_id, event_id, timestamp, body)
+    return hmac.new(secret.encode("utf-8"), text, hashlib.sha256).hexdigest()
+
+
+def verify(secret: str, hook: CrmWebhook, max_age_s: float, now: float | None = None) -> None:
+    """Raise PermanentError unless ``hook`` is signed with ``secret`` and fresh."""
+    if len(secret) < MIN_WEBHOOK_SECRET_CHARS:
+        raise PermanentError(
+            f"the connection's webhook secret is shorter than {MIN_WEBHOOK_SECRET_CHARS}"
+            " characters: register a longer one (conveyor crm connect); nothing applied"
+        )
+    given = hook.signature.strip().removeprefix("sha256=").lower()
+    expected = signature_of(secret, hook.connection_id, hook.event_id, hook.timestamp, hook.body)
     if not given or not hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace")):
         raise PermanentError("webhook signature is missing or wrong: nothing applied")
+    age_s = (time.time() if now is None else now) - hook.timestamp
+    if age_s > max_age_s:
+        raise PermanentError(
+            f"webhook delivery is {age_s:.0f} s old, past crm.webhook_max_age_s"
+            f" ({max_age_s:g} s): refused as a possible replay; nothing applied"
+        )
+    if age_s < -MAX_FUTURE_S:
+        raise PermanentError(
+            f"webhook delivery is dated {-age_s:.0f} s in the future: nothing applied"
+        )
+
+
+def check_account(target: WebhookTarget, delivery: Delivery) -> None:
+    """The delivery names the connection's account."""
+    named = delivery.account.get("subdomain")
+    if target.account_subdomain is None:
+        raise PermanentError(
+            "the connection has no account subdomain to check deliveries against: register it"
+            " again with --account-subdomain; nothing applied"
+        )
+    if not isinstance(named, str) or named.strip().lower() != target.account_subdomain:
+        raise PermanentError(
+            f"webhook delivery names account {named!r}, not the connection's"
+            f" {target.account_subdomain!r}: nothing applied"
+        )
 
 
 async def handle(job: Job[CrmWebhook], deps: Deps) -> Outcome:
@@ -117,13 +164,21 @@ async def handle(job: Job[CrmWebhook], deps: Deps) -> Outcome:
     hook = job.payload
     async with deps.db.acquire() as conn:
         try:
-            secret = await connections.secret(
-                conn, crm.keyring, hook.connection_id, "webhook_secret_enc"
-            )
+            target = await connections.webhook_target(conn, crm.keyring, hook.connection_id)
         except DecryptError as exc:
             raise PermanentError(str(exc)) from None
-    verify(secret, hook.body, hook.signature)
+    connections.check_organization(hook.connection_id, target.organization_id, job.organization_id)
+    verify(target.secret, hook, crm.policy.webhook_max_age_s)
     delivery = parse_delivery(hook.body)
+    check_account(target, delivery)
+    if delivery.nul_removed:
+        log.warning(
+            "crm.webhook_nul_removed",
+            connection_id=hook.connection_id,
+            removed=delivery.nul_removed,
+            reason="NUL (%00) in the delivery's keys or values; Postgres cannot store it",
+        )
+    delivered_at = datetime.fromtimestamp(hook.timestamp, UTC)
     async with deps.db.acquire() as conn, conn.transaction():
         stored = await conn.fetchval(
             STORE,
@@ -137,34 +192,42 @@ async def handle(job: Job[CrmWebhook], deps: Deps) -> Outcome:
         if stored is None:
             log.info("crm.webhook_duplicate", connection_id=hook.connection_id)
             return Outcome.SKIPPED
-        result = await apply(conn, hook.connection_id, hook.event_id, delivery)
+        result = await apply(conn, hook.connection_id, hook.event_id, delivery, delivered_at)
         await conn.execute(RECORD, stored, result.applied, result.stale)
     _report(hook.connection_id, delivery, result)
     return Outcome.SUCCEEDED
 
 
 async def apply(
-    conn: DbConnection, connection_id: str, event_id: str, delivery: Delivery
+    conn: DbConnection,
+    connection_id: str,
+    event_id: str,
+    delivery: Delivery,
+    delivered_at: datetime,
 ) -> Applied:
-    """Apply the lead and contact events in order; count those older than what we hold."""
+    """Apply the lead and contact events in order; count those older than what we hold.
+
+    ``delivered_at``: the delivery's signed time, which dates a delete that
+    carries no time of Kommo's.
+    """
     applied = stale = 0
     for event in delivery.events:
         if not isinstance(event, EntityEvent):
             continue
-        if await _apply_one(conn, connection_id, event_id, event):
+        if await _apply_one(conn, connection_id, event_id, event, delivered_at):
             applied += 1
         else:
             stale += 1
     return Applied(applied, stale)
 
 
-async def _apply_one(conn: DbConnection, connection_id: str, event_id: str, e: EntityEvent) -> bool:
+async def _apply_one(
+    conn: DbConnection, connection_id: str, event_id: str, e: EntityEvent, delivered_at: datetime
+) -> bool:
     data = json.dumps(e.data, sort_keys=True)
     if e.action == "delete":
-        sql = TOMBSTONES[e.entity]
-        return (
-            await conn.fetchval(sql, connection_id, e.id, e.updated_at, data, event_id) is not None
-        )
+        sql, when = TOMBSTONES[e.entity], e.updated_at or delivered_at
+        return await conn.fetchval(sql, connection_id, e.id, when, data, event_id) is not None
     when = e.updated_at or UNTIMED
     if e.entity == "leads":
         args: tuple[Any, ...] = (e.name, e.status_id, e.pipeline_id, e.price, e.responsible_user_id)

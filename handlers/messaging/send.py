@@ -69,12 +69,9 @@ async def handle(job: Job[MessageSend], deps: Deps) -> Outcome:
 
 
 def _check(job: Job[MessageSend], connection: Connection) -> None:
+    connections.check_organization(connection.id, connection.organization_id, job.organization_id)
     if connection.needs_reauth:
         raise PermanentError(f"CRM connection {connection.id} needs re-consent")
-    if job.organization_id is not None and job.organization_id != connection.organization_id:
-        raise PermanentError(
-            f"CRM connection {connection.id} belongs to another organization than the job's"
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,10 @@ What we use from Kommo's API and where it is documented: docs/KOMMO.md.
 - 401: the token source refreshes once (serialized per connection), and the
   request is retried once; a second 401 is permanent.
 - Any other 4xx: PermanentError with Kommo's problem detail.
+- Redirects are never followed (every call carries a token or a secret, and
+  a 307 would re-send it elsewhere): a 3xx is a PermanentError.
+- Only account URLs the allowlist admits are called
+  (handlers/providers/kommo_accounts.py).
 
 Tokens, client secrets and refresh tokens never appear in errors or logs.
 """
@@ -25,7 +29,7 @@ import random
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import structlog
@@ -33,6 +37,7 @@ import structlog
 from handlers.backoff import backoff_s
 from handlers.errors import PermanentError, RetryableError
 from handlers.providers.adaptive_limit import AdaptiveLimiter
+from handlers.providers.kommo_accounts import AccountHosts, AccountNotAllowed, origin
 from handlers.providers.limits import retry_after_s
 
 log = structlog.get_logger(__name__)
@@ -49,7 +54,8 @@ class OutcomeUnknown(RetryableError):
 
 
 class GrantRefused(PermanentError):
-    """The token endpoint refused the refresh token or code (OAuth ``invalid_grant``)."""
+    """Kommo's OAuth server refused the refresh token, code or client: the connection
+    needs consent. Only its own answers count (``_oauth_refusal``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +72,14 @@ class KommoConfig:
     backoff_base_s: float
     backoff_max_s: float
     page_limit: int
+    allowed_account_hosts: tuple[str, ...]
 
 
 def kommo_config(source: object) -> KommoConfig:
     """A KommoConfig from any object with the same attribute names (``settings.crm``)."""
-    return KommoConfig(**{f.name: getattr(source, f.name) for f in fields(KommoConfig)})
+    found = {f.name: getattr(source, f.name) for f in fields(KommoConfig)}
+    found["allowed_account_hosts"] = tuple(found["allowed_account_hosts"])
+    return KommoConfig(**found)
 
 
 class TokenSource(Protocol):
@@ -220,11 +229,26 @@ class KommoClient:
         return [item async for page in self.pages(path, key, params) for item in page]
 
     def _next_page(self, body: Any, current: str) -> str | None:
+        """The next page's URL, resolved against this one; only on this account's origin.
+
+        A link elsewhere (``.evil.example/…`` glued to the host, another host, a
+        scheme change) would take the Bearer token with it: PermanentError, so a
+        sync never applies a list cut short either.
+        """
         href = body.get("_links", {}).get("next", {}).get("href")
         if not isinstance(href, str) or not href:
             return None
-        parts = urlsplit(href)  # the path and query only: never another host
-        following = f"{self.base_url}{parts.path}" + (f"?{parts.query}" if parts.query else "")
+        following = urljoin(current, href.strip())
+        parts = urlsplit(following)
+        try:
+            same = origin(f"{parts.scheme}://{parts.netloc}") == self.base_url
+        except ValueError:
+            same = False
+        if not same or parts.username or parts.password:
+            raise PermanentError(
+                f"Kommo: the next page of {_path(current)} is linked on another origin;"
+                " not followed (it would carry the token)"
+            )
         return None if following == current else following
 
     # --- one request, retried --------------------------------------------------
@@ -240,6 +264,8 @@ class KommoClient:
                 continue
             if 200 <= answer.status < 300:
                 return _decode(answer) if answer.status != 204 else None
+            if 300 <= answer.status < 400:
+                raise PermanentError(_redirect_refused(f"{method} {_path(url)}", answer.status))
             if answer.status == 401 and not tries.refreshed:
                 tries.refreshed = True
                 await self._tokens.refreshed_after(token)
@@ -287,7 +313,13 @@ class KommoClient:
     ) -> _Answer:
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
         async with self._session.request(
-            method, url, params=params, json=body, headers=headers, timeout=timeout
+            method,
+            url,
+            params=params,
+            json=body,
+            headers=headers,
+            timeout=timeout,
+            allow_redirects=False,  # the token must not follow a redirect to another host
         ) as response:
             return _Answer(response.status, dict(response.headers), await response.read())
 
@@ -361,6 +393,7 @@ async def request_tokens(
             origin(base_url) + TOKEN_PATH,
             json=body,
             timeout=aiohttp.ClientTimeout(total=timeout_s),
+            allow_redirects=False,  # a 307 would re-post both secrets to another origin
         ) as response:
             status, raw = response.status, await response.read()
             wait_s = retry_after_s(response.headers) if status == 429 else None
@@ -368,10 +401,34 @@ async def request_tokens(
         raise RetryableError(f"Kommo token endpoint: {_transport_reason(exc, timeout_s)}") from None
     if status == 200:
         return _grant(raw)
+    if 300 <= status < 400:
+        raise PermanentError(_redirect_refused("the token endpoint", status))
     detail = _problem_detail(raw, secrets=secrets)
-    if status in (400, 401, 403):
+    if status in (400, 401, 403) and _oauth_refusal(raw):
         raise GrantRefused(f"Kommo refused the grant (invalid_grant): HTTP {status}{detail}")
+    if status in (400, 401, 403):  # a proxy's or firewall's answer: the grant was not judged
+        raise RetryableError(
+            f"Kommo token endpoint: HTTP {status} that is not Kommo's OAuth answer"
+            f" (a proxy or firewall?){detail}",
+            delay_s=wait_s,
+        )
     raise RetryableError(f"Kommo token endpoint: HTTP {status}{detail}", delay_s=wait_s)
+
+
+def _oauth_refusal(raw: bytes) -> bool:
+    """Kommo's own refusal of a grant or client: its OAuth problem document
+    (``"type": ".../OAuthProblemJson"``), or an RFC 6749 ``invalid_grant`` /
+    ``invalid_client`` error. Anything else did not come from its OAuth server."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return False
+    if not isinstance(doc, dict):
+        return False
+    kind = doc.get("type")
+    if isinstance(kind, str) and kind.rstrip("/").endswith("/OAuthProblemJson"):
+        return True
+    return doc.get("error") in ("invalid_grant", "invalid_client")
 
 
 class Kommo:
@@ -379,7 +436,17 @@ class Kommo:
 
     def __init__(self, session: aiohttp.ClientSession, config: KommoConfig) -> None:
         self.session, self.config = session, config
+        self.accounts = AccountHosts(config.allowed_account_hosts)
         self._limiters: dict[str, AdaptiveLimiter] = {}
+
+    def account(self, base_url: str) -> str:
+        """The account's origin; PermanentError unless the allowlist admits it (no call made)."""
+        try:
+            return self.accounts.check(base_url)
+        except AccountNotAllowed as exc:
+            raise PermanentError(f"{exc}: no secret or token is sent to it") from None
+        except ValueError as exc:
+            raise PermanentError(str(exc)) from None
 
     def limiter(self, base_url: str) -> AdaptiveLimiter:
         account = origin(base_url)
@@ -395,23 +462,22 @@ class Kommo:
         return limiter
 
     def client(self, base_url: str, tokens: TokenSource) -> KommoClient:
-        return KommoClient(self.session, base_url, tokens, self.limiter(base_url), self.config)
+        account = self.account(base_url)
+        return KommoClient(self.session, account, tokens, self.limiter(account), self.config)
 
     async def refresh(self, base_url: str, app: OAuthApp, refresh_token: str) -> TokenGrant:
+        account = self.account(base_url)
         grant = {"grant_type": "refresh_token", "refresh_token": refresh_token}
         return await request_tokens(
-            self.session, base_url, app, grant, self.limiter(base_url), self.config.timeout_s
+            self.session, account, app, grant, self.limiter(account), self.config.timeout_s
         )
 
 
-def origin(base_url: str) -> str:
-    """``scheme://host[:port]`` of an account URL; anything else is refused."""
-    parts = urlsplit(base_url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("a Kommo account URL looks like https://<subdomain>.kommo.com")
-    if parts.path.strip("/") or parts.query or parts.username or parts.password:
-        raise ValueError("a Kommo account URL has no path, query or credentials")
-    return f"{parts.scheme}://{parts.netloc.lower()}"
+def _redirect_refused(what: str, status: int) -> str:
+    return (
+        f"Kommo answered {what} with a redirect (HTTP {status}): not followed, since it would"
+        " carry a token or secret to another address; check the connection's account URL"
+    )
 
 
 def _grant(raw: bytes) -> TokenGrant:

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from schemas.dlq import Stage
 from streams import __version__
+from streams.commands.safe import clean
 from streams.settings import ConfigError, Settings, forget_environment, load_settings, masked
 
 EXIT_CONFIG = 2
@@ -91,6 +92,16 @@ def _dlq_parser(sub: Any) -> None:
     rs = dsub.add_parser("resolve", help="close dead letters that need no replay, with a note")
     rs.add_argument("ids", type=int, nargs="+", metavar="ID")
     rs.add_argument("--note", required=True, help="why (stored in resolution_note)")
+    pg = dsub.add_parser(
+        "purge",
+        help="delete dead letters mirrored longer ago than the retention (any status)",
+    )
+    pg.add_argument(
+        "--older-than",
+        metavar="AGE",
+        help="e.g. 30d, 12h, 90m (default: dlq_mirror.retention_days)",
+    )
+    pg.add_argument("--dry-run", action="store_true", help="count, delete nothing")
 
 
 def _crm_parser(sub: Any) -> None:
@@ -109,6 +120,10 @@ def _crm_parser(sub: Any) -> None:
     c.add_argument("--base-url", required=True, help="the account: https://<subdomain>.kommo.com")
     c.add_argument("--client-id", required=True, help="the integration's OAuth client id")
     c.add_argument("--redirect-uri", required=True, help="the integration's OAuth redirect URI")
+    c.add_argument(
+        "--account-subdomain",
+        help="the account its webhook deliveries name (default: from --base-url)",
+    )
     when = c.add_mutually_exclusive_group(required=True)
     when.add_argument("--expires-in", type=float, help="access token lifetime, seconds from now")
     when.add_argument("--expires-at", help="access token expiry, ISO 8601 with a time zone")
@@ -210,6 +225,21 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
+async def _purge(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.commands import dlq
+
+    try:
+        age_s = dlq.age_s(args.older_than, settings.dlq_mirror.retention_days)
+    except ValueError as exc:
+        err.print(f"conveyor dlq purge: {exc}", markup=False)
+        return EXIT_CONFIG
+    counts = await dlq.purge(settings, age_s, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    per_status = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "none"
+    out.print(f"{verb} dead letters mirrored over {age_s / 86400:g} day(s) ago: {per_status}")
+    return 0
+
+
 async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
     import asyncpg
 
@@ -217,6 +247,8 @@ async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
 
     action = args.dlq_command
     try:
+        if action == "purge":
+            return await _purge(settings, args)
         if action == "resolve":
             done = await dlq.resolve(settings, args.ids, args.note)
             missing = sorted(set(args.ids) - set(done))
@@ -240,7 +272,7 @@ async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
         )
     except (OSError, asyncpg.PostgresError) as exc:
-        err.print(f"conveyor dlq: Postgres: {exc}", markup=False)
+        err.print(f"conveyor dlq: Postgres: {clean(exc)}", markup=False)
         return 1
     dlq.print_report(report, args.dry_run)
     return 1 if report.failed else 0

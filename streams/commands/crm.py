@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import ipaddress
 import json
 import os
 import re
@@ -31,13 +30,14 @@ from rich.progress import Progress
 from rich.table import Table
 
 from handlers.crm import connections
-from handlers.crm.connections import NewConnection
+from handlers.crm.connections import MIN_WEBHOOK_SECRET_CHARS, NewConnection
 from handlers.crm.crypto import Keyring
 from handlers.db import Row
 from handlers.errors import PermanentError
-from handlers.providers.kommo import origin
+from handlers.providers.kommo_accounts import AccountHosts, origin
 from schemas.envelope import JobEnvelope
 from streams.commands.postgres import database
+from streams.commands.safe import cell, clean
 from streams.commands.submit import producer, publish
 from streams.registry import build_registry
 from streams.settings import Settings
@@ -94,11 +94,11 @@ def run_crm(settings: Settings, args: Any) -> int:
             return asyncio.run(rotate_key(settings))
         return asyncio.run(sync(settings, args.connection_id, args.wait))
     except UsageError as exc:
-        err.print(f"conveyor crm {args.crm_command}: {exc}", markup=False)
+        err.print(f"conveyor crm {args.crm_command}: {clean(exc)}", markup=False)
         return EXIT_USAGE
     except (OSError, asyncpg.PostgresError) as exc:
         hint = " (run `conveyor migrate`)" if isinstance(exc, asyncpg.UndefinedTableError) else ""
-        err.print(f"conveyor crm {args.crm_command}: Postgres: {exc}{hint}", markup=False)
+        err.print(f"conveyor crm {args.crm_command}: Postgres: {clean(exc)}{hint}", markup=False)
         return 1
 
 
@@ -110,12 +110,17 @@ async def connect(settings: Settings, args: Any, environ: Mapping[str, str], std
     new = NewConnection(
         id=connection_id(args.connection_id),
         organization_id=required(args.org, "--org"),
-        base_url=account_url(args.base_url),
+        base_url=account_url(args.base_url, settings.crm.allowed_account_hosts),
         client_id=required(args.client_id, "--client-id"),
         redirect_uri=web_url(args.redirect_uri, "--redirect-uri"),
         access_expires_at=expiry(args.expires_in, args.expires_at),
+        account_subdomain=args.account_subdomain,
         **read_secrets(args.secrets_from, environ, stdin),
     )
+    try:
+        new.subdomain()
+    except ValueError as exc:
+        raise UsageError(f"--base-url: {exc}") from None
     async with database(settings) as conn:
         existed = await connections.exists(conn, new.id)
         await connections.register(conn, keyring, new)
@@ -142,6 +147,11 @@ def read_secrets(source: str, environ: Mapping[str, str], stdin: TextIO) -> dict
     missing = [SECRETS[field] for field in SECRETS if not found.get(field)]
     if missing:
         raise UsageError(f"{', '.join(missing)} missing or empty {where}")
+    if len(found["webhook_secret"]) < MIN_WEBHOOK_SECRET_CHARS:
+        raise UsageError(
+            f"KOMMO_WEBHOOK_SECRET is shorter than {MIN_WEBHOOK_SECRET_CHARS} characters: it keys"
+            " the HMAC that authenticates webhook deliveries (e.g. `openssl rand -hex 32`)"
+        )
     return found
 
 
@@ -190,16 +200,13 @@ def required(value: str | None, option: str) -> str:
     return value.strip()
 
 
-def account_url(value: str) -> str:
-    """An account origin: https, or plain http only for a loopback stand-in (the demo)."""
+def account_url(value: str, allowed: Sequence[str]) -> str:
+    """An account origin the allowlist admits (https; plain http only for a loopback
+    stand-in such as the demo's)."""
     try:
-        found = origin(value)
+        return AccountHosts(allowed).check(value)
     except ValueError as exc:
         raise UsageError(f"--base-url: {exc}") from None
-    host = urlsplit(found).hostname or ""
-    if found.startswith("http://") and not _loopback(host):
-        raise UsageError("--base-url: Kommo accounts are served over https")
-    return found
 
 
 def web_url(value: str, option: str) -> str:
@@ -222,15 +229,6 @@ def expiry(expires_in: float | None, expires_at: str | None) -> datetime:
     return when
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 # --- list ----------------------------------------------------------------------
 
 
@@ -240,23 +238,29 @@ async def list_connections(settings: Settings, organization_id: str | None, as_j
     if as_json:
         out.print_json(json.dumps([dict(r) for r in rows], default=_json_value))
         return 0
-    table = Table("connection", "organization", "account", "state", "last sync", "synced", "keys")
-    for r in rows:
-        table.add_row(
-            r["id"],
-            r["organization_id"],
-            r["base_url"],
-            f"needs re-consent: {r['reauth_reason'] or ''}" if r["needs_reauth"] else "ok",
-            _last_sync(r),
-            _counts(r),
-            ", ".join(r["key_ids"]),
-        )
-    out.print(table)
+    out.print(connection_table(rows))
     out.print(f"{len(rows)} connection(s)")
     return 0
 
 
-def _last_sync(row: Row) -> str:
+def connection_table(rows: Sequence[Row | Mapping[str, Any]]) -> Table:
+    """The connections as a table; every field is data (escaped, never markup)."""
+    table = Table("connection", "organization", "account", "state", "last sync", "synced", "keys")
+    for r in rows:
+        reason = r["reauth_reason"] or ""
+        table.add_row(
+            cell(r["id"]),
+            cell(r["organization_id"]),
+            cell(r["base_url"]),
+            cell(f"needs re-consent: {reason}" if r["needs_reauth"] else "ok"),
+            cell(_last_sync(r)),
+            cell(_counts(r)),
+            cell(", ".join(r["key_ids"])),
+        )
+    return table
+
+
+def _last_sync(row: Row | Mapping[str, Any]) -> str:
     state: str = row["sync_state"]
     when = row["sync_finished_at"] if state != "running" else row["sync_started_at"]
     text = state + (f" {when:%Y-%m-%d %H:%M:%S}" if when else "")
@@ -266,7 +270,7 @@ def _last_sync(row: Row) -> str:
     return text
 
 
-def _counts(row: Row) -> str:
+def _counts(row: Row | Mapping[str, Any]) -> str:
     if row["sync_pipelines"] is None:
         return ""
     return (
@@ -300,12 +304,13 @@ async def rotate_key(settings: Settings) -> int:
 
             result = await connections.reencrypt_all(conn, keyring, advance)
         counts = await connections.key_counts(conn)
+        unbound = await connections.unbound_count(conn)
     out.print(
         f"re-encrypted {result.rewritten} secret value(s) of {result.connections} "
         f"connection(s) under key {keyring.current!r}"
     )
     for failure in result.failures:
-        err.print(f"  not decryptable, left as it is: {failure}", markup=False)
+        err.print(f"  not decryptable, left as it is: {clean(failure)}", markup=False)
     left = {key: n for key, n in counts.items() if key != keyring.current}
     older = {key: n for key, n in left.items() if key in keyring.keys}
     if older:  # rewritten meanwhile by a worker that encrypts with an older key
@@ -322,9 +327,19 @@ async def rotate_key(settings: Settings) -> int:
             "first key) and run rotate-key again.",
             markup=False,
         )
-    if left:
+    if unbound:  # written meanwhile by a worker of the version before the binding
+        err.print(
+            f"{unbound} value(s) still in the format not bound to the account URL (v1):"
+            " a worker of an older version wrote them meanwhile. Upgrade every worker, then"
+            " run rotate-key again.",
+            markup=False,
+        )
+    if left or unbound:
         return 1
-    out.print(f"every stored secret is under key {keyring.current!r}: older keys can go")
+    out.print(
+        f"every stored secret is under key {keyring.current!r} and bound to its account URL:"
+        " older keys can go"
+    )
     return 0
 
 
@@ -403,7 +418,7 @@ def describe_sync(connection_id: str, result: SyncResult) -> str:
             f"{r['sync_api_calls']} API calls"
         )
     if result.state == "failed":
-        return f"sync of {connection_id} failed: {r['sync_error']}"
+        return f"sync of {connection_id} failed: {clean(r['sync_error'])}"
     if result.state == "running":
         return f"sync of {connection_id} still running"
     return (

@@ -192,6 +192,7 @@ async def run_crm_demo(settings: Settings, timeout_s: float) -> bool:
 
 CONNECTION = "demo-kommo"
 ORGANIZATION = "demo-org"
+ACCOUNT = "demo"  # the stand-in's subdomain: its deliveries name it
 SIGNED_LEAD, UNSIGNED_LEAD = 1001, 1002
 
 
@@ -207,6 +208,7 @@ def _connection(account: DemoKommo, webhook_secret: str) -> NewConnection:
         refresh_token=f"demo-rt-{secrets.token_hex(8)}",
         access_expires_at=datetime.now(UTC) + timedelta(days=1),
         webhook_secret=webhook_secret,
+        account_subdomain=ACCOUNT,
     )
 
 
@@ -225,10 +227,13 @@ def _publish_webhooks(settings: Settings, webhook_secret: str) -> list[Hook]:
             lead_id,
             signed,
         )
+        now = int(time.time())
+        signature = signature_of(webhook_secret, CONNECTION, hook.event_id, now, body)
         payload = {
             "connection_id": CONNECTION,
             "event_id": hook.event_id,
-            "signature": signature_of(webhook_secret, body) if signed else "sha256=",
+            "timestamp": now,
+            "signature": signature if signed else "sha256=",
             "body": body,
         }
         envelope = JobEnvelope(
@@ -256,7 +261,7 @@ def _delivery(lead_id: int) -> str:
         "last_modified": int(time.time()),
     }
     pairs = [(f"leads[status][0][{k}]", str(v)) for k, v in fields.items()]
-    return urlencode([*pairs, ("account[subdomain]", "demo"), ("account[id]", "1")])
+    return urlencode([*pairs, ("account[subdomain]", ACCOUNT), ("account[id]", "1")])
 
 
 async def _outcome(conn: asyncpg.Connection, hook: Hook, timeout_s: float) -> tuple[bool, str]:

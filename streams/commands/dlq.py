@@ -1,4 +1,4 @@
-"""``conveyor dlq``: list, replay and resolve the dead letters mirrored into ``worker_dlq``.
+"""``conveyor dlq``: list, replay, resolve and purge the dead letters mirrored into ``worker_dlq``.
 
 Replay republishes a dead letter to the topic it first came from, with its
 raw key and value and its original headers (the ones Conveyor did not add),
@@ -6,6 +6,12 @@ so the job starts over with a fresh set of attempts. A row becomes
 ``replayed`` only after Kafka acknowledged its record; a replay cut short
 leaves the rest ``new``. Replaying a job twice is safe: the idempotency
 ledger skips a job whose effects were already committed.
+
+Purge deletes the rows mirrored longer ago than the retention
+(``dlq_mirror.retention_days``, or ``--older-than``), whatever their status: a
+dead letter keeps the job's raw payload and headers (webhook bodies with
+their signatures, message texts), which are not kept forever
+(docs/SECURITY.md, "What is kept, where, how long").
 
 Only rows of this deployment's dead-letter topic (``kafka.dlq_topic``) are
 touched. Rows that failed to decode or validate are left out unless asked
@@ -15,6 +21,7 @@ for: the same bytes fail the same way until their producer is fixed.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +35,7 @@ from rich.table import Table
 from schemas.dlq import Stage, own_headers
 from streams.commands.originals import Original, omitted, read_originals
 from streams.commands.postgres import database
+from streams.commands.safe import cell, clean
 from streams.commands.submit import producer
 from streams.registry import build_registry
 from streams.settings import Settings
@@ -36,6 +44,9 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 BATCH = 500
+PURGE_BATCH = 1000
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([dhm])\s*$")
+_UNIT_S = {"d": 86_400, "h": 3_600, "m": 60}
 ACK_TIMEOUT_S = 60.0
 INVALID_STAGES = (Stage.DECODE.value, Stage.VALIDATE.value)
 
@@ -66,6 +77,14 @@ SET status = 'resolved', resolution_note = $3, updated_at = now()
 WHERE dlq_topic = $1 AND id = ANY($2::bigint[]) AND status <> 'resolved'
 RETURNING id
 """
+
+
+OLD = "dlq_topic = $1 AND created_at < now() - make_interval(secs => $2)"
+PURGE = f"""
+DELETE FROM worker_dlq WHERE id IN (SELECT id FROM worker_dlq WHERE {OLD} LIMIT $3)
+RETURNING status
+"""
+COUNT_OLD = f"SELECT status, count(*) AS n FROM worker_dlq WHERE {OLD} GROUP BY status"
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,19 +279,20 @@ async def resolve(settings: Settings, ids: Sequence[int], note: str) -> list[int
     return [r["id"] for r in rows]
 
 
-def print_rows(rows: Sequence[asyncpg.Record]) -> None:
+def print_rows(rows: Sequence[asyncpg.Record | Mapping[str, Any]]) -> None:
+    """The dead letters as a table; every field is data (escaped, never markup)."""
     table = Table("id", "failed at", "job type", "job id", "stage", "error", "tries", "status")
     for r in rows:
         message = f"{r['error_class'] or ''}: {r['error_message'] or ''}"
         table.add_row(
-            str(r["id"]),
-            r["failed_at"].strftime("%Y-%m-%d %H:%M:%S"),
-            r["job_type"] or "",
-            r["job_id"] or "",
-            r["stage"] or "",
-            message if len(message) <= 80 else message[:79] + "…",
-            str(r["attempts"] or ""),
-            r["status"] + (f", {r['replay_count']} replay(s)" if r["replay_count"] else ""),
+            cell(r["id"]),
+            cell(r["failed_at"].strftime("%Y-%m-%d %H:%M:%S")),
+            cell(r["job_type"] or ""),
+            cell(r["job_id"] or ""),
+            cell(r["stage"] or ""),
+            cell(message if len(message) <= 80 else message[:79] + "…"),
+            cell(r["attempts"] or ""),
+            cell(r["status"] + (f", {r['replay_count']} replay(s)" if r["replay_count"] else "")),
         )
     out.print(table)
 
@@ -283,6 +303,34 @@ def print_report(report: ReplayReport, dry_run: bool) -> None:
     for row_id, first in sorted(report.duplicates.items()):
         out.print(f"  duplicate {row_id}: the same job as {first}, replayed once", markup=False)
     for row_id, reason in sorted(report.skipped.items()):
-        out.print(f"  skipped {row_id}: {reason}", markup=False)
+        out.print(f"  skipped {row_id}: {clean(reason)}", markup=False)
     for row_id, reason in sorted(report.failed.items()):
-        err.print(f"  failed {row_id}: {reason} (still new; run the replay again)", markup=False)
+        err.print(
+            f"  failed {row_id}: {clean(reason)} (still new; run the replay again)", markup=False
+        )
+
+
+def age_s(text: str | None, default_days: int) -> float:
+    """Seconds of ``--older-than`` (``30d``, ``12h``, ``90m``), or the retention's."""
+    if text is None:
+        return default_days * 86_400.0
+    match = _AGE.match(text)
+    if match is None or float(match[1]) <= 0:
+        raise ValueError(f"--older-than {text!r}: give an age such as 30d, 12h or 90m")
+    return float(match[1]) * _UNIT_S[match[2]]
+
+
+async def purge(
+    settings: Settings, older_than_s: float, *, dry_run: bool = False
+) -> dict[str, int]:
+    """Delete (or count) this deployment's dead letters mirrored over ``older_than_s`` ago,
+    in batches; how many of each status."""
+    topic = settings.kafka.dlq_topic
+    async with database(settings) as conn:
+        if dry_run:
+            return {r["status"]: r["n"] for r in await conn.fetch(COUNT_OLD, topic, older_than_s)}
+        counts: dict[str, int] = {}
+        while rows := await conn.fetch(PURGE, topic, older_than_s, PURGE_BATCH):
+            for r in rows:
+                counts[r["status"]] = counts.get(r["status"], 0) + 1
+    return counts

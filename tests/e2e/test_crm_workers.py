@@ -15,11 +15,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from handlers.crm.webhook import signature_of
 from schemas.envelope import JobEnvelope
 from tests.support.cli import conveyor
-from tests.support.crm import KEYRING_TEXT, register_account
-from tests.support.kommo_server import Fault, form_encode, kommo_server, make_fields, make_pipelines
+from tests.support.crm import KEYRING_TEXT, delivery_body, register_account, signed_hook
+from tests.support.kommo_server import Fault, kommo_server, make_fields, make_pipelines
 from tests.support.messages import message_envelopes, publish_messages, wait_for_notes
 from tests.support.stack import Stack
 from tests.support.waiting import eventually
@@ -28,7 +27,7 @@ from tests.support.worker import WorkerProcess
 pytestmark = pytest.mark.e2e
 
 TOKEN = "POST /oauth2/access_token"
-SECRET = "whsec-e2e"
+SECRET = "whsec-e2e-0123456789abcdef0123456789"
 
 
 async def _ready(stack: Stack, worker_factory: Any, count: int = 1) -> list[WorkerProcess]:
@@ -39,14 +38,16 @@ async def _ready(stack: Stack, worker_factory: Any, count: int = 1) -> list[Work
     return workers
 
 
-def _webhook(connection_id: str, event_id: str, body: str, signature: str) -> JobEnvelope:
-    payload = {
-        "connection_id": connection_id,
-        "event_id": event_id,
-        "signature": signature,
-        "body": body,
-    }
-    return JobEnvelope(id=f"job-{event_id}", type="crm.webhook", payload=payload)
+def _webhook(connection_id: str, event_id: str, body: str, *, forged: bool = False) -> JobEnvelope:
+    hook = signed_hook(SECRET, connection_id, body, event_id=event_id)
+    if forged:
+        hook = hook.model_copy(update={"signature": "sha256=" + "0" * 64})
+    return JobEnvelope(
+        id=f"job-{event_id}",
+        type="crm.webhook",
+        organization_id="org-1",
+        payload=hook.model_dump(),
+    )
 
 
 def _publish_keyed(stack: Stack, connection_id: str, envelopes: list[JobEnvelope]) -> None:
@@ -81,15 +82,15 @@ async def test_sync_and_webhook_jobs_are_run_by_a_worker_into_postgres(
             "status_id": 7_000_000_00,
             "pipeline_id": 7_000_000,
         }
-        added = form_encode({"leads": {"add": [{**lead, "last_modified": now}]}})
-        moved = form_encode(
+        added = delivery_body({"leads": {"add": [{**lead, "last_modified": now}]}})
+        moved = delivery_body(
             {"leads": {"status": [{**lead, "status_id": 142, "last_modified": now + 10}]}}
         )
         hooks = [
-            _webhook(new.id, "e2e-add", added, signature_of(SECRET, added)),
-            _webhook(new.id, "e2e-move", moved, signature_of(SECRET, moved)),
-            _webhook(new.id, "e2e-add", added, signature_of(SECRET, added)),  # redelivered
-            _webhook(new.id, "e2e-forged", moved, "sha256=" + "0" * 64),
+            _webhook(new.id, "e2e-add", added),
+            _webhook(new.id, "e2e-move", moved),
+            _webhook(new.id, "e2e-add", added),  # redelivered
+            _webhook(new.id, "e2e-forged", moved, forged=True),
         ]
         hooks[2] = hooks[2].model_copy(update={"id": "job-e2e-add-again"})
         _publish_keyed(stack, new.id, hooks)

@@ -32,7 +32,8 @@ def _values_from_env(env: dict[str, str]) -> dict[str, Any]:
         node = config
         for part in path[:-1]:
             node = node.setdefault(part, {})
-        node[path[-1]] = value.split(",") if path[-1] == "allowed_hosts" else value
+        lists = ("allowed_hosts", "allowed_account_hosts")
+        node[path[-1]] = value.split(",") if path[-1] in lists else value
     return config
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from handlers.crm.crypto import new_key
 from schemas.envelope import JobEnvelope
 from tests.support.dlq import wait_dlq
 from tests.support.http import file_server
@@ -84,3 +86,44 @@ def test_extraction_processes_inherit_no_secret(stack: Stack, worker_factory: An
             b"CONVEYOR_" + environ.split(b"CONVEYOR_")[1][:30],
         )
         assert SECRET.encode() not in environ
+
+
+KEYRING_SECRET = f"probe:{new_key()}"
+LOWER_CASE_SECRET = "sk-lower-" + uuid.uuid4().hex
+
+
+def test_an_extraction_process_cannot_read_the_workers_environment_or_memory(
+    stack: Stack, worker_factory: Any, tmp_path: Path
+) -> None:
+    """Issue 19: code running in an extraction process (a parser exploit) tries the
+    worker's /proc environ and memory, and its own environment, for the secrets the
+    operator gave — the keyring in upper case, an API key in a lower-case variable
+    (pydantic-settings reads both). Tests run as root, and root's capabilities would
+    decide alone (a process without them may not read one with them): the worker is
+    started without any capability, as the chart's pod runs, so worker and extraction
+    process are the same user with none — and only the worker being non-dumpable
+    stands between them."""
+    report = tmp_path / "probe.json"
+    worker = worker_factory(
+        stack,
+        hooks=["--extraction-probe", str(report)],
+        capabilities=False,
+        CONVEYOR_CRM__KEYRING=KEYRING_SECRET,
+        conveyor_llm__api_key=LOWER_CASE_SECRET,
+        CONVEYOR_EXTRACT__WORKERS="1",
+    )
+    worker.wait_ready()
+    assert worker.proc is not None
+    found = json.loads(report.read_text())
+    assert found["needles"] == 2
+    # the control: the secrets are still in the worker's original environment block,
+    # readable by a process with CAP_SYS_PTRACE (this test, as root)
+    worker_pid = found["parent"]
+    assert "setpriv" not in Path(f"/proc/{worker_pid}/cmdline").read_text()
+    assert Path(f"/proc/{worker_pid}/status").read_text().count("CapEff:\t0000000000000000")
+    environ = Path(f"/proc/{worker_pid}/environ").read_bytes()
+    assert KEYRING_SECRET.encode() in environ and LOWER_CASE_SECRET.encode() in environ
+    assert found["cap_eff"] == 0, "the extraction process holds no capability"
+    assert found["own_environ_leaks"] == [], "neither variable was inherited"
+    assert found["parent_environ"] == {"status": "denied", "error": "PermissionError"}
+    assert found["parent_memory"] == {"status": "denied", "error": "PermissionError"}

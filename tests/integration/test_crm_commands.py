@@ -15,9 +15,9 @@ import pytest
 
 from handlers.crm import connections
 from handlers.crm.connections import SECRET_COLUMNS, context
-from handlers.crm.crypto import Keyring, new_key
+from handlers.crm.crypto import DecryptError, Keyring, new_key
 from tests.support.cli import conveyor
-from tests.support.crm import KEYRING, KEYRING_TEXT, register_account, services
+from tests.support.crm import KEYRING, KEYRING_TEXT, register_account, seal_v1, services
 from tests.support.kommo_server import Fault, KommoServer, kommo_server
 from tests.support.services import Endpoints
 
@@ -39,7 +39,7 @@ def env(services: Endpoints) -> dict[str, str]:
 
 def _secrets() -> dict[str, str]:
     """Four distinct values no output may contain."""
-    return {field: f"{field}-{secrets.token_hex(8)}" for field in NAMES}
+    return {field: f"{field}-{secrets.token_hex(16)}" for field in NAMES}
 
 
 def _connect(connection_id: str, *extra: str) -> list[str]:
@@ -181,10 +181,12 @@ async def test_rotate_key_leaves_every_value_decryptable_with_only_the_new_key(
     assert rotated.returncode == 0, rotated.stderr
     assert "every stored secret is under key 'new'" in rotated.stdout
     async with db.acquire() as conn:
-        rows = await conn.fetch(f"SELECT id, {', '.join(SECRET_COLUMNS)} FROM crm_connections")
+        rows = await conn.fetch(
+            f"SELECT id, base_url, {', '.join(SECRET_COLUMNS)} FROM crm_connections"
+        )
     for row in rows:  # every connection of the database, each value with the new key alone
         for column in SECRET_COLUMNS:
-            only_new.decrypt(row[column], context(row["id"], column))
+            only_new.decrypt(row[column], context(row["id"], column, row["base_url"]))
     for new in registered:
         assert await _stored(db, new.id, only_new) == {f: getattr(new, f) for f in NAMES}
     again = conveyor("crm", "rotate-key", env={**env, "CONVEYOR_CRM__KEYRING": ring})
@@ -212,7 +214,7 @@ async def test_rotate_key_while_a_worker_refreshes_keeps_the_refreshed_tokens(
     ring, only_new = _rotation(old)
     async with aiohttp.ClientSession() as session:
         worker = services(session, Keyring.parse(ring))  # deployed with the new keyring
-        refresh = asyncio.ensure_future(worker.tokens(db, new.id).access_token())
+        refresh = asyncio.ensure_future(worker.tokens(db, new.id, new.base_url).access_token())
         await server.wait_for_call(TOKEN)  # holds the refresh lock, the token call pending
         env = {**env, "CONVEYOR_CRM__KEYRING": ring}
         rotated = await asyncio.to_thread(conveyor, "crm", "rotate-key", env=env)
@@ -225,6 +227,37 @@ async def test_rotate_key_while_a_worker_refreshes_keeps_the_refreshed_tokens(
     assert server.refresh_is_valid(stored["refresh_token"])  # the rotated pair, not the old one
     assert stored["client_secret"] == new.client_secret
     assert server.calls[TOKEN] == 1
+
+
+async def test_rotate_key_binds_values_of_the_old_format_to_their_account_url(
+    env: dict[str, str], db: asyncpg.Pool
+) -> None:
+    """Values written before the account URL was bound (v1) still work, and rotate-key
+    rewrites them bound, even under the same key; an edited URL then refuses them."""
+    old = Keyring.parse(f"old:{new_key()}")
+    async with kommo_server() as server:
+        new = await register_account(db, server, keyring=old)
+    unbound = {
+        c: seal_v1(old, getattr(new, c.removesuffix("_enc")), new.id, c) for c in SECRET_COLUMNS
+    }
+    for column, value in unbound.items():  # what the version before the binding wrote
+        await db.execute(f"UPDATE crm_connections SET {column} = $2 WHERE id = $1", new.id, value)
+    assert await _stored(db, new.id, old) == {f: getattr(new, f) for f in NAMES}
+    ring = f"old:{_b64(old, 'old')}"
+    rotated = conveyor("crm", "rotate-key", env={**env, "CONVEYOR_CRM__KEYRING": ring})
+    assert f"crm_connections/{new.id}/" not in rotated.stderr, "each of its values decrypted"
+    row = await db.fetchrow("SELECT * FROM crm_connections WHERE id = $1", new.id)
+    for column in SECRET_COLUMNS:
+        assert row[column].startswith("v2:old:"), column
+    assert await _stored(db, new.id, old) == {f: getattr(new, f) for f in NAMES}
+    edit = "UPDATE crm_connections SET base_url = 'https://x.kommo.com' WHERE id = $1"
+    await db.execute(edit, new.id)
+    try:
+        async with db.acquire() as conn:
+            with pytest.raises(DecryptError):
+                await connections.secret(conn, old, new.id, "refresh_token_enc")
+    finally:  # no longer decryptable: other rotate-key tests expect every row to be
+        await db.execute("DELETE FROM crm_connections WHERE id = $1", new.id)
 
 
 def _b64(ring: Keyring, key_id: str) -> str:

@@ -15,7 +15,7 @@ import pytest
 from handlers.crm import connections, sync
 from handlers.deps import Deps
 from handlers.errors import Deferred, PermanentError, RetryableError
-from handlers.types import Outcome
+from handlers.types import Job, Outcome
 from schemas.jobs import CrmSyncPipelines
 from streams.retry import WaitForDependency, decide
 from streams.settings import Settings
@@ -242,3 +242,15 @@ async def test_a_connection_needing_consent_or_a_worker_without_keyring_fails_pe
             job("crm.sync_pipelines", CrmSyncPipelines(connection_id="nope")), kit.deps
         )
     assert sum(kit.server.calls.values()) == 0
+
+
+@pytest.mark.parametrize("organization_id", [None, "org-someone-else"])
+async def test_a_sync_of_another_or_no_organization_is_refused(
+    kit: Kit, organization_id: str | None
+) -> None:
+    payload = CrmSyncPipelines(connection_id=kit.connection_id)
+    foreign = Job("job-foreign", "crm.sync_pipelines", 1, organization_id, payload)
+    with pytest.raises(PermanentError, match="belongs to another organization"):
+        await sync.handle(foreign, kit.deps)
+    assert sum(kit.server.calls.values()) == 0
+    assert (await kit.connection()).sync_state == "never"

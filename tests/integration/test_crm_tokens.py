@@ -116,7 +116,7 @@ async def test_a_refused_refresh_marks_the_connection_and_fails_its_jobs_permane
     server._refresh.discard(new.refresh_token)  # spent elsewhere (e.g. another integration)
     async with aiohttp.ClientSession() as session:
         crm = services(session)
-        source = crm.tokens(db, new.id)
+        source = crm.tokens(db, new.id, new.base_url)
         with capture_logs() as logs, pytest.raises(PermanentError) as caught:
             await source.access_token()
         assert "invalid_grant" in str(caught.value) and "Token has been revoked" in str(
@@ -142,19 +142,23 @@ async def test_a_new_key_first_rewrites_every_secret_and_old_keys_can_go(
     old = Keyring.parse(f"old:{new_key()}")
     new = await register_account(db, server, keyring=old)
     # Rows of other tests in this database are under KEYRING's key: keep it in the ring.
-    rotated = Keyring.parse(f"new:{new_key()},old:{_b64(old, 'old')},k1:{_b64(KEYRING, 'k1')}")
+    # "rotated", not "new": test_crm_commands rotates to a key of its own called "new",
+    # and must not take this test's rows for already rotated.
+    rotated = Keyring.parse(f"rotated:{new_key()},old:{_b64(old, 'old')},k1:{_b64(KEYRING, 'k1')}")
     async with db.acquire() as conn:
         rewritten = (await connections.reencrypt_all(conn, rotated)).rewritten
         assert rewritten >= 4
         assert (await connections.reencrypt_all(conn, rotated)).rewritten == 0
         row = await conn.fetchrow("SELECT * FROM crm_connections WHERE id = $1", new.id)
-    only_new = Keyring("new", {"new": rotated.keys["new"]})
+    only_new = Keyring("rotated", {"rotated": rotated.keys["rotated"]})
     for column in connections.SECRET_COLUMNS:
-        assert only_new.key_id_of(row[column]) == "new"
-        only_new.decrypt(row[column], context(new.id, column))
-    assert only_new.decrypt(row["refresh_token_enc"], context(new.id, "refresh_token")) == (
-        new.refresh_token
-    )
+        assert only_new.key_id_of(row[column]) == "rotated"
+        only_new.decrypt(row[column], context(new.id, column, new.base_url))
+    bound = context(new.id, "refresh_token", new.base_url)
+    assert only_new.decrypt(row["refresh_token_enc"], bound) == new.refresh_token
+    back = Keyring.parse(f"k1:{_b64(KEYRING, 'k1')},rotated:{_b64(rotated, 'rotated')}")
+    async with db.acquire() as conn:  # the database's other rows back under the tests' key
+        await connections.reencrypt_all(conn, back)
 
 
 def _b64(ring: Keyring, key_id: str) -> str:

@@ -334,3 +334,13 @@ async def test_a_post_still_waiting_for_the_rate_limit_when_the_lease_ends_needs
     assert await kit.send(job) == Outcome.SUCCEEDED  # (a worker whose limiter has room)
     assert kit.server.calls[LIST] == 0 and kit.server.calls[POST] == 2
     assert (await kit.ledger("k-queued"))["lookups"] == 0
+
+
+async def test_a_job_that_names_no_organization_is_refused_too(kit: Kit) -> None:
+    """One rule for every CRM job (issue 19): the envelope names the connection's
+    organization; a job without one no longer skips the check."""
+    job = kit.job("k-orgless")
+    orgless = Job(job.id, job.type, 1, None, job.payload)
+    with pytest.raises(PermanentError, match="names no organization"):
+        await kit.send(orgless)
+    assert sum(kit.server.calls.values()) == 0

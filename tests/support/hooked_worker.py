@@ -6,8 +6,11 @@ by starting the worker through this module instead of ``streams.commands.cli``::
 
     python -m tests.support.hooked_worker --commit-delay-s 2 -- run
 
-Each option wraps one method of the worker process with an ``asyncio.sleep``
-before the original runs; nothing else changes. No setting or environment
+Each delay option wraps one method of the worker process with an
+``asyncio.sleep`` before the original runs; nothing else changes.
+``--extraction-probe FILE`` runs ``tests.support.extraction_probe.attack`` in
+one of the worker's extraction processes once they started (as a parser
+exploit would run there) and writes its report to FILE as JSON. No setting or environment
 variable of the service can turn these on: only a test that starts this
 module does.
 """
@@ -17,14 +20,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import json
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from mode.utils.queues import FlowControlQueue
 
+from handlers.cpu_pool import ProcessCpuPool
 from streams.commands import cli
 from streams.consumer import TrackedConsumer
+from tests.support import extraction_probe
 
 AsyncFn = Callable[..., Coroutine[Any, Any, Any]]
 
@@ -54,13 +62,39 @@ def install(commit_delay_s: float = 0.0, queue_put_delay_s: float = 0.0) -> None
         )
 
 
+def probe_extraction(report: Path) -> None:
+    """After the extraction processes started, run the attack in one of them.
+
+    Its needles: every secret the operator put in the environment, whatever
+    the case of the variable's name (read now, before the worker clears them).
+    """
+    needles = [
+        value
+        for name, value in os.environ.items()
+        if name.upper().startswith("CONVEYOR_")
+        and ("KEY" in name.upper() or "SECRET" in name.upper())
+    ]
+    original = ProcessCpuPool.start
+
+    async def start(self: ProcessCpuPool) -> None:
+        await original(self)
+        found = await self.run(extraction_probe.attack, needles, timeout_s=120)
+        text = json.dumps({**found, "needles": len(needles)})
+        await asyncio.to_thread(report.write_text, text)
+
+    ProcessCpuPool.start = start  # type: ignore[method-assign]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--commit-delay-s", type=float, default=0.0)
     parser.add_argument("--queue-put-delay-s", type=float, default=0.0)
+    parser.add_argument("--extraction-probe", type=Path, default=None)
     parser.add_argument("conveyor_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     install(args.commit_delay_s, args.queue_put_delay_s)
+    if args.extraction_probe is not None:
+        probe_extraction(args.extraction_probe)
     rest = [a for a in args.conveyor_args if a != "--"] or ["run"]
     return cli.main(rest)
 

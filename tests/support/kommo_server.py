@@ -92,6 +92,9 @@ class Fault:
     route: str | None = None
     after: bool = False
     detail: str | None = None
+    location: str | None = None  # a redirect's Location (with status 3xx)
+    body: str | None = None  # answer this body (with content_type) instead of a problem
+    content_type: str = "text/plain"
 
     @classmethod
     def answer(cls, status: int, route: str | None = None, **kw: Any) -> Fault:
@@ -293,6 +296,12 @@ class KommoServer:
         if fault.after:
             await operation()
         headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
+        if fault.location is not None:
+            headers["Location"] = fault.location
+        if fault.body is not None:  # another server's answer (a proxy, a firewall)
+            return web.Response(
+                status=fault.status, text=fault.body, content_type=fault.content_type
+            )
         return _problem(fault.status, fault.detail or f"injected HTTP {fault.status}", headers)
 
     async def _defer(
@@ -368,7 +377,7 @@ class KommoServer:
             self.client_id,
             self.client_secret,
         ) or body.get("redirect_uri") != self.redirect_uri:
-            raise Refused(401, "Client authentication failed", hint="Invalid client")
+            raise _oauth_problem(401, "Client authentication failed", "Invalid client")
         if body.get("grant_type") == "refresh_token":
             if not self._take(self._refresh, body.get("refresh_token")):
                 raise _revoked()
@@ -376,7 +385,7 @@ class KommoServer:
             if not self._take(self._codes, body.get("code")):
                 raise _revoked("Authorization code has been revoked")
         else:
-            raise Refused(400, "The authorization grant type is not supported")
+            raise _oauth_problem(400, "The authorization grant type is not supported", "")
         pair = self.grant()
         return web.json_response(
             {
@@ -617,13 +626,25 @@ def form_encode(tree: Mapping[str, Any], prefix: str = "") -> str:
 
 
 def _revoked(hint: str = "Token has been revoked") -> Refused:
-    return Refused(
+    return _oauth_problem(
         401,
         "The request is missing a required parameter, includes an invalid parameter value, "
         "includes a parameter more than once, or is otherwise malformed",
-        hint=hint,
+        hint,
         title="Bad request",
+    )
+
+
+def _oauth_problem(status: int, detail: str, hint: str, title: str = "Invalid client") -> Refused:
+    """The token endpoint's refusals: a problem document of type OAuthProblemJson, as in
+    amocrm-api-php#123 (revoked token) and #235 (client authentication failed)."""
+    extra = {"hint": hint} if hint else {}
+    return Refused(
+        status,
+        detail,
+        title=title,
         type="https://developers.kommo.com/v3/errors/OAuthProblemJson",
+        **extra,
     )
 
 

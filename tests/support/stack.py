@@ -97,6 +97,7 @@ class Stack:
             "CONVEYOR_KAFKA__DLQ_TOPIC": f"{self.prefix}.dlq",
             "CONVEYOR_KAFKA__TOPIC_PARTITIONS": "3",
             "CONVEYOR_HTTP__ALLOWED_HOSTS": "127.0.0.1:*",  # test servers use random ports
+            "CONVEYOR_CRM__ALLOWED_ACCOUNT_HOSTS": "127.0.0.1:*",  # Kommo stand-ins, too
             "CONVEYOR_LOGGING__FORMAT": "json",
             "CONVEYOR_LOGGING__LEVEL": "info",
             "CONVEYOR_WORKER__DRAIN_TIMEOUT_S": "10",

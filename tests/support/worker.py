@@ -14,15 +14,26 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+NO_CAPABILITIES = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all", "--"]
 
 
 class WorkerProcess:
     """``conveyor run`` in a child process; log lines collected as dicts."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, hooks: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        hooks: Sequence[str] = (),
+        *,
+        capabilities: bool = True,
+    ) -> None:
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         # Test-only delays (tests/support/hooked_worker.py), e.g. ["--commit-delay-s", "2"].
         self.hooks = list(hooks)
+        # False: start it without any capability, as the chart's pod (drop: ["ALL"]) even
+        # though tests run as root (util-linux's setpriv clears every capability set).
+        self.capabilities = capabilities
         self.log_path = log_path
         self.events: list[dict[str, Any]] = []
         self._cond = threading.Condition()
@@ -33,8 +44,9 @@ class WorkerProcess:
         command = ["-m", "streams.commands.cli", "run"]
         if self.hooks:
             command = ["-m", "tests.support.hooked_worker", *self.hooks, "--", "run"]
+        prefix = [] if self.capabilities else NO_CAPABILITIES
         self.proc = subprocess.Popen(
-            [sys.executable, *command],
+            [*prefix, sys.executable, *command],
             env=self.env,
             cwd=ROOT,
             stdout=subprocess.PIPE,

@@ -71,25 +71,37 @@ def test_network_policy_lets_out_only_dns_kafka_postgres_and_the_public_internet
     assert extra["ports"] == [{"port": 8080, "protocol": "TCP"}]
 
 
-def test_network_policy_needs_to_know_where_kafka_and_postgres_are() -> None:
-    error = chart.render_error({**chart.SECRET, "networkPolicy": {"enabled": True}})
-    assert "networkPolicy.kafka.to must say where the Kafka brokers are" in error
-    values = {
-        **chart.SECRET,
-        "networkPolicy": {"enabled": True, "kafka": {"to": [{"podSelector": {}}]}},
+def test_the_network_policy_is_on_by_default_and_lets_out_only_dns_kafka_postgres_and_443() -> None:
+    """Issue 19: on without any value set; egress by port where Kafka's and Postgres's
+    addresses are not given; metrics reachable from the monitoring namespace only."""
+    policy = chart.one(chart.render(chart.SECRET), "NetworkPolicy")["spec"]
+    dns, kafka, postgres, internet = policy["egress"]
+    assert {p["port"] for p in dns["ports"]} == {53}
+    assert "to" not in kafka and kafka["ports"] == [{"port": 9092, "protocol": "TCP"}]
+    assert "to" not in postgres and postgres["ports"] == [{"port": 5432, "protocol": "TCP"}]
+    assert internet["ports"] == [{"port": 443, "protocol": "TCP"}]
+    for address in MUST_NOT_REACH:
+        assert not _allowed(internet, address), address
+    [ingress] = policy["ingress"]
+    assert ingress["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    opened = {**chart.SECRET, "networkPolicy": {"metricsFrom": [{"namespaceSelector": {}}]}}
+    [wider] = chart.one(chart.render(opened), "NetworkPolicy")["spec"]["ingress"]
+    assert wider["from"] == [{"namespaceSelector": {}}]
+    named = {**chart.SECRET, "networkPolicy": {"monitoringNamespace": "observability"}}
+    [other] = chart.one(chart.render(named), "NetworkPolicy")["spec"]["ingress"]
+    assert other["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "observability"
     }
-    assert "networkPolicy.postgres.to must say where Postgres is" in chart.render_error(values)
+    off = {**chart.SECRET, "networkPolicy": {"enabled": False}}
+    assert not [d for d in chart.render(off) if d["kind"] == "NetworkPolicy"]
 
 
 def test_a_provider_on_another_port_is_let_out_on_it() -> None:
     values = {
         **chart.SECRET,
-        "networkPolicy": {
-            "enabled": True,
-            "kafka": {"to": [{"podSelector": {}}]},
-            "postgres": {"to": [{"podSelector": {}}]},
-        },
         "config": {"llm": {"base_url": "https://llm.example.com:8443/v1"}},
     }
     internet = chart.one(chart.render(values), "NetworkPolicy")["spec"]["egress"][3]
-    assert [p["port"] for p in internet["ports"]] == [443, 80, 8443]
+    assert [p["port"] for p in internet["ports"]] == [443, 8443]

@@ -15,8 +15,9 @@ from streams.commands.crm import (
     read_secrets,
     refuse_secrets_in_argv,
 )
+from streams.settings import Settings
 
-VALUES = {name: f"value-of-{name.lower()}" for name in SECRETS.values()}
+VALUES = {name: f"value-of-{name.lower()}-0123456789abcdef" for name in SECRETS.values()}
 
 
 def test_secrets_come_from_the_environment_by_name() -> None:
@@ -89,18 +90,30 @@ def test_ordinary_arguments_pass() -> None:
     assert refuse_secrets_in_argv(argv) is None
 
 
-def test_account_urls_are_https_origins_but_a_loopback_stand_in() -> None:
-    assert account_url("https://Acme.kommo.com/") == "https://acme.kommo.com"
-    assert account_url("http://127.0.0.1:8080") == "http://127.0.0.1:8080"
-    assert account_url("http://localhost:8080") == "http://localhost:8080"
+DEFAULT_HOSTS = Settings().crm.allowed_account_hosts
+
+
+def test_account_urls_must_be_kommo_accounts_unless_the_allowlist_names_a_stand_in() -> None:
+    assert DEFAULT_HOSTS == ["*.kommo.com"]
+    assert account_url("https://Acme.kommo.com/", DEFAULT_HOSTS) == "https://acme.kommo.com"
+    loopback = ["127.0.0.1:*"]
+    assert account_url("http://127.0.0.1:8080", loopback) == "http://127.0.0.1:8080"
     for bad, said in (
+        # the probes of issue 19: a foreign host, a private address, a look-alike suffix
+        ("https://evil.example", "not an allowed Kommo account"),
+        ("https://10.0.0.5:8443", "not an allowed Kommo account"),
+        ("https://acme.kommo.com.evil.example", "not an allowed Kommo account"),
+        ("https://kommo.com", "not an allowed Kommo account"),
+        ("https://a.b.kommo.com", "not an allowed Kommo account"),
+        ("https://acme.kommo.com:8443", "not an allowed Kommo account"),
+        ("http://127.0.0.1:8080", "not an allowed Kommo account"),  # not on the default list
         ("http://acme.kommo.com", "served over https"),
         ("https://acme.kommo.com/api/v4", "no path"),
         ("https://user:pw@acme.kommo.com", "no path, query or credentials"),
         ("acme.kommo.com", "looks like https://"),
     ):
         with pytest.raises(UsageError, match=said):
-            account_url(bad)
+            account_url(bad, DEFAULT_HOSTS)
 
 
 def test_expiry_from_seconds_or_a_zoned_time() -> None:
@@ -111,3 +124,11 @@ def test_expiry_from_seconds_or_a_zoned_time() -> None:
         expiry(None, "2030-01-01T00:00:00")
     with pytest.raises(UsageError, match="ISO 8601"):
         expiry(None, "tomorrow")
+
+
+def test_a_short_webhook_secret_is_refused_without_echoing_it() -> None:
+    short = {**VALUES, "KOMMO_WEBHOOK_SECRET": "whsec-31-characters-long-123456"}
+    assert len(short["KOMMO_WEBHOOK_SECRET"]) == 31
+    with pytest.raises(UsageError, match="shorter than 32 characters") as caught:
+        read_secrets("env", short, io.StringIO())
+    assert short["KOMMO_WEBHOOK_SECRET"] not in str(caught.value)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from datetime import UTC, datetime
 
 import pytest
+from pydantic import ValidationError
 
 from handlers.crm.events import (
     EntityEvent,
@@ -16,6 +19,7 @@ from handlers.crm.events import (
 )
 from handlers.crm.webhook import signature_of, verify
 from handlers.errors import PermanentError
+from schemas.jobs import CrmWebhook
 from tests.support.kommo_server import form_encode
 
 T0 = 1_759_572_000
@@ -91,13 +95,86 @@ def test_odd_bodies_give_unknown_events_not_errors() -> None:
     assert isinstance(when.events[0], EntityEvent) and when.events[0].updated_at is None
 
 
-def test_the_signature_is_an_hmac_of_the_body_compared_in_constant_time() -> None:
+SECRET = "whsec-0123456789abcdef0123456789abcdef"
+
+
+def _hook(body: str, timestamp: int, signature: str = "", event_id: str = "evt-1") -> CrmWebhook:
+    return CrmWebhook(
+        connection_id="acme-main",
+        event_id=event_id,
+        timestamp=timestamp,
+        signature=signature or signature_of(SECRET, "acme-main", event_id, timestamp, body),
+        body=body,
+    )
+
+
+def test_the_edge_signs_exactly_the_documented_string() -> None:
+    body = "leads[add][0][id]=1&account[subdomain]=acme"
+    text = f"conveyor-webhook-v1\n{T0}\nacme-main\nevt-1\n{body}".encode()
+    expected = hmac.new(SECRET.encode(), text, hashlib.sha256).hexdigest()
+    assert signature_of(SECRET, "acme-main", "evt-1", T0, body) == expected
+    verify(SECRET, _hook(body, T0, expected), max_age_s=60, now=T0)
+    verify(SECRET, _hook(body, T0, "sha256=" + expected.upper()), max_age_s=60, now=T0)
+
+
+def test_the_signature_covers_the_event_id_the_time_the_connection_and_the_body() -> None:
     body = "leads[add][0][id]=1"
-    good = signature_of("secret", body)
-    verify("secret", body, good)
-    verify("secret", body, "sha256=" + good.upper())
-    for bad in ("", "  ", good[:-1] + "0", signature_of("other", body), "sha256=ünïcode"):
+    good = _hook(body, T0)
+    for bad in ("", "  ", good.signature[:-1] + "0", "sha256=ünïcode"):
         with pytest.raises(PermanentError, match="signature is missing or wrong"):
-            verify("secret", body, bad)
-    with pytest.raises(PermanentError):
-        verify("secret", body + " ", good)
+            verify(SECRET, good.model_copy(update={"signature": bad}), 60, now=T0)
+    # the replay: the same body and signature republished under a new event id
+    for change in (
+        {"event_id": "evt-2"},
+        {"timestamp": T0 + 1},
+        {"connection_id": "other"},
+        {"body": body + " "},
+    ):
+        with pytest.raises(PermanentError, match="signature is missing or wrong"):
+            verify(SECRET, good.model_copy(update=change), 60, now=T0)
+    body_only = hmac.new(SECRET.encode(), body.encode(), hashlib.sha256).hexdigest()
+    with pytest.raises(PermanentError, match="signature is missing or wrong"):  # the old scheme
+        verify(SECRET, good.model_copy(update={"signature": body_only}), 60, now=T0)
+
+
+def test_a_delivery_older_than_the_window_or_from_the_future_is_refused() -> None:
+    hook = _hook("leads[add][0][id]=1", T0)
+    verify(SECRET, hook, max_age_s=600, now=T0 + 600)
+    with pytest.raises(PermanentError, match=r"past crm\.webhook_max_age_s"):
+        verify(SECRET, hook, max_age_s=600, now=T0 + 601)
+    with pytest.raises(PermanentError, match="in the future"):
+        verify(SECRET, hook, max_age_s=600, now=T0 - 301)
+
+
+def test_a_short_webhook_secret_is_refused() -> None:
+    short = "s" * 31
+    hook = CrmWebhook(
+        connection_id="c",
+        event_id="e",
+        timestamp=T0,
+        signature=signature_of(short, "c", "e", T0, "x"),
+        body="x",
+    )
+    with pytest.raises(PermanentError, match="shorter than 32 characters"):
+        verify(short, hook, 60, now=T0)
+
+
+@pytest.mark.parametrize("field", ["connection_id", "event_id"])
+def test_ids_with_control_characters_are_refused_so_the_signed_string_is_unambiguous(
+    field: str,
+) -> None:
+    with pytest.raises(ValidationError):
+        CrmWebhook.model_validate({**_hook("x", T0).model_dump(), field: "a\nb"})
+
+
+def test_a_version_1_payload_is_refused_at_validation() -> None:
+    with pytest.raises(ValidationError, match="schema_version"):
+        CrmWebhook.model_validate(
+            {
+                "schema_version": 1,
+                "connection_id": "c",
+                "event_id": "e",
+                "signature": "s",
+                "body": "",
+            }
+        )

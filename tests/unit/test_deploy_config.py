@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shlex
+import subprocess
 import sys
 import tomllib
 import typing
@@ -220,6 +221,8 @@ def _non_default(leaf: Any) -> Any:
         up = default + 0.25
         fits = (upper is None or up <= upper) and (below is None or up < below)
         return up if fits else default - 0.25
+    if leaf.dotted == "kafka.bootstrap_servers":  # host:port (the NetworkPolicy reads ports)
+        return "kafka-0.kafka:9093,kafka-1.kafka:9093"
     if isinstance(default, str):
         return f"{default}-x"
     if default is None and str in typing.get_args(annotation):
@@ -227,6 +230,8 @@ def _non_default(leaf: Any) -> Any:
     if isinstance(default, list):
         if leaf.dotted.endswith("origins"):
             return ["https://files.example", "http://10.0.0.1:9000"]
+        if leaf.dotted.endswith("account_hosts"):
+            return ["*.kommo.com", "*.amocrm.ru", "127.0.0.1:*"]
         return ["files.example", "10.0.0.0/8"]
     raise AssertionError(f"no non-default value for {leaf.dotted} ({default!r})")
 
@@ -471,7 +476,7 @@ def test_dockerfile_builds_from_python_slim_in_stages() -> None:
     for stage in stages:
         image, *alias = stage[0][1].split()
         image = re.sub(r"\$\{?(\w+)\}?", lambda m: global_args[m.group(1)], image)
-        assert image in names or image == "python:3.11-slim", image
+        assert image in names or image.partition("@")[0] == "python:3.11-slim", image
         if alias:
             names.add(alias[-1])
     runs = " ".join(args for stage in stages for instruction, args in stage if instruction == "RUN")
@@ -540,3 +545,24 @@ def test_configuration_doc_lists_every_variable_with_its_default() -> None:
         assert row, f"{leaf.env} is not documented"
         if leaf.default is not None and leaf.default != []:
             assert f"`{gen.env_value(leaf.default)}`" in row, row
+
+
+def test_the_base_image_is_pinned_by_digest_and_every_stage_uses_it() -> None:
+    """Issue 19: a tag alone can name other bytes tomorrow; `make lock` moves the digest
+    (scripts/base-image, which rewrites exactly this line)."""
+    steps = _instructions(DOCKERFILE.read_text(encoding="utf-8"))
+    args = [_key_values(a) for i, a in steps if i == "ARG"]
+    image = next(a["PYTHON_IMAGE"] for a in args if "PYTHON_IMAGE" in a)
+    assert re.fullmatch(r"python:3\.11-slim@sha256:[0-9a-f]{64}", image), image
+    froms = [a.split()[0] for i, a in steps if i == "FROM"]
+    assert froms == ["${PYTHON_IMAGE}", "${PYTHON_IMAGE}"]
+    lock = (ROOT / "scripts" / "lock").read_text(encoding="utf-8")
+    assert "scripts/base-image" in lock
+    checked = subprocess.run(
+        [str(ROOT / "scripts" / "base-image"), "--check"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    assert checked.stdout.strip() == image

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from handlers.assets.formats import docx as docx_format
 from handlers.assets.formats import open_document
 from handlers.errors import PermanentError
 from tests.support.documents import (
@@ -187,3 +190,69 @@ def test_text_past_the_chunk_cap_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PermanentError) as caught:
         extract(tmp_path, path, "text/plain", max_chunks=20)
     assert str(caught.value) == "document makes more than 20 chunks; limit is 20"
+
+
+def _docx_with_main_part(name: str, main: str, document: str) -> bytes:
+    """A DOCX whose package relationship names ``name`` as the main part (mammoth reads
+    it), while a ``word/document.xml`` is there too."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(
+            "[Content_Types].xml",
+            '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/'
+            '2006/content-types"><Default Extension="xml" ContentType="application/xml"/>'
+            "</Types>",
+        )
+        archive.writestr(
+            "_rels/.rels",
+            '<?xml version="1.0"?><Relationships xmlns="http://schemas.openxmlformats.org/'
+            'package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.'
+            "openxmlformats.org/officeDocument/2006/relationships/officeDocument"
+            f'" Target="{name}"/></Relationships>',
+        )
+        archive.writestr("word/document.xml", document)
+        archive.writestr(name, main)
+    return out.getvalue()
+
+
+def _document(text: str) -> str:
+    return (
+        f'<?xml version="1.0"?><w:document xmlns:w="{W_NS}"><w:body><w:p><w:r>'
+        f"<w:t>{text}</w:t></w:r></w:p></w:body></w:document>"
+    )
+
+
+def test_a_doctype_in_a_main_part_of_any_name_is_refused(tmp_path: Path) -> None:
+    """Issue 19: ``_rels/.rels`` sent mammoth to ``word/main.dat``, which the guard (only
+    ``*.xml``/``*.rels``) never looked at: ~500 bytes became 1,000,000 characters."""
+    laughs = "".join(f'<!ENTITY a{i} "{f"&a{i - 1};" * 10}">' for i in range(1, 6))
+    main = f'<?xml version="1.0"?><!DOCTYPE w:document [<!ENTITY a0 "laugh">{laughs}]>' + _document(
+        "&a5;"
+    ).removeprefix('<?xml version="1.0"?>')
+    body = _docx_with_main_part("word/main.dat", main, _document("fine"))
+    message = _refused(tmp_path, body, DOCX_MIME)
+    assert message.startswith("DOCX part word/main.dat declares a DOCTYPE or entities")
+
+
+def test_every_xml_part_counts_in_the_size_that_picks_the_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large main part not named *.xml went to mammoth (which holds 25-60x its size in
+    memory): it counts now, so the document goes to the streaming reader."""
+    monkeypatch.setattr(docx_format, "MAMMOTH_MAX_XML_BYTES", 4096)
+    big = _document("from the main part " * 400)
+    body = _docx_with_main_part("word/main.dat", big, _document("from document.xml"))
+    path = tmp_path / "big.docx"
+    path.write_bytes(body)
+    text = "".join(page.text for page in docx_format.docx_pages(path, EXTRACT))
+    assert "from document.xml" in text and "from the main part" not in text
+    # an image is no XML: it does not push a small document off mammoth
+    with_image = _docx_with_main_part("word/media/i.png", "\x89PNG" + "x" * 8000, big[:3000])
+    _, xml_parts = docx_format.inspect_archive(_written(tmp_path, with_image), EXTRACT)
+    assert "word/media/i.png" not in {i.filename for i in xml_parts}
+
+
+def _written(tmp_path: Path, body: bytes) -> Path:
+    path = tmp_path / "doc.docx"
+    path.write_bytes(body)
+    return path

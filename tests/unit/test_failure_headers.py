@@ -35,7 +35,10 @@ FULL = FailureContext(
 
 
 def record(*headers: tuple[str, bytes]) -> Record:
-    return Record("jobs.probe.retry", 0, 9, None, b"{}", tuple(headers), 1_700_000_000_000)
+    """A record of a retry topic (its conveyor-* headers are believed)."""
+    return Record(
+        "jobs.probe.retry", 0, 9, None, b"{}", tuple(headers), 1_700_000_000_000, trusted=True
+    )
 
 
 def test_every_field_has_its_header_and_every_header_its_field() -> None:
@@ -115,3 +118,19 @@ def test_replay_keeps_the_records_own_headers_and_drops_conveyors() -> None:
         }
     )
     assert replay_headers(stored) == [("traceparent", b"00-abc-01"), ("tenant", b"t1")]
+
+
+def test_conveyors_headers_on_a_fresh_job_are_not_believed() -> None:
+    """Issue 19: a producer of a fresh job set conveyor-attempts to skip the retries and
+    conveyor-original-* to steer the job's recorded origin."""
+    forged = FailureContext(
+        original_topic="jobs.elsewhere", original_partition=7, original_offset=1, attempts=99
+    ).to_headers()
+    fresh = Record("jobs.probe", 1, 5, None, b"{}", tuple(forged), 1_700_000_000_000)
+    assert fresh.context == FailureContext()
+    assert fresh.attempts_before == 0
+    assert fresh.origin() == ("jobs.probe", 1, 5, 1_700_000_000_000)
+    assert fresh.due_in_s(NOW) == 0.0
+    assert fresh.own_headers() == (), "and they are not carried into a retry or dead letter"
+    retried = Record("jobs.probe.retry", 1, 5, None, b"{}", tuple(forged), None, trusted=True)
+    assert retried.attempts_before == 99 and retried.origin()[0] == "jobs.elsewhere"

@@ -238,10 +238,27 @@ def test_an_account_url_is_an_origin_and_next_links_stay_on_it() -> None:
             origin(bad)
     client = KommoClient.__new__(KommoClient)
     client.base_url = "https://acme.kommo.com"
-    following = client._next_page(
-        {"_links": {"next": {"href": "https://evil.example/api/v4/x?page=2"}}}, "https://a"
+    current = "https://acme.kommo.com/api/v4/leads/custom_fields?page=1&limit=250"
+
+    def following(href: str) -> str | None:
+        return client._next_page({"_links": {"next": {"href": href}}}, current)
+
+    assert following("https://acme.kommo.com/api/v4/x?page=2") == (
+        "https://acme.kommo.com/api/v4/x?page=2"
     )
-    assert following == "https://acme.kommo.com/api/v4/x?page=2"
+    assert following("/api/v4/x?page=2") == "https://acme.kommo.com/api/v4/x?page=2"
+    # issue 19: glued onto the base URL, this href sent the token to another host
+    glued = following(".evil.example/api/v4/x?page=2")
+    assert glued is not None and glued.startswith("https://acme.kommo.com/")
+    for elsewhere in (
+        "https://evil.example/api/v4/x?page=2",
+        "//acme.kommo.com.evil.example/api/v4/x",
+        "http://acme.kommo.com/api/v4/x",
+        "https://acme.kommo.com:8443/api/v4/x",
+        "https://u:p@acme.kommo.com/api/v4/x",
+    ):
+        with pytest.raises(PermanentError, match="another origin"):
+            following(elsewhere)
 
 
 async def test_a_worker_builds_crm_services_from_settings_only_with_a_keyring(

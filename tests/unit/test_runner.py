@@ -176,7 +176,10 @@ class Ran:
     guard: FakeCrashGuard
 
 
-async def run(case: Case, headers: tuple[tuple[str, bytes], ...] = ()) -> Ran:
+async def run(
+    case: Case, headers: tuple[tuple[str, bytes], ...] = (), *, trusted: bool = False
+) -> Ran:
+    """Run ``case`` once; ``trusted``: as a record of the retry topic (its headers count)."""
     policy = Settings().jobs.probe.model_copy(
         update={"topic": TOPIC, "backoff_base_s": 0.01, **case.policy}
     )
@@ -197,7 +200,7 @@ async def run(case: Case, headers: tuple[tuple[str, bytes], ...] = ()) -> Ran:
     value = case.value
     if case.deadline_in_s is not None:
         value = envelope(deadline=datetime.now(UTC) + timedelta(seconds=case.deadline_in_s))
-    await runner.run(Record(TOPIC, 0, 7, b"key", value, headers, 1_700_000_000_000))
+    await runner.run(Record(TOPIC, 0, 7, b"key", value, headers, 1_700_000_000_000, trusted))
     return Ran(producer, script, sleeps, guard)
 
 
@@ -241,7 +244,7 @@ async def test_a_retry_record_is_due_after_the_handlers_delay_and_carries_the_at
     assert before + timedelta(seconds=59) < due < datetime.now(UTC) + timedelta(seconds=61)
     retried = Record(RETRY_TOPIC, 0, 3, record.key, record.value, record.headers, None)
     again = Case(record.value, [Outcome.SUCCEEDED], attempts=[2])
-    second = await run(again, retried.headers)
+    second = await run(again, retried.headers, trusted=True)
     assert second.script.attempts == [2], "the retry record's attempts carry over"
 
 
@@ -301,10 +304,19 @@ HOSTILE = (
 )
 
 
+async def test_a_fresh_job_cannot_claim_its_attempts_are_spent() -> None:
+    """Issue 19: conveyor-attempts set by the producer of a fresh job is not believed."""
+    forged = (("conveyor-attempts", b"99"), ("conveyor-original-topic", b"jobs.elsewhere"))
+    ran = await run(CASES["retry topic"], forged)
+    [record] = ran.producer.sent
+    assert record.topic == RETRY_TOPIC and ran.script.attempts == [1]
+    assert record.header("conveyor-original-topic") == TOPIC
+
+
 async def test_unreadable_conveyor_headers_neither_crash_nor_wedge_a_record() -> None:
-    ran = await run(CASES["succeeded"], HOSTILE)
+    ran = await run(CASES["succeeded"], HOSTILE, trusted=True)
     assert ran.script.attempts == [1]
-    dead = await run(CASES["bad JSON"], HOSTILE)
+    dead = await run(CASES["bad JSON"], HOSTILE, trusted=True)
     [record] = dead.producer.sent
     assert record.header("conveyor-original-topic") == "elsewhere"
     assert record.header("conveyor-original-partition") == "-1"

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from streams.settings import ConfigError, load_settings, masked
+from streams.settings import ConfigError, forget_environment, load_settings, masked
 from tests.support.stack import patched_env
 
 
@@ -173,3 +173,21 @@ def test_max_crashes_of_one_is_refused_with_the_reason() -> None:
     for ok in ("0", "2", "5"):
         with patched_env({"CONVEYOR_JOBS__PROBE__MAX_CRASHES": ok}):
             assert load_settings().jobs.probe.max_crashes == int(ok)
+
+
+def test_settings_read_in_any_case_are_forgotten_in_any_case() -> None:
+    """pydantic-settings reads ``conveyor_llm__api_key`` as the LLM key: clearing only
+    upper-case names left it for every child process to inherit (issue 19)."""
+    env = {"conveyor_llm__api_key": "sk-lower", "Conveyor_Embedding__Api_Key": "sk-mixed"}
+    saved = dict(os.environ)  # forget_environment clears this session's settings too
+    try:
+        with patched_env(env):
+            settings = load_settings()
+            assert settings.llm.api_key is not None
+            assert settings.llm.api_key.get_secret_value() == "sk-lower"
+            forgotten = forget_environment()
+            assert set(env) <= set(forgotten)
+            assert not [n for n in os.environ if n.upper().startswith("CONVEYOR_")]
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

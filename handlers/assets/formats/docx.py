@@ -1,18 +1,20 @@
 """DOCX: mammoth for ordinary documents, a streaming reader for large ones.
 
 Every archive first passes the guards (a Word document, not encrypted,
-within the unpacked-size and compression-ratio limits, no DOCTYPE in any XML
-part). Mammoth offers raw text, HTML and (deprecated) markdown. Raw text
-loses headings and list structure; its markdown writer backslash-escapes
-``.``, ``-``, ``(`` and the like, which pollutes the indexed text ("3\\.5").
+within the unpacked-size and compression-ratio limits, no DOCTYPE in any part
+an XML parser would read — whatever its name: mammoth follows
+``_rels/.rels`` to a main part of any name). Mammoth offers raw text, HTML
+and (deprecated) markdown. Raw text loses headings and list structure; its
+markdown writer backslash-escapes ``.``, ``-``, ``(`` and the like, which
+pollutes the indexed text ("3\\.5").
 Its HTML output is the best-supported path and keeps headings, lists and
 tables, so the document is converted to HTML and rendered with the same
 HTML-to-text converter as HTML files: headings become ``#`` lines and list
 items ``-``/``1.`` lines, with no escaping.
 
 Mammoth holds the whole XML tree (25-60 bytes of memory per byte of XML), so a
-document whose XML parts exceed ``MAMMOTH_MAX_XML_BYTES`` (2 MiB: up to ~190 MB
-for mammoth) is read by
+document whose XML parts — every part that parses as XML, whatever its name —
+exceed ``MAMMOTH_MAX_XML_BYTES`` (2 MiB: up to ~190 MB for mammoth) is read by
 ``docx_stream`` instead, which writes the same HTML from a stream of XML
 events in bounded memory.
 """
@@ -39,7 +41,6 @@ DOCUMENT_PART = "word/document.xml"
 RATIO_CHECK_MIN_BYTES = 1024 * 1024  # small parts may compress well without harm
 MAX_PARTS = 10_000
 MAMMOTH_MAX_XML_BYTES = 2 * 1024 * 1024  # mammoth needs 25-60x this in memory
-XML_SUFFIXES = (".xml", ".rels")
 NO_TEXT = "DOCX has no text to index"
 PROLOG_BLOCK = 64 * 1024
 
@@ -49,7 +50,14 @@ def _mb(n: float) -> str:
 
 
 def check_archive(path: Path, policy: ExtractPolicy) -> list[zipfile.ZipInfo]:
-    """Refuse archives that are not Word documents or would expand too far.
+    """Refuse archives that are not Word documents or would expand too far."""
+    return inspect_archive(path, policy)[0]
+
+
+def inspect_archive(
+    path: Path, policy: ExtractPolicy
+) -> tuple[list[zipfile.ZipInfo], list[zipfile.ZipInfo]]:
+    """The archive's parts and those of them that are XML, once the guards passed.
 
     Python's zipfile never inflates a member past the size its header
     declares, so checking the declared sizes bounds what mammoth can read.
@@ -77,8 +85,7 @@ def check_archive(path: Path, policy: ExtractPolicy) -> list[zipfile.ZipInfo]:
                 f"DOCX part {info.filename} is compressed {ratio:.0f}:1; limit is"
                 f" {policy.max_compression_ratio:.0f}:1 (a decompression bomb?)"
             )
-    _check_no_doctype(path, infos)
-    return infos
+    return infos, _xml_parts_without_doctype(path, infos)
 
 
 class _Doctype(Exception):
@@ -89,23 +96,33 @@ class _PrologEnd(Exception):
     pass
 
 
-def _check_no_doctype(path: Path, infos: list[zipfile.ZipInfo]) -> None:
-    """Refuse any XML part with a DOCTYPE: entities can expand ~1 KB into millions of words.
+def _xml_parts_without_doctype(path: Path, infos: list[zipfile.ZipInfo]) -> list[zipfile.ZipInfo]:
+    """The parts an XML parser would read; refuse the archive if one has a DOCTYPE.
 
-    Word never writes a DOCTYPE. Only each part's prolog is read (a DOCTYPE
-    must come before the root element), with expat, so every encoding is
-    understood as the parsers would understand it.
+    Entities can expand ~1 KB into millions of words, and Word never writes a
+    DOCTYPE. Every part is looked at, not only ``*.xml``/``*.rels``: mammoth
+    follows ``_rels/.rels`` to a main part of any name (``word/main.dat``).
+    Only each part's prolog is read (a DOCTYPE must come before the root
+    element), with expat — the parser mammoth uses — so every encoding is
+    understood as it would be; a part expat refuses before any element (an
+    image) is not XML to any parser here.
     """
+    found = []
     with zipfile.ZipFile(path) as archive:
         for info in infos:
-            if info.filename.endswith(XML_SUFFIXES) and _has_doctype(archive, info):
+            kind = _prolog(archive, info)
+            if kind == "doctype":
                 raise PermanentError(
                     f"DOCX part {info.filename} declares a DOCTYPE or entities, which Word"
                     " never writes; refused (an entity-expansion attack?)"
                 )
+            if kind == "xml":
+                found.append(info)
+    return found
 
 
-def _has_doctype(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bool:
+def _prolog(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> str:
+    """``doctype``, ``xml`` (its root element started) or ``other`` (no XML to expat)."""
     parser = expat.ParserCreate()
 
     def doctype(*_: object) -> None:
@@ -123,15 +140,17 @@ def _has_doctype(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bool:
                 parser.Parse(block, False)
             parser.Parse(b"", True)
     except _Doctype:
-        return True
-    except (_PrologEnd, expat.ExpatError):
-        return False  # the root element started, or the parser will refuse the part itself
-    return False
+        return "doctype"
+    except _PrologEnd:
+        return "xml"
+    except expat.ExpatError:
+        return "other"  # refused before any element: no parser here reads it as XML
+    return "other"
 
 
 def docx_pages(path: Path, policy: ExtractPolicy) -> Iterator[Page]:
-    infos = check_archive(path, policy)
-    xml_bytes = sum(i.file_size for i in infos if i.filename.endswith(XML_SUFFIXES))
+    infos, xml_parts = inspect_archive(path, policy)
+    xml_bytes = sum(i.file_size for i in xml_parts)
     if xml_bytes <= MAMMOTH_MAX_XML_BYTES:
         return _mammoth_pages(path)
     return _streamed_pages(path, {i.filename for i in infos}, policy)

@@ -71,15 +71,6 @@ Included once, from the ConfigMap template.
 {{- if and $monitoring (not (and .Values.metrics.service.enabled (gt $port 0))) }}
 {{- fail "metrics.serviceMonitor and metrics.prometheusRule need metrics.service.enabled and config.worker.metrics_port > 0" }}
 {{- end }}
-{{- /* the network policy must know where Kafka and Postgres are */}}
-{{- if .Values.networkPolicy.enabled }}
-{{- if not .Values.networkPolicy.kafka.to }}
-{{- fail "networkPolicy.kafka.to must say where the Kafka brokers are (NetworkPolicyPeer list)" }}
-{{- end }}
-{{- if not .Values.networkPolicy.postgres.to }}
-{{- fail "networkPolicy.postgres.to must say where Postgres is (NetworkPolicyPeer list)" }}
-{{- end }}
-{{- end }}
 {{- /* Kafka security: a login to pass, TLS files that are mounted where the settings look */}}
 {{- $kafka := $config.kafka }}
 {{- if hasPrefix "SASL_" $kafka.security_protocol }}
