@@ -21,8 +21,11 @@ from streams.records import Record
 log = structlog.get_logger(__name__)
 
 
-def subscribe(app: faust.App, topic_name: str, pool: JobPool, *, delayed: bool) -> None:
-    """Run an agent on ``topic_name`` that feeds ``pool`` (``delayed``: a retry topic)."""
+def subscribe(
+    app: faust.App, topic_name: str, pool: JobPool, *, delayed: bool, trusted: bool = False
+) -> None:
+    """Run an agent on ``topic_name`` that feeds ``pool`` (``delayed``: a retry topic;
+    ``trusted``: only Conveyor writes to it — a retry or deferred topic)."""
     topic = app.topic(
         topic_name,
         key_type=bytes,
@@ -31,10 +34,13 @@ def subscribe(app: faust.App, topic_name: str, pool: JobPool, *, delayed: bool) 
         value_serializer="raw",
         acks=False,
     )
-    app.agent(topic, name=f"conveyor.{topic_name}", concurrency=1)(_agent(app, pool, delayed))
+    agent = _agent(app, pool, delayed, trusted or delayed)
+    app.agent(topic, name=f"conveyor.{topic_name}", concurrency=1)(agent)
 
 
-def _agent(app: faust.App, pool: JobPool, delayed: bool) -> Any:
+def _agent(app: faust.App, pool: JobPool, delayed: bool, trusted: bool | None = None) -> Any:
+    trusted = delayed if trusted is None else trusted
+
     async def agent(stream: Any) -> None:
         # The stream's channel, not ``stream.events()``: Conveyor tracks
         # offsets itself, so Faust's per-event acking, sensors and
@@ -44,7 +50,7 @@ def _agent(app: faust.App, pool: JobPool, delayed: bool) -> Any:
             if message.generation_id != app.consumer_generation_id:
                 _stale(message, app.consumer_generation_id)
                 continue
-            record = Record.from_faust(message, trusted=delayed)  # its headers: ours
+            record = Record.from_faust(message, trusted=trusted)  # its headers: ours
             pool.submit(message.tp, record, record.due_in_s() if delayed else 0.0)
 
     return agent
@@ -54,7 +60,8 @@ def flow_control(app: faust.App, topics: tuple[str, ...], draining: asyncio.Even
     """Stop or restart fetching this worker's partitions of ``topics`` (back-pressure).
 
     ``flow(pause_all, paused)``: stop every one of them, else stop exactly
-    ``paused`` (partitions whose records wait behind busy keys) and restart
+    ``paused`` (partitions whose records wait behind busy keys, and topics
+    named whole: a deferred topic while the read-ahead is full) and restart
     the rest.
 
     Uses Faust's buffer-full mechanism, not ``pause_partitions``: Faust's
@@ -69,7 +76,7 @@ def flow_control(app: faust.App, topics: tuple[str, ...], draining: asyncio.Even
         for tp in consumer.assignment():
             if tp.topic not in topics:
                 continue
-            if pause_all or tp in paused:
+            if pause_all or tp in paused or tp.topic in paused:
                 consumer.on_buffer_full(tp)
             elif not draining.is_set():
                 consumer.on_buffer_drop(tp)

@@ -18,6 +18,7 @@ from streams import metrics
 from streams.agents import flow_control, subscribe
 from streams.consumer import TrackedConsumer
 from streams.crashguard import CrashGuard
+from streams.fairness import Fairness
 from streams.isolation import Isolation
 from streams.kafka_health import coordinator_known
 from streams.logs import SecretMasker
@@ -26,7 +27,7 @@ from streams.mirror import MirrorRunner
 from streams.offsets import OffsetTracker
 from streams.pool import JobPool
 from streams.publish import RecordPublisher
-from streams.records import Headers
+from streams.records import Headers, Record
 from streams.registry import JobSpec, Registry
 from streams.runner import JobRunner
 from streams.runtime import APPLICATION_NAME, Runtime
@@ -67,7 +68,11 @@ class Conveyor:
             {
                 topic: spec.policy.max_crashes
                 for spec in guarded
-                for topic in (spec.topic, registry.retry_topic(spec))
+                for topic in (
+                    spec.topic,
+                    registry.retry_topic(spec),
+                    registry.deferred_topic(spec),
+                )
             },
             self.isolation,
             APPLICATION_NAME,
@@ -138,7 +143,10 @@ class Conveyor:
             max_job_bytes=self.settings.kafka.max_job_bytes,
             guard=self.guard,
         )
-        topics = (spec.topic, self.registry.retry_topic(spec))
+        topics: tuple[str, ...] = (spec.topic, self.registry.retry_topic(spec))
+        fairness = self._fairness(spec)
+        if fairness is not None and fairness.set_aside is not None:
+            topics += (fairness.deferred_topic,)
         pool = JobPool(
             spec.job_type,
             spec.policy.concurrency,
@@ -148,11 +156,35 @@ class Conveyor:
             high_water=max(self.settings.kafka.backlog_records, 2 * spec.policy.concurrency),
             high_water_bytes=self.settings.kafka.backlog_bytes,
             ordering=spec.policy.ordering,
+            fairness=fairness,
         )
         self.pools.append(pool)
         metrics.track_pool(spec.job_type, lambda: pool.in_flight, lambda: pool.waiting)
+        if fairness is not None:
+            metrics.ORGANIZATIONS.track(spec.job_type, pool.organization_counts)
         subscribe(self.app, topics[0], pool, delayed=False)
         subscribe(self.app, topics[1], pool, delayed=True)
+        if len(topics) > 2:
+            subscribe(self.app, topics[2], pool, delayed=False, trusted=True)
+
+    def _fairness(self, spec: JobSpec) -> Fairness | None:
+        """The job type's fair-share policy (None: ``fairness: none``)."""
+        if spec.policy.fairness != "organization":
+            return None
+        deferred = self.registry.deferred_topic(spec)
+        records = self.records
+
+        async def set_aside(record: Record) -> None:
+            await records.set_aside(record, deferred)
+
+        f = self.settings.fairness
+        return Fairness(
+            source_topic=spec.topic,
+            deferred_topic=deferred,
+            set_aside=set_aside if spec.policy.ordering == "none" else None,
+            weights=f.weight_map,
+            max_running=f.max_running_per_organization,
+        )
 
     def add_dlq_mirror(self) -> None:
         runner = MirrorRunner(self.runtime, self.settings.dlq_mirror)

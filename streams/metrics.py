@@ -19,7 +19,8 @@ many partitions it holds.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
@@ -31,6 +32,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 log = structlog.get_logger(__name__)
 
@@ -85,6 +87,66 @@ WORK_LAG = Gauge(
     " are left out (streams/work_lag.py)",
     ["topic", "partition"],
 )
+
+
+class OrganizationShares:
+    """Per organization, for job types with fair share: waiting, running, started, set aside.
+
+    Read from the pools at scrape time (organizations come and go; nothing is
+    counted per job beyond what the fair queue keeps anyway).
+    """
+
+    def __init__(self) -> None:
+        self._pools: list[tuple[str, Callable[[], OrgCounts]]] = []
+
+    def track(self, job_type: str, counts: Callable[[], OrgCounts]) -> None:
+        if not self._pools:
+            REGISTRY.register(self)
+        self._pools.append((job_type, counts))
+
+    def collect(self) -> Iterator[Metric]:
+        waiting = GaugeMetricFamily(
+            "conveyor_organization_jobs_waiting",
+            "Records ready to run, by job type and organization ('' for none)",
+            labels=["job_type", "organization"],
+        )
+        running = GaugeMetricFamily(
+            "conveyor_organization_jobs_running",
+            "Jobs running, by job type and organization",
+            labels=["job_type", "organization"],
+        )
+        started = CounterMetricFamily(
+            "conveyor_organization_jobs_started",
+            "Jobs started, by job type and organization (rate(): started per second)",
+            labels=["job_type", "organization"],
+        )
+        deferred = CounterMetricFamily(
+            "conveyor_organization_jobs_deferred",
+            "Records set aside to the deferred topic, by job type and organization",
+            labels=["job_type", "organization"],
+        )
+        for job_type, counts in self._pools:
+            c = counts()
+            for family, values in (
+                (waiting, c.waiting),
+                (running, c.running),
+                (started, c.started),
+                (deferred, c.deferred),
+            ):
+                for org, value in values.items():
+                    family.add_metric([job_type, org], value)
+        yield from (waiting, running, started, deferred)
+
+
+@dataclass(frozen=True, slots=True)
+class OrgCounts:
+    waiting: Mapping[str, int]
+    running: Mapping[str, int]
+    started: Mapping[str, int]
+    deferred: Mapping[str, int]
+
+
+ORGANIZATIONS = OrganizationShares()
 
 
 def track_pool(name: str, in_flight: Callable[[], int], waiting: Callable[[], int]) -> None:

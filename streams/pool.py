@@ -45,13 +45,16 @@ from typing import Literal
 
 import structlog
 
+from streams.fairness import NO_ORG, Fairness, FairQueue, organization_of
+from streams.metrics import OrgCounts
 from streams.offsets import OffsetTracker, Ticket
 from streams.records import Record
 
 log = structlog.get_logger(__name__)
 
 RunFn = Callable[[Record], Awaitable[None]]
-# (pause every partition of the pool, else pause exactly these and resume the rest)
+# (pause every partition of the pool, else pause exactly these — partitions, or topic
+# names for all their partitions — and resume the rest)
 FlowFn = Callable[[bool, frozenset[Hashable]], None]
 Ordering = Literal["none", "key"]
 
@@ -76,15 +79,60 @@ class _Item:
     record's due time): of the records ready to run, the smallest starts first.
     """
 
-    __slots__ = ("key", "record", "seq", "size", "ticket", "tp")
+    __slots__ = ("key", "org", "record", "seq", "size", "ticket", "tp")
 
-    def __init__(self, tp: Hashable, record: Record, ticket: Ticket, key: bytes | None) -> None:
+    def __init__(
+        self, tp: Hashable, record: Record, ticket: Ticket, key: bytes | None, org: str
+    ) -> None:
         self.tp = tp
         self.record = record
         self.ticket = ticket
         self.key = key
+        self.org = org
         self.size = len(record.value or b"")
         self.seq = 0
+
+
+class _Fifo:
+    """Ready records, oldest first: arrivals in order, records let go by a lane by seq."""
+
+    __slots__ = ("_promoted", "_ready")
+
+    def __init__(self) -> None:
+        self._ready: deque[_Item] = deque()
+        self._promoted: list[tuple[int, _Item]] = []
+
+    def push(self, item: _Item) -> None:
+        self._ready.append(item)
+
+    def promote(self, item: _Item) -> None:
+        heapq.heappush(self._promoted, (item.seq, item))  # before all that came later
+
+    def __len__(self) -> int:
+        return len(self._ready) + len(self._promoted)
+
+    def startable(self) -> bool:
+        return bool(self._ready or self._promoted)
+
+    def pop(self) -> _Item:
+        promoted = self._promoted
+        if promoted and (not self._ready or promoted[0][0] < self._ready[0].seq):
+            return heapq.heappop(promoted)[1]
+        return self._ready.popleft()
+
+    def ended(self, org: str) -> None:
+        pass
+
+    def items(self) -> list[_Item]:
+        return [*self._ready, *(item for _, item in self._promoted)]
+
+    def remove(self, dropped: Callable[[_Item], bool]) -> list[_Item]:
+        gone = [item for item in self.items() if dropped(item)]
+        if gone:
+            self._ready = deque(item for item in self._ready if not dropped(item))
+            self._promoted = [entry for entry in self._promoted if not dropped(entry[1])]
+            heapq.heapify(self._promoted)
+        return gone
 
 
 class JobPool:
@@ -101,6 +149,7 @@ class JobPool:
         high_water_bytes: int,
         flow: FlowFn = lambda pause_all, paused: None,
         ordering: Ordering = "none",
+        fairness: Fairness | None = None,
     ) -> None:
         self.name = name
         self.concurrency = concurrency
@@ -112,14 +161,14 @@ class JobPool:
         self.low_water = self.high_water // 2
         self.high_water_bytes = high_water_bytes
         self._bytes = 0  # of the records in the ready queue and the lanes
-        # Ready to run, oldest first: records whose key was idle when they joined
-        # (in seq order), and records a lane let go later (a heap by seq).
-        self._ready: deque[_Item] = deque()
-        self._promoted: list[tuple[int, _Item]] = []
+        self.fairness = fairness
+        # Ready to run: oldest first (_Fifo), or per organization in turn (FairQueue).
+        self._queue: _Fifo | FairQueue = fairness.queue() if fairness else _Fifo()
         self._seq = itertools.count()
         self._lanes: dict[bytes, deque[_Item]] = {}
         self._behind: Counter[Hashable] = Counter()  # per partition: records in lanes
         self._timers: dict[asyncio.Task[None], Hashable] = {}
+        self._aside: dict[asyncio.Task[None], Hashable] = {}  # set-aside publishes in flight
         self._slots: list[_Slot] = []
         self._paused_all = False
         self._paused: frozenset[Hashable] = frozenset()
@@ -133,11 +182,15 @@ class JobPool:
         ticket = self._tracker.start(tp, record.offset)
         if ticket is None:
             return  # not to run here now (revoked partition, redelivery, or a gap)
-        item = _Item(tp, record, ticket, record.key if self._keyed else None)
+        fair = self.fairness
+        org = organization_of(record.value) if fair is not None else NO_ORG
+        item = _Item(tp, record, ticket, record.key if self._keyed else None, org)
         if due_in_s > 0:
             timer = asyncio.create_task(self._later(item, due_in_s))
             self._timers[timer] = tp
             timer.add_done_callback(lambda t: self._timers.pop(t, None))
+        elif fair is not None and self._sets_aside(fair, item):
+            self._set_aside(fair, item)
         else:
             self._enqueue(item)
         self._wake()
@@ -146,6 +199,38 @@ class JobPool:
         await asyncio.sleep(delay_s)
         self._enqueue(item)
         self._wake()
+
+    def _sets_aside(self, fair: Fairness, item: _Item) -> bool:
+        """A source record of an organization that holds its share of a full read-ahead."""
+        queue = self._queue
+        return (
+            fair.set_aside is not None
+            and item.record.topic == fair.source_topic
+            and len(queue) >= self.high_water
+            and isinstance(queue, FairQueue)
+            and fair.over_share(queue, item.org, self.high_water)
+        )
+
+    def _set_aside(self, fair: Fairness, item: _Item) -> None:
+        assert fair.set_aside is not None
+        task = asyncio.create_task(fair.set_aside(item.record))
+        self._aside[task] = item.tp
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._aside.pop(t, None)
+            if t.cancelled():
+                return  # drain or revoke: unfinished, redelivered
+            if t.exception() is not None:  # it cannot be set aside: it runs here instead
+                log.warning("pool.set_aside_failed", error=repr(t.exception())[:300])
+                self._enqueue(item)
+                self._wake()
+                return
+            item.ticket.finish()
+            fair.deferred[item.org] += 1
+            fair.report(self.name)
+            self._flow_check()
+
+        task.add_done_callback(done)
 
     def _enqueue(self, item: _Item) -> None:
         self._bytes += item.size
@@ -157,7 +242,7 @@ class JobPool:
                 self._behind[item.tp] += 1
                 return
             self._lanes[item.key] = deque()
-        self._ready.append(item)
+        self._queue.push(item)
 
     def _left(self, item: _Item) -> None:
         """``item`` (ready or running) has left the pool: its key's next record may start."""
@@ -173,20 +258,13 @@ class JobPool:
         self._behind[following.tp] -= 1
         if not self._behind[following.tp]:
             del self._behind[following.tp]
-        heapq.heappush(self._promoted, (following.seq, following))  # before all that came later
+        self._queue.promote(following)  # before all that came later
         self._wake()
-
-    def _next(self) -> _Item:
-        """The oldest record ready to run (one is)."""
-        promoted = self._promoted
-        if promoted and (not self._ready or promoted[0][0] < self._ready[0].seq):
-            return heapq.heappop(promoted)[1]
-        return self._ready.popleft()
 
     def _wake(self) -> None:
         if not self._slots and self.accepting:
             self._slots = [self._spawn(_Slot()) for _ in range(self.concurrency)]
-        wanted = len(self._ready) + len(self._promoted)
+        wanted = len(self._queue) if self._queue.startable() else 0
         for slot in self._slots:
             if not wanted:
                 break
@@ -196,17 +274,30 @@ class JobPool:
         self._flow_check()
 
     def _flow_check(self) -> None:
-        runnable = len(self._ready) + len(self._promoted) + len(self._timers)
+        ready = len(self._queue)
+        runnable = ready + len(self._timers)
+        aside = len(self._aside)
+        # A fair pool reads on past a full read-ahead (setting records aside): it
+        # pauses at twice the mark, or with a mark's worth of set-asides unanswered,
+        # and stops reading set-aside records back at the mark.
+        limit = self.high_water * 2 if self.fairness is not None else self.high_water
         if (
             runnable < self.high_water
+            and aside < self.high_water
             and self._bytes < self.high_water_bytes
             and not (self._paused_all or self._paused or self._behind)
         ):
             return  # nothing paused, nothing to pause (the common case)
         pause_all = self._paused_all
-        if self.accepting and (runnable >= self.high_water or self._bytes >= self.high_water_bytes):
+        if self.accepting and (
+            runnable >= limit or aside >= self.high_water or self._bytes >= self.high_water_bytes
+        ):
             pause_all = True
-        elif runnable <= self.low_water and self._bytes <= self.high_water_bytes // 2:
+        elif (
+            runnable <= self.low_water
+            and aside <= self.low_water
+            and self._bytes <= self.high_water_bytes // 2
+        ):
             pause_all = False
         paused = self._paused
         if self._behind or paused:
@@ -215,11 +306,22 @@ class JobPool:
                 for tp, n in self._behind.items()
                 if n >= self.high_water or (n > self.low_water and tp in self._paused)
             )
+        paused = self._deferred_flow(paused, ready)
         changed = pause_all != self._paused_all or paused != self._paused
         self._paused_all, self._paused = pause_all, paused
         # While anything is paused, say so again: Faust resumes partitions at a rebalance.
         if changed or (self.accepting and (pause_all or paused)):
             self._flow(pause_all, paused)
+
+    def _deferred_flow(self, paused: frozenset[Hashable], ready: int) -> frozenset[Hashable]:
+        """Set-aside records are read back only while the read-ahead has room."""
+        fair = self.fairness
+        if fair is None or fair.set_aside is None:
+            return paused
+        topic = fair.deferred_topic
+        if ready >= self.high_water or (topic in self._paused and ready > self.low_water):
+            return paused | {topic}
+        return paused
 
     def _spawn(self, slot: _Slot) -> _Slot:
         slot.task = asyncio.create_task(self._work(slot), name=f"{self.name}-worker")
@@ -234,15 +336,17 @@ class JobPool:
 
     async def _work(self, slot: _Slot) -> None:
         loop = asyncio.get_running_loop()
+        queue = self._queue
         ran = 0
         while True:
-            if not (self._ready or self._promoted) or not self.accepting:
+            if not queue.startable() or not self.accepting:
                 slot.idle = loop.create_future()
                 await slot.idle
                 continue
-            item = self._next()
+            item = queue.pop()
             self._bytes -= item.size
             if item.ticket.revoked:
+                queue.ended(item.org)
                 self._left(item)
                 continue
             slot.tp, slot.done = item.tp, loop.create_future()
@@ -262,11 +366,20 @@ class JobPool:
             finally:
                 slot.tp = None
                 slot.done.set_result(None)
+                queue.ended(item.org)
                 self._left(item)
                 self._flow_check()
             ran += 1
             if ran % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
+
+    def organization_counts(self) -> OrgCounts:
+        """Per organization: ready, running, started and set aside (fair pools)."""
+        queue, fair = self._queue, self.fairness
+        if not isinstance(queue, FairQueue) or fair is None:
+            return OrgCounts({}, {}, {}, {})
+        waiting = {org: queue.held(org) for org in queue.holders()}
+        return OrgCounts(waiting, dict(queue.running), dict(queue.started), dict(fair.deferred))
 
     @property
     def in_flight(self) -> int:
@@ -274,8 +387,9 @@ class JobPool:
 
     @property
     def waiting(self) -> int:
-        """Records taken from Kafka but not running yet (ready, in lanes, retry timers)."""
-        return len(self._ready) + len(self._promoted) + self._behind.total() + len(self._timers)
+        """Records taken from Kafka but not running yet (ready, in lanes, retry timers,
+        being set aside)."""
+        return len(self._queue) + self._behind.total() + len(self._timers) + len(self._aside)
 
     def _drop_waiting(self, tps: set[Hashable] | None) -> None:
         """Drop the waiting records of ``tps`` (None: all); their keys' lanes move on."""
@@ -286,21 +400,16 @@ class JobPool:
         for key, lane in self._lanes.items():
             if any(dropped(item) for item in lane):
                 self._lanes[key] = deque(item for item in lane if not dropped(item))
-        gone = [item for item in self._ready_items() if dropped(item)]
-        self._ready = deque(item for item in self._ready if not dropped(item))
-        self._promoted = [entry for entry in self._promoted if not dropped(entry[1])]
-        heapq.heapify(self._promoted)
+        gone = self._queue.remove(dropped)
         for item in gone:
             self._left(item)  # a lane's next record (of a partition kept) becomes ready
         behind = [item for lane in self._lanes.values() for item in lane]
         self._behind = Counter(item.tp for item in behind)
-        self._bytes = sum(item.size for item in (*self._ready_items(), *behind))
-        for timer, tp in list(self._timers.items()):
-            if tps is None or tp in tps:
-                timer.cancel()
-
-    def _ready_items(self) -> list[_Item]:
-        return [*self._ready, *(item for _, item in self._promoted)]
+        self._bytes = sum(item.size for item in (*self._queue.items(), *behind))
+        for tasks in (self._timers, self._aside):
+            for task, tp in list(tasks.items()):
+                if tps is None or tp in tps:
+                    task.cancel()
 
     async def drain(self, timeout_s: float, tps: Iterable[Hashable] | None = None) -> int:
         """Drop waiting records, wait up to ``timeout_s`` for running ones, cancel the rest.

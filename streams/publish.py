@@ -117,6 +117,21 @@ class RecordPublisher:
             headers = record.own_headers() + _trimmed(context).to_headers()
             await self._send_until_acked(retry_topic, record.key, record.value, headers)
 
+    async def set_aside(self, record: Record, topic: str) -> None:
+        """Publish a source record unchanged to ``topic`` (the deferred topic, for fair share),
+        naming where it came from so its retries and dead letter keep its origin."""
+        origin_topic, partition, offset, ts_ms = record.origin()
+        context = FailureContext(
+            original_topic=origin_topic,
+            original_partition=partition,
+            original_offset=offset,
+            original_timestamp=None if ts_ms is None else datetime.fromtimestamp(ts_ms / 1000, UTC),
+            consumer_group=self._group_id,
+            attempts=record.attempts_before or None,
+        )
+        headers = record.own_headers() + context.to_headers()
+        await self._send_until_acked(topic, record.key, record.value, headers)
+
     async def publish_job(self, topic: str, envelope: JobEnvelope, key: bytes | None) -> None:
         await self._send_until_acked(topic, key, envelope.to_bytes(), ())
 

@@ -48,6 +48,7 @@ class Registry:
     specs: dict[str, JobSpec]
     retry_suffix: str
     dlq_topic: str
+    deferred_suffix: str = ".deferred"
 
     @property
     def consumed(self) -> list[JobSpec]:
@@ -56,6 +57,10 @@ class Registry:
     def retry_topic(self, spec: JobSpec) -> str:
         return spec.topic + self.retry_suffix
 
+    def deferred_topic(self, spec: JobSpec) -> str:
+        """Where records set aside for fair share wait (``streams.fairness``)."""
+        return spec.topic + self.deferred_suffix
+
     def topic_for(self, job_type: str) -> str:
         spec = self.specs.get(job_type)
         if spec is None:
@@ -63,10 +68,10 @@ class Registry:
         return spec.topic
 
     def all_topics(self) -> list[str]:
-        """Every topic the catalog needs: source and retry per job type, and the DLQ."""
+        """Every topic the catalog needs: source, retry and deferred per job type, and the DLQ."""
         topics = [self.dlq_topic]
         for spec in self.specs.values():
-            topics += [spec.topic, self.retry_topic(spec)]
+            topics += [spec.topic, self.retry_topic(spec), self.deferred_topic(spec)]
         return topics
 
 
@@ -95,6 +100,7 @@ def build_registry(settings: Settings) -> Registry:
         specs={s.job_type: s for s in specs},
         retry_suffix=settings.kafka.retry_suffix,
         dlq_topic=settings.kafka.dlq_topic,
+        deferred_suffix=settings.kafka.deferred_suffix,
     )
 
 

@@ -49,6 +49,9 @@ class KafkaSettings(_Group):
     replication_factor: int = Field(1, ge=1, description="replication for topics we create")
     dlq_topic: str = Field("jobs.dlq", min_length=1)
     retry_suffix: str = Field(".retry", min_length=1)
+    deferred_suffix: str = Field(
+        ".deferred", min_length=1, description="topic of records set aside for fair share"
+    )
     commit_interval_s: float = Field(0.5, gt=0, le=60)
     session_timeout_s: float = Field(
         10.0,
@@ -171,6 +174,11 @@ class JobPolicy(_Group):
         description="key: records with the same Kafka key run one at a time, in offset "
         "order (other keys in parallel); none: any record may run beside any other",
     )
+    fairness: Literal["none", "organization"] = Field(
+        "none",
+        description="organization: organizations start jobs in turn (fairness.weights), and "
+        "past a full read-ahead an organization's excess is set aside to <topic>.deferred",
+    )
 
     @field_validator("max_crashes")
     @classmethod
@@ -187,11 +195,15 @@ class JobPolicy(_Group):
 class JobsSettings(_Group):
     """One policy per job type of the catalog."""
 
-    asset_process: JobPolicy = JobPolicy(topic="jobs.asset.process", timeout_s=300.0)
+    # Documents and graphs are the bulk uploads of one organization at a time:
+    # organizations take turns (docs/RELIABILITY.md, "Fair share").
+    asset_process: JobPolicy = JobPolicy(
+        topic="jobs.asset.process", timeout_s=300.0, fairness="organization"
+    )
     # One job sends all of an asset's chunks to the LLM, batch by batch: a
     # large document takes minutes, so 60 s would time it out every attempt.
     knowledge_graph_extract: JobPolicy = JobPolicy(
-        topic="jobs.knowledge_graph.extract", timeout_s=900.0
+        topic="jobs.knowledge_graph.extract", timeout_s=900.0, fairness="organization"
     )
     # The CRM and message topics are keyed by connection or lead: a key's jobs
     # apply in the order they were published.
@@ -211,6 +223,45 @@ class JobsSettings(_Group):
         ordering="key",
     )
     probe: JobPolicy = JobPolicy(topic="jobs.probe", enabled=False, concurrency=8, timeout_s=10.0)
+
+
+class FairnessSettings(_Group):
+    """Fair share between organizations, for job types with ``fairness: organization``."""
+
+    weights: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="'organization=weight,...' (default weight 1): an organization's turns "
+        "relative to the others'",
+    )
+    max_running_per_organization: int = Field(
+        0, ge=0, description="jobs of one organization running at once per job type; 0: no cap"
+    )
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _check_weights(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            org, sep, weight = entry.rpartition("=")
+            try:
+                ok = bool(sep and org.strip()) and float(weight) > 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"{entry!r}: expected organization=weight, the weight above 0")
+        return value
+
+    @property
+    def weight_map(self) -> dict[str, float]:
+        """Organization -> weight."""
+        pairs = (entry.rpartition("=") for entry in self.weights)
+        return {org.strip(): float(weight) for org, _, weight in pairs}
 
 
 class DlqMirrorSettings(_Group):
@@ -489,6 +540,7 @@ class Settings(BaseSettings):
     jobs: JobsSettings = JobsSettings()
     worker: WorkerSettings = WorkerSettings()
     dlq_mirror: DlqMirrorSettings = DlqMirrorSettings()
+    fairness: FairnessSettings = FairnessSettings()
     http: HttpSettings = HttpSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
     llm: LlmSettings = LlmSettings()

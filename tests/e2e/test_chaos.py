@@ -1,5 +1,10 @@
 """Chaos under load: workers SIGKILLed, SIGTERMed, joining and leaving, jobs failing on purpose.
 
+The probe jobs belong to three organizations, one with most of them, and the
+job type runs with fair share on and a small read-ahead (50 records): much
+of the big organization's work is set aside to the deferred topic and read
+back while workers die and rebalance (streams/fairness.py).
+
 Every round publishes a batch of jobs (most succeed, some fail once and
 succeed on a retry, some fail permanently), waits until about half of it is
 done, then does one seeded random thing to the consumer group. At the end
@@ -48,16 +53,21 @@ ENV = {
     "CONVEYOR_JOBS__PROBE__BACKOFF_BASE_S": "0.05",
     "CONVEYOR_JOBS__PROBE__BACKOFF_MAX_S": "0.2",
     "CONVEYOR_WORKER__DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
+    "CONVEYOR_JOBS__PROBE__FAIRNESS": "organization",
+    "CONVEYOR_KAFKA__BACKLOG_RECORDS": "50",
 }
+ORGS = ("org-big",) * 8 + ("org-b", "org-c")
 
 
 def round_jobs(n: int, seed: int) -> tuple[list[JobEnvelope], list[JobEnvelope]]:
     """(jobs that end with an effect, jobs that fail permanently) for one round."""
     bad_n = n // 20
     flaky_n = n // 10
-    good = probe_jobs(n - bad_n - flaky_n, max_sleep_ms=40, seed=seed)
-    flaky = probe_jobs(flaky_n, max_sleep_ms=10, seed=seed, fail="retryable", fail_times=1)
-    bad = probe_jobs(bad_n, max_sleep_ms=10, seed=seed, fail="permanent")
+    good = probe_jobs(n - bad_n - flaky_n, max_sleep_ms=40, seed=seed, organizations=ORGS)
+    flaky = probe_jobs(
+        flaky_n, max_sleep_ms=10, seed=seed, organizations=ORGS, fail="retryable", fail_times=1
+    )
+    bad = probe_jobs(bad_n, max_sleep_ms=10, seed=seed, organizations=ORGS, fail="permanent")
     return good + flaky, bad
 
 
@@ -76,6 +86,9 @@ class Group:
         self.started.append(worker)
         worker.wait_ready(timeout_s=120)
         self.live.append(worker)
+
+    def count(self, event: str) -> int:
+        return sum(worker.count(event) for worker in self.started)
 
     def spurious_rebalances(self) -> list[str]:
         """Signs that a live member lost its place in the group (a heartbeat came too late)."""
@@ -151,7 +164,8 @@ async def test_chaos_loses_nothing_and_applies_nothing_twice(
         f"rounds={ROUNDS} jobs={len(good) + len(bad)} good={len(good)} "
         f"effects={final.total} duplicates={final.duplicated} bad={len(bad)} "
         f"dead_letters={len(rows)} dead_lettered_twice={sum(c > 1 for c in per_job.values())} "
-        f"actions={dict(group.actions)} elapsed_s={time.monotonic() - started:.0f}"
+        f"actions={dict(group.actions)} set_aside_lines={group.count('job.set_aside')} "
+        f"elapsed_s={time.monotonic() - started:.0f}"
     )
     assert final.total == len(good) and final.duplicated == 0
     assert set(per_job) == {j.id for j in bad}, "only the permanent failures are dead letters"

@@ -31,6 +31,10 @@ ENV = {
     "CONVEYOR_JOBS__PROBE__MAX_CRASHES": str(MAX_CRASHES),
     # A dead worker leaves the group when its session expires: keep restarts quick.
     "CONVEYOR_KAFKA__SESSION_TIMEOUT_S": "6",
+    # Fair share on, with a read-ahead small enough that most of the backlog is set
+    # aside to the deferred topic: the guard covers the records read back from it.
+    "CONVEYOR_JOBS__PROBE__FAIRNESS": "organization",
+    "CONVEYOR_KAFKA__BACKLOG_RECORDS": "50",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -16,14 +17,22 @@ PROBE_ENV = {"CONVEYOR_JOBS__PROBE__ENABLED": "true"}
 
 
 def probe_jobs(
-    n: int, *, max_sleep_ms: int = 200, seed: int = 1, **payload: object
+    n: int,
+    *,
+    max_sleep_ms: int = 200,
+    seed: int = 1,
+    organizations: Sequence[str] = (),
+    **payload: object,
 ) -> list[JobEnvelope]:
+    """``n`` probe jobs sleeping up to ``max_sleep_ms`` (seeded); each of an organization
+    drawn from ``organizations`` (repeat one to give it more jobs), if any."""
     rnd = random.Random(seed)
     run = uuid.uuid4().hex[:8]
     return [
         JobEnvelope(
             id=f"p-{run}-{i}",
             type="probe",
+            organization_id=rnd.choice(organizations) if organizations else None,
             payload={"sleep_ms": rnd.randint(0, max_sleep_ms), **payload},
         )
         for i in range(n)

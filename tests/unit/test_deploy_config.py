@@ -232,6 +232,8 @@ def _non_default(leaf: Any) -> Any:
             return ["https://files.example", "http://10.0.0.1:9000"]
         if leaf.dotted.endswith("account_hosts"):
             return ["*.kommo.com", "*.amocrm.ru", "127.0.0.1:*"]
+        if leaf.dotted == "fairness.weights":
+            return ["org-big=0.5", "org-vip=3"]
         return ["files.example", "10.0.0.0/8"]
     raise AssertionError(f"no non-default value for {leaf.dotted} ({default!r})")
 

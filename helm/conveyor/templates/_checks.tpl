@@ -116,7 +116,7 @@ dlqMirror decide. Input: dict "where" <values path> "config" <map>.
 */}}
 {{- define "conveyor.checkGroupConfig" -}}
 {{- $where := .where }}
-{{- $shared := dict "kafka" (list "bootstrap_servers" "security_protocol" "topic_partitions" "replication_factor" "dlq_topic" "retry_suffix") "worker" (list "metrics_port") "dlq_mirror" (list "enabled") }}
+{{- $shared := dict "kafka" (list "bootstrap_servers" "security_protocol" "topic_partitions" "replication_factor" "dlq_topic" "retry_suffix" "deferred_suffix") "worker" (list "metrics_port") "dlq_mirror" (list "enabled") }}
 {{- range $section, $keys := $shared }}
 {{- range $key := $keys }}
 {{- if hasKey (get $.config $section | default dict) $key }}

@@ -240,14 +240,19 @@ one group "default" runs every job type as the Deployment <fullname>.
 {{- toJson (dict "groups" $groups) }}
 {{- end }}
 
-{{/* The topics a group consumes: each job type's source and retry topic. */}}
+{{/* The topics a group consumes: each job type's source and retry topic, and its
+deferred topic when it has fair share. */}}
 {{- define "conveyor.groupTopics" -}}
 {{- $config := .root.Values.config }}
 {{- $topics := list }}
 {{- range .group.jobTypes }}
-{{- $topic := (get $config.jobs .).topic }}
+{{- $job := get $config.jobs . }}
+{{- $topic := $job.topic }}
 {{- $topics = append $topics $topic }}
 {{- $topics = append $topics (printf "%s%s" $topic $config.kafka.retry_suffix) }}
+{{- if and (eq ($job.fairness | default "none") "organization") (ne ($job.ordering | default "none") "key") }}
+{{- $topics = append $topics (printf "%s%s" $topic ($config.kafka.deferred_suffix | default ".deferred")) }}
+{{- end }}
 {{- end }}
 {{- toJson $topics }}
 {{- end }}
