@@ -31,6 +31,7 @@ the deferred topic after a crash), so a key's jobs stay in offset order.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import json
 import time
@@ -181,21 +182,33 @@ class Fairness:
 
     _reported: Counter[str] = field(default_factory=Counter)
     _reported_at: float = 0.0
+    _flush_due: bool = False
 
     def report(self, job_type: str) -> None:
-        """Log what was set aside since the last line (``job.set_aside``, at most once a second)."""
+        """Log what was set aside (``job.set_aside``): at once, then at most once a second."""
         now = time.monotonic()
-        if now - self._reported_at < 1.0:
-            return
+        wait_s = 1.0 - (now - self._reported_at)
+        if wait_s <= 0:
+            self._log(job_type, now)
+        elif not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_later(wait_s, self._flush, job_type)
+
+    def _flush(self, job_type: str) -> None:
+        self._flush_due = False
+        self._log(job_type, time.monotonic())
+
+    def _log(self, job_type: str, now: float) -> None:
         since = self.deferred - self._reported
         self._reported, self._reported_at = Counter(self.deferred), now
-        log.info(
-            "job.set_aside",
-            job_type=job_type,
-            records=since.total(),
-            organizations=dict(since.most_common(10)),
-            deferred_topic=self.deferred_topic,
-        )
+        if since:
+            log.info(
+                "job.set_aside",
+                job_type=job_type,
+                records=since.total(),
+                organizations=dict(since.most_common(10)),
+                deferred_topic=self.deferred_topic,
+            )
 
     def queue(self) -> FairQueue:
         return FairQueue(self.weights, self.max_running)

@@ -36,8 +36,10 @@ stays unfinished and is redelivered.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
+import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
@@ -60,6 +62,7 @@ Ordering = Literal["none", "key"]
 
 
 YIELD_EVERY = 64
+ASIDE_BATCH = 32  # set-aside publishes started per turn of the event loop
 
 
 @dataclass(slots=True)
@@ -169,9 +172,12 @@ class JobPool:
         self._behind: Counter[Hashable] = Counter()  # per partition: records in lanes
         self._timers: dict[asyncio.Task[None], Hashable] = {}
         self._aside: dict[asyncio.Task[None], Hashable] = {}  # set-aside publishes in flight
+        self._aside_waiting: deque[_Item] = deque()  # to set aside, not started yet
+        self._aside_sender: asyncio.Task[None] | None = None
         self._slots: list[_Slot] = []
         self._paused_all = False
         self._paused: frozenset[Hashable] = frozenset()
+        self._flowed_at = 0.0  # when the flow was last said
         self.accepting = True
         self.finished = 0
 
@@ -212,25 +218,39 @@ class JobPool:
         )
 
     def _set_aside(self, fair: Fairness, item: _Item) -> None:
+        """Queue ``item`` for the deferred topic; the sender publishes in order."""
+        self._aside_waiting.append(item)
+        if self._aside_sender is None or self._aside_sender.done():
+            self._aside_sender = asyncio.create_task(self._send_aside(fair))
+
+    async def _send_aside(self, fair: Fairness) -> None:
+        """Start the set-aside publishes a few at a time, so that a burst of thousands
+        does not hold the event loop (the jobs' starts) for a noticeable while."""
         assert fair.set_aside is not None
-        task = asyncio.create_task(fair.set_aside(item.record))
-        self._aside[task] = item.tp
+        waiting = self._aside_waiting
+        sent = 0
+        while waiting:
+            item = waiting.popleft()
+            task = asyncio.create_task(fair.set_aside(item.record))
+            self._aside[task] = item.tp
+            task.add_done_callback(functools.partial(self._aside_done, fair, item))
+            sent += 1
+            if sent % ASIDE_BATCH == 0:
+                await asyncio.sleep(0)
 
-        def done(t: asyncio.Task[None]) -> None:
-            self._aside.pop(t, None)
-            if t.cancelled():
-                return  # drain or revoke: unfinished, redelivered
-            if t.exception() is not None:  # it cannot be set aside: it runs here instead
-                log.warning("pool.set_aside_failed", error=repr(t.exception())[:300])
-                self._enqueue(item)
-                self._wake()
-                return
-            item.ticket.finish()
-            fair.deferred[item.org] += 1
-            fair.report(self.name)
-            self._flow_check()
-
-        task.add_done_callback(done)
+    def _aside_done(self, fair: Fairness, item: _Item, task: asyncio.Task[None]) -> None:
+        self._aside.pop(task, None)
+        if task.cancelled():
+            return  # drain or revoke: unfinished, redelivered
+        if task.exception() is not None:  # it cannot be set aside: it runs here instead
+            log.warning("pool.set_aside_failed", error=repr(task.exception())[:300])
+            self._enqueue(item)
+            self._wake()
+            return
+        item.ticket.finish()
+        fair.deferred[item.org] += 1
+        fair.report(self.name)
+        self._flow_check()
 
     def _enqueue(self, item: _Item) -> None:
         self._bytes += item.size
@@ -276,10 +296,10 @@ class JobPool:
     def _flow_check(self) -> None:
         ready = len(self._queue)
         runnable = ready + len(self._timers)
-        aside = len(self._aside)
+        aside = len(self._aside) + len(self._aside_waiting)
         # A fair pool reads on past a full read-ahead (setting records aside): it
-        # pauses at twice the mark, or with a mark's worth of set-asides unanswered,
-        # and stops reading set-aside records back at the mark.
+        # pauses at twice the mark, or with that many set-asides unanswered, and
+        # stops reading set-aside records back at the mark.
         limit = self.high_water * 2 if self.fairness is not None else self.high_water
         if (
             runnable < self.high_water
@@ -290,12 +310,12 @@ class JobPool:
             return  # nothing paused, nothing to pause (the common case)
         pause_all = self._paused_all
         if self.accepting and (
-            runnable >= limit or aside >= self.high_water or self._bytes >= self.high_water_bytes
+            runnable >= limit or aside >= limit or self._bytes >= self.high_water_bytes
         ):
             pause_all = True
         elif (
-            runnable <= self.low_water
-            and aside <= self.low_water
+            runnable <= limit // 2
+            and aside <= limit // 2
             and self._bytes <= self.high_water_bytes // 2
         ):
             pause_all = False
@@ -309,8 +329,13 @@ class JobPool:
         paused = self._deferred_flow(paused, ready)
         changed = pause_all != self._paused_all or paused != self._paused
         self._paused_all, self._paused = pause_all, paused
-        # While anything is paused, say so again: Faust resumes partitions at a rebalance.
-        if changed or (self.accepting and (pause_all or paused)):
+        # While anything is paused, say so again now and then: Faust resumes
+        # partitions at a rebalance. (Not at every check: with many partitions
+        # that cost more than the jobs.)
+        now = time.monotonic()
+        again = self.accepting and (pause_all or paused) and now - self._flowed_at >= 1.0
+        if changed or again:
+            self._flowed_at = now
             self._flow(pause_all, paused)
 
     def _deferred_flow(self, paused: frozenset[Hashable], ready: int) -> frozenset[Hashable]:
@@ -389,7 +414,8 @@ class JobPool:
     def waiting(self) -> int:
         """Records taken from Kafka but not running yet (ready, in lanes, retry timers,
         being set aside)."""
-        return len(self._queue) + self._behind.total() + len(self._timers) + len(self._aside)
+        aside = len(self._aside) + len(self._aside_waiting)
+        return len(self._queue) + self._behind.total() + len(self._timers) + aside
 
     def _drop_waiting(self, tps: set[Hashable] | None) -> None:
         """Drop the waiting records of ``tps`` (None: all); their keys' lanes move on."""
@@ -406,6 +432,7 @@ class JobPool:
         behind = [item for lane in self._lanes.values() for item in lane]
         self._behind = Counter(item.tp for item in behind)
         self._bytes = sum(item.size for item in (*self._queue.items(), *behind))
+        self._aside_waiting = deque(i for i in self._aside_waiting if not dropped(i))
         for tasks in (self._timers, self._aside):
             for task, tp in list(tasks.items()):
                 if tps is None or tp in tps:

@@ -27,7 +27,7 @@ from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, R
 
 from handlers.backoff import backoff_s
 from handlers.errors import PermanentError
-from schemas.dlq import FailureContext, Stage
+from schemas.dlq import FailureContext, FailureHeader, Stage, iso
 from schemas.envelope import JobEnvelope
 from streams import __version__
 from streams.records import Headers, Record
@@ -80,6 +80,7 @@ class RecordPublisher:
         self._sleep = sleep
         self.mask = mask  # the configured secrets masked in any text that leaves the worker
         self._group_id = group_id
+        self._group_bytes = group_id.encode()
         self._dlq_topic = dlq_topic
         self._host = socket.gethostname()
 
@@ -119,17 +120,24 @@ class RecordPublisher:
 
     async def set_aside(self, record: Record, topic: str) -> None:
         """Publish a source record unchanged to ``topic`` (the deferred topic, for fair share),
-        naming where it came from so its retries and dead letter keep its origin."""
+        naming where it came from so its retries and dead letter keep its origin.
+
+        The headers are written directly (not through ``FailureContext``): a big
+        backlog sets thousands of records aside in a moment.
+        """
         origin_topic, partition, offset, ts_ms = record.origin()
-        context = FailureContext(
-            original_topic=origin_topic,
-            original_partition=partition,
-            original_offset=offset,
-            original_timestamp=None if ts_ms is None else datetime.fromtimestamp(ts_ms / 1000, UTC),
-            consumer_group=self._group_id,
-            attempts=record.attempts_before or None,
-        )
-        headers = record.own_headers() + context.to_headers()
+        context: list[tuple[str, bytes]] = [
+            (FailureHeader.ORIGINAL_TOPIC.value, origin_topic.encode()),
+            (FailureHeader.ORIGINAL_PARTITION.value, b"%d" % partition),
+            (FailureHeader.ORIGINAL_OFFSET.value, b"%d" % offset),
+            (FailureHeader.CONSUMER_GROUP.value, self._group_bytes),
+        ]
+        if ts_ms is not None:
+            when = iso(datetime.fromtimestamp(ts_ms / 1000, UTC))
+            context.append((FailureHeader.ORIGINAL_TIMESTAMP.value, when.encode()))
+        if record.trusted and (attempts := record.attempts_before):
+            context.append((FailureHeader.ATTEMPTS.value, b"%d" % attempts))
+        headers = record.own_headers() + tuple(context)
         await self._send_until_acked(topic, record.key, record.value, headers)
 
     async def publish_job(self, topic: str, envelope: JobEnvelope, key: bytes | None) -> None:

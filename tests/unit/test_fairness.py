@@ -137,7 +137,8 @@ async def test_a_big_backlog_is_set_aside_so_the_next_organization_starts_at_onc
         pool.submit(TP, job(offset, "b"))
     assert pool.organization_counts().waiting == {"a": 10, "b": 3}
     assert flow[-1][0], "290 set-asides unanswered: fetching waits for the broker"
-    await asyncio.sleep(0)
+    for _ in range(20):  # the sender starts 32 publishes per turn of the loop
+        await asyncio.sleep(0)
     assert len(aside.records) == 300 - 10, "beyond the read-ahead (10) a's excess went aside"
     assert {organization_of(r.value) for r in aside.records} == {"a"}
     runs.release.set()
@@ -195,3 +196,21 @@ async def test_key_order_is_never_broken_by_setting_aside() -> None:
 async def close(pool: JobPool) -> None:
     pool.accepting = False
     await pool.drain(0.5)
+
+
+async def test_a_set_aside_record_keeps_its_origin_for_its_retries_and_dead_letter() -> None:
+    from streams.publish import RecordPublisher
+    from tests.support.fakes import RecordingProducer
+
+    producer = RecordingProducer()
+    publisher = RecordPublisher(producer, group_id="g", dlq_topic="jobs.dlq")
+    source = Record(
+        SOURCE, 4, 812, b"k", b'{"organization_id": "a"}', (("trace", b"t1"),), 1_700_000_000_000
+    )
+    await publisher.set_aside(source, DEFERRED)
+    [sent] = producer.sent
+    assert (sent.topic, sent.key, sent.value) == (DEFERRED, b"k", source.value)
+    assert ("trace", b"t1") in sent.headers
+    read_back = Record(DEFERRED, 1, 3, sent.key, sent.value, sent.headers, None, trusted=True)
+    assert read_back.origin() == (SOURCE, 4, 812, 1_700_000_000_000)
+    assert read_back.attempts_before == 0
