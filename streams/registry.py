@@ -48,6 +48,8 @@ class Registry:
     specs: dict[str, JobSpec]
     retry_suffix: str
     dlq_topic: str
+    control_topic: str = "conveyor.control"
+    status_topic: str = "conveyor.status"
 
     @property
     def consumed(self) -> list[JobSpec]:
@@ -62,12 +64,25 @@ class Registry:
             raise KeyError(f"unknown job type {job_type!r}")
         return spec.topic
 
-    def all_topics(self) -> list[str]:
-        """Every topic the catalog needs: source and retry per job type, and the DLQ."""
+    def topics_of(self, job_type: str) -> list[str]:
+        """A job type's source and retry topics (none for an unknown type)."""
+        spec = self.specs.get(job_type)
+        return [] if spec is None else [spec.topic, self.retry_topic(spec)]
+
+    def job_topics(self) -> list[str]:
+        """The topics jobs travel through: source and retry per job type, and the DLQ."""
         topics = [self.dlq_topic]
         for spec in self.specs.values():
             topics += [spec.topic, self.retry_topic(spec)]
         return topics
+
+    def fleet_topics(self) -> list[str]:
+        """The compacted topics of the fleet: runtime control and status reports."""
+        return [self.control_topic, self.status_topic]
+
+    def all_topics(self) -> list[str]:
+        """Every topic the catalog needs: the job topics and the fleet's."""
+        return [*self.job_topics(), *self.fleet_topics()]
 
 
 def build_registry(settings: Settings) -> Registry:
@@ -95,6 +110,8 @@ def build_registry(settings: Settings) -> Registry:
         specs={s.job_type: s for s in specs},
         retry_suffix=settings.kafka.retry_suffix,
         dlq_topic=settings.kafka.dlq_topic,
+        control_topic=settings.kafka.control_topic,
+        status_topic=settings.kafka.status_topic,
     )
 
 

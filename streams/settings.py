@@ -48,6 +48,17 @@ class KafkaSettings(_Group):
     topic_partitions: int = Field(6, ge=1, description="partitions for topics we create")
     replication_factor: int = Field(1, ge=1, description="replication for topics we create")
     dlq_topic: str = Field("jobs.dlq", min_length=1)
+    control_topic: str = Field(
+        "conveyor.control",
+        min_length=1,
+        description="compacted, 1 partition: pauses and resumes every worker follows"
+        " (conveyor pause; docs/CONSOLE.md)",
+    )
+    status_topic: str = Field(
+        "conveyor.status",
+        min_length=1,
+        description="compacted, 1 partition: each worker's status report (conveyor workers)",
+    )
     retry_suffix: str = Field(".retry", min_length=1)
     commit_interval_s: float = Field(0.5, gt=0, le=60)
     session_timeout_s: float = Field(
@@ -220,6 +231,20 @@ class WorkerSettings(_Group):
         9102, ge=0, le=65535, description="/metrics, /healthz, /readyz; 0 disables them"
     )
     metrics_host: str = Field("0.0.0.0", description="address the metrics port listens on")
+
+
+class FleetSettings(_Group):
+    """What each worker tells the fleet: its status report on ``kafka.status_topic``."""
+
+    report_interval_s: float = Field(
+        5.0,
+        ge=0.5,
+        le=300,
+        description="seconds between a worker's status reports; silent for 3 intervals: gone",
+    )
+    forget_after_s: float = Field(
+        3600.0, gt=0, description="a worker gone this long is no longer listed"
+    )
 
 
 class HttpSettings(_Group):
@@ -438,6 +463,7 @@ class Settings(BaseSettings):
     jobs: JobsSettings = JobsSettings()
     worker: WorkerSettings = WorkerSettings()
     dlq_mirror: DlqMirrorSettings = DlqMirrorSettings()
+    fleet: FleetSettings = FleetSettings()
     http: HttpSettings = HttpSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
     llm: LlmSettings = LlmSettings()

@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--org", help="organization id")
     submit.add_argument("--count", type=int, default=1, help="publish this many copies")
     sub.add_parser("lag", help="the consumer group's lag per topic, its state and members")
+    from streams.commands.fleet import add_parsers
+
+    add_parsers(sub)
     _dlq_parser(sub)
     _crm_parser(sub)
     demo = sub.add_parser("demo", help="serve sample documents, publish asset jobs, show results")
@@ -170,6 +173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return submit_jobs(settings, args.job_type, args.payload, args.id, args.org, args.count)
     if command == "lag":
         return _lag(settings)
+    if command in ("pause", "resume", "paused", "workers"):
+        from streams.commands.fleet import run_fleet
+
+        return run_fleet(settings, args)
     if command == "dlq":
         return asyncio.run(_dlq(settings, args))
     if command == "crm":
@@ -184,9 +191,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _uses_kafka(args: argparse.Namespace) -> bool:
-    return args.command in ("topics", "lag", "submit", "demo") or (
-        args.command == "dlq" and args.dlq_command == "replay"
-    )
+    return args.command in (
+        "topics",
+        "lag",
+        "submit",
+        "demo",
+        "pause",
+        "resume",
+        "paused",
+        "workers",
+    ) or (args.command == "dlq" and args.dlq_command == "replay")
 
 
 def _kafka_problem(settings: Settings) -> str | None:

@@ -54,7 +54,7 @@ def group_lag(settings: Settings, registry: Registry) -> GroupLag:
         {**confluent_config(settings.kafka), "group.id": group, "enable.auto.commit": False}
     )
     try:
-        topics = [_retrying(partial(_topic_lag, consumer, name)) for name in registry.all_topics()]
+        topics = [_retrying(partial(_topic_lag, consumer, name)) for name in registry.job_topics()]
     finally:
         consumer.close()
     state, members = _retrying(partial(_describe, settings, group))
