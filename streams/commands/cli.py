@@ -55,13 +55,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _dlq_parser(sub: Any) -> None:
-    dlq = sub.add_parser("dlq", help="list, replay and resolve dead letters (worker_dlq)")
+    dlq = sub.add_parser(
+        "dlq", help="list, show, count, replay and resolve dead letters (worker_dlq)"
+    )
     dsub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
 
     def filters(p: argparse.ArgumentParser) -> None:
         p.add_argument("--id", type=int, action="append", dest="ids", help="a worker_dlq id")
         p.add_argument("--job-type", help="only dead letters of this job type")
         p.add_argument("--stage", choices=[s.value for s in Stage], help="only this stage")
+        p.add_argument("--org", help="only this organization's (the envelope's organization_id)")
+        p.add_argument("--error-class", help="only this error class, e.g. PermanentError")
 
     ls = dsub.add_parser("list", help="show dead letters, oldest first")
     filters(ls)
@@ -72,6 +76,12 @@ def _dlq_parser(sub: Any) -> None:
         help="default: new",
     )
     ls.add_argument("--limit", type=int, default=50, help="at most this many rows (default 50)")
+    sh = dsub.add_parser(
+        "show", help="one dead letter: payload (secrets masked), headers, stack, lineage"
+    )
+    sh.add_argument("id", type=int, metavar="ID")
+    sh.add_argument("--json", action="store_true", help="as JSON")
+    dsub.add_parser("stats", help="counts by job type, stage and status; commonest errors")
     rp = dsub.add_parser(
         "replay",
         help="republish dead letters to their original topics (fresh attempts)",
@@ -231,6 +241,12 @@ async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
 
     action = args.dlq_command
     try:
+        if action in ("show", "stats"):
+            from streams.commands import dlq_show
+
+            if action == "show":
+                return await dlq_show.show(settings, args.id, args.json)
+            return await dlq_show.stats(settings)
         if action == "resolve":
             done = await dlq.resolve(settings, args.ids, args.note)
             missing = sorted(set(args.ids) - set(done))
@@ -239,12 +255,24 @@ async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
                 err.print(f"not found or already resolved: {', '.join(map(str, missing))}")
             return 1 if missing else 0
         statuses = _statuses(args)
-        sel = dlq.Selection(args.ids, args.job_type, args.stage, statuses, args.limit)
+        sel = dlq.Selection(
+            args.ids,
+            args.job_type,
+            args.stage,
+            statuses,
+            args.limit,
+            organization=args.org,
+            error_class=args.error_class,
+        )
         if action == "list":
             dlq.print_rows(await dlq.list_rows(settings, sel))
             return 0
-        if not (args.ids or args.job_type or args.stage or args.all):
-            err.print("conveyor dlq replay: select with --id, --job-type or --stage, or --all")
+        chosen = (args.ids, args.job_type, args.stage, args.org, args.error_class, args.all)
+        if not any(chosen):
+            err.print(
+                "conveyor dlq replay: select with --id, --job-type, --stage, --org or"
+                " --error-class, or --all"
+            )
             return EXIT_CONFIG
         report = await dlq.replay(
             settings,

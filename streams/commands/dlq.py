@@ -1,4 +1,8 @@
-"""``conveyor dlq``: list, replay and resolve the dead letters mirrored into ``worker_dlq``.
+"""``conveyor dlq``: list, show, count, replay, resolve and purge the mirrored dead letters.
+
+The selection (:class:`Selection`), the queries and the actions here are
+shared by the command line and the console (streams/console/), which adds
+its confirmation and audit around them.
 
 Replay republishes a dead letter to the topic it first came from, with its
 raw key and value and its original headers (the ones Conveyor did not add),
@@ -14,9 +18,11 @@ for: the same bytes fail the same way until their producer is fixed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -44,16 +50,68 @@ WHERE dlq_topic = $1
   AND ($3::bigint[] IS NULL OR id = ANY($3))
   AND ($4::text IS NULL OR job_type = $4)
   AND ($5::text IS NULL OR stage = $5)
+  AND ($6::text IS NULL OR payload->>'organization_id' = $6)
+  AND ($7::text IS NULL OR error_class = $7)
+  AND ($8::timestamptz IS NULL OR created_at >= $8)
+  AND ($9::timestamptz IS NULL OR created_at < $9)
+"""
+NEXT = 10  # the first parameter after the filters'
+SUMMARY_COLUMNS = """
+id, coalesce(last_failure_at, created_at) AS failed_at, original_topic, job_type, job_id,
+stage, error_class, error_message, attempts, status, replay_count,
+payload->>'organization_id' AS organization_id
 """
 SELECT = f"""
-SELECT id, coalesce(last_failure_at, created_at) AS failed_at, original_topic, job_type,
-       job_id, stage, error_class, error_message, attempts, status, replay_count,
-       raw_key, raw_value, headers
-FROM worker_dlq {WHERE} AND id > $6
+SELECT {SUMMARY_COLUMNS}, raw_key, raw_value, headers
+FROM worker_dlq {WHERE} AND id > ${NEXT}
 ORDER BY id
-LIMIT $7
+LIMIT ${NEXT + 1}
 """
 COUNT = f"SELECT count(*) FROM worker_dlq {WHERE}"
+# Newest first, a page after the keyset cursor (the console's list).
+PAGE = f"""
+SELECT {SUMMARY_COLUMNS}
+FROM worker_dlq {WHERE} AND id < ${NEXT}
+ORDER BY id DESC
+LIMIT ${NEXT + 1}
+"""
+PURGE = f"DELETE FROM worker_dlq {WHERE} RETURNING id"
+RESOLVE_SELECTED = f"""
+UPDATE worker_dlq
+SET status = 'resolved', resolution_note = ${NEXT}, updated_at = now()
+{WHERE} AND status <> 'resolved'
+RETURNING id
+"""
+SHOW = """
+SELECT *, payload->>'organization_id' AS organization_id
+FROM worker_dlq
+WHERE dlq_topic = $1 AND id = $2
+"""
+# The dead letters of the same job: earlier failures, and failures again after a replay.
+LINEAGE = f"""
+SELECT {SUMMARY_COLUMNS}, replayed_at, resolution_note
+FROM worker_dlq
+WHERE dlq_topic = $1 AND job_id = $2
+ORDER BY id
+LIMIT 100
+"""
+STATS = """
+SELECT coalesce(job_type, '?') AS job_type, coalesce(stage, '?') AS stage, status,
+       count(*) AS n, min(created_at) AS oldest, max(created_at) AS newest,
+       count(*) FILTER (WHERE created_at > now() - interval '1 hour') AS last_hour
+FROM worker_dlq
+WHERE dlq_topic = $1
+GROUP BY 1, 2, 3
+ORDER BY 1, 2, 3
+"""
+TOP_ERRORS = """
+SELECT coalesce(error_class, '?') AS error_class, count(*) AS n
+FROM worker_dlq
+WHERE dlq_topic = $1 AND status = 'new'
+GROUP BY 1
+ORDER BY 2 DESC, 1
+LIMIT $2
+"""
 MARK_REPLAYED = """
 UPDATE worker_dlq
 SET status = 'replayed', replay_count = replay_count + 1, replayed_at = now(), updated_at = now()
@@ -76,6 +134,10 @@ class Selection:
     stage: str | None = None
     statuses: Sequence[str] = ("new",)
     limit: int | None = None
+    organization: str | None = None
+    error_class: str | None = None
+    since: datetime | None = None  # dead-lettered at or after
+    until: datetime | None = None  # dead-lettered before
 
 
 @dataclass(slots=True)
@@ -90,7 +152,61 @@ class ReplayReport:
 
 def _filters(dlq_topic: str, sel: Selection) -> tuple[Any, ...]:
     ids = list(sel.ids) if sel.ids else None
-    return (dlq_topic, list(sel.statuses), ids, sel.job_type, sel.stage)
+    return (
+        dlq_topic,
+        list(sel.statuses),
+        ids,
+        sel.job_type,
+        sel.stage,
+        sel.organization,
+        sel.error_class,
+        sel.since,
+        sel.until,
+    )
+
+
+async def count(conn: asyncpg.Connection, dlq_topic: str, sel: Selection) -> int:
+    """How many dead letters ``sel`` selects (the number a confirmation states)."""
+    return int(await conn.fetchval(COUNT, *_filters(dlq_topic, sel)))
+
+
+async def page(
+    conn: asyncpg.Connection, dlq_topic: str, sel: Selection, before_id: int | None, limit: int
+) -> list[asyncpg.Record]:
+    """Newest first, those with an id below ``before_id`` (keyset pagination)."""
+    cursor = 2**62 if before_id is None else before_id
+    return list(await conn.fetch(PAGE, *_filters(dlq_topic, sel), cursor, limit))
+
+
+async def purge(conn: asyncpg.Connection, dlq_topic: str, sel: Selection) -> list[int]:
+    """Delete the selected dead letters from ``worker_dlq`` (the topic keeps its records)."""
+    return [r["id"] for r in await conn.fetch(PURGE, *_filters(dlq_topic, sel))]
+
+
+async def resolve_selected(
+    conn: asyncpg.Connection, dlq_topic: str, sel: Selection, note: str
+) -> list[int]:
+    rows = await conn.fetch(RESOLVE_SELECTED, *_filters(dlq_topic, sel), note)
+    return [r["id"] for r in rows]
+
+
+async def show(
+    conn: asyncpg.Connection, dlq_topic: str, row_id: int
+) -> tuple[asyncpg.Record | None, list[asyncpg.Record]]:
+    """One dead letter and its lineage (every dead letter of the same job, oldest first)."""
+    row = await conn.fetchrow(SHOW, dlq_topic, row_id)
+    if row is None or not row["job_id"]:
+        return row, []
+    return row, list(await conn.fetch(LINEAGE, dlq_topic, row["job_id"]))
+
+
+async def stats(
+    conn: asyncpg.Connection, dlq_topic: str, top: int = 10
+) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+    """Counts by job type, stage and status; the commonest error classes of new ones."""
+    return list(await conn.fetch(STATS, dlq_topic)), list(
+        await conn.fetch(TOP_ERRORS, dlq_topic, top)
+    )
 
 
 async def fetch_rows(
@@ -135,8 +251,9 @@ async def replay(
     include_crashed: bool = False,
     dry_run: bool = False,
     prod: Producer | None = None,
+    progress: bool = True,
 ) -> ReplayReport:
-    """Republish the selected dead letters, batch by batch, with a progress bar."""
+    """Republish the selected dead letters, batch by batch (with a progress bar on stderr)."""
     registry = build_registry(settings)
     source_topics = {spec.topic for spec in registry.specs.values()}
     dlq_topic = settings.kafka.dlq_topic
@@ -145,8 +262,8 @@ async def replay(
     async with database(settings) as conn:
         total = int(await conn.fetchval(COUNT, *_filters(dlq_topic, sel)))
         remaining = total if sel.limit is None else min(total, sel.limit)
-        with Progress(console=err, transient=True) as progress:
-            bar = progress.add_task("checking" if dry_run else "replaying", total=remaining)
+        with Progress(console=err, transient=True, disable=not progress) as bars:
+            bar = bars.add_task("checking" if dry_run else "replaying", total=remaining)
             last_id = 0
             first_rows: dict[str, int] = {}
             while remaining > 0:
@@ -167,11 +284,11 @@ async def replay(
                 if dry_run:
                     report.replayed += [r["id"] for r in todo]
                 else:
-                    acked = _publish(prod, todo, report)
+                    acked = await asyncio.to_thread(_publish, prod, todo, report)
                     if acked:
                         await conn.execute(MARK_REPLAYED, acked)
                     report.replayed += acked
-                progress.update(bar, advance=len(rows))
+                bars.update(bar, advance=len(rows))
         if not dry_run:
             await _resolve_duplicates(conn, report)
     return report
