@@ -49,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     add_parsers(sub)
     _dlq_parser(sub)
     _crm_parser(sub)
+    sub.add_parser(
+        "console",
+        help="the operations console: fleet, dead letters, find a job, CRM, pause/resume"
+        " (on console.host:console.port, loopback by default)",
+    )
     demo = sub.add_parser("demo", help="serve sample documents, publish asset jobs, show results")
     demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for results")
     return p
@@ -193,6 +198,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from streams.commands.crm import run_crm
 
         return run_crm(settings, args)
+    if command == "console":
+        from streams.commands.console import run_console
+
+        forget_environment()
+        return run_console(settings)
     if command == "demo":
         from streams.commands.demo import run_demo
 
@@ -210,6 +220,7 @@ def _uses_kafka(args: argparse.Namespace) -> bool:
         "resume",
         "paused",
         "workers",
+        "console",
     ) or (args.command == "dlq" and args.dlq_command == "replay")
 
 

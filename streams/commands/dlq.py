@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from handlers.db import Connection
 from schemas.dlq import Stage, own_headers
 from streams.commands.postgres import database
 from streams.commands.submit import producer
@@ -165,33 +166,33 @@ def _filters(dlq_topic: str, sel: Selection) -> tuple[Any, ...]:
     )
 
 
-async def count(conn: asyncpg.Connection, dlq_topic: str, sel: Selection) -> int:
+async def count(conn: Connection, dlq_topic: str, sel: Selection) -> int:
     """How many dead letters ``sel`` selects (the number a confirmation states)."""
     return int(await conn.fetchval(COUNT, *_filters(dlq_topic, sel)))
 
 
 async def page(
-    conn: asyncpg.Connection, dlq_topic: str, sel: Selection, before_id: int | None, limit: int
+    conn: Connection, dlq_topic: str, sel: Selection, before_id: int | None, limit: int
 ) -> list[asyncpg.Record]:
     """Newest first, those with an id below ``before_id`` (keyset pagination)."""
     cursor = 2**62 if before_id is None else before_id
     return list(await conn.fetch(PAGE, *_filters(dlq_topic, sel), cursor, limit))
 
 
-async def purge(conn: asyncpg.Connection, dlq_topic: str, sel: Selection) -> list[int]:
+async def purge(conn: Connection, dlq_topic: str, sel: Selection) -> list[int]:
     """Delete the selected dead letters from ``worker_dlq`` (the topic keeps its records)."""
     return [r["id"] for r in await conn.fetch(PURGE, *_filters(dlq_topic, sel))]
 
 
 async def resolve_selected(
-    conn: asyncpg.Connection, dlq_topic: str, sel: Selection, note: str
+    conn: Connection, dlq_topic: str, sel: Selection, note: str
 ) -> list[int]:
     rows = await conn.fetch(RESOLVE_SELECTED, *_filters(dlq_topic, sel), note)
     return [r["id"] for r in rows]
 
 
 async def show(
-    conn: asyncpg.Connection, dlq_topic: str, row_id: int
+    conn: Connection, dlq_topic: str, row_id: int
 ) -> tuple[asyncpg.Record | None, list[asyncpg.Record]]:
     """One dead letter and its lineage (every dead letter of the same job, oldest first)."""
     row = await conn.fetchrow(SHOW, dlq_topic, row_id)
@@ -201,7 +202,7 @@ async def show(
 
 
 async def stats(
-    conn: asyncpg.Connection, dlq_topic: str, top: int = 10
+    conn: Connection, dlq_topic: str, top: int = 10
 ) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
     """Counts by job type, stage and status; the commonest error classes of new ones."""
     return list(await conn.fetch(STATS, dlq_topic)), list(

@@ -19,8 +19,15 @@ ROOT = Path(__file__).resolve().parents[2]
 class WorkerProcess:
     """``conveyor run`` in a child process; log lines collected as dicts."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, hooks: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        hooks: Sequence[str] = (),
+        command: Sequence[str] = ("run",),
+    ) -> None:
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.command = list(command)  # the conveyor command: run, or e.g. console
         # Test-only delays (tests/support/hooked_worker.py), e.g. ["--commit-delay-s", "2"].
         self.hooks = list(hooks)
         self.log_path = log_path
@@ -30,9 +37,9 @@ class WorkerProcess:
         self._reader: threading.Thread | None = None
 
     def start(self) -> WorkerProcess:
-        command = ["-m", "streams.commands.cli", "run"]
+        command = ["-m", "streams.commands.cli", *self.command]
         if self.hooks:
-            command = ["-m", "tests.support.hooked_worker", *self.hooks, "--", "run"]
+            command = ["-m", "tests.support.hooked_worker", *self.hooks, "--", *self.command]
         self.proc = subprocess.Popen(
             [sys.executable, *command],
             env=self.env,

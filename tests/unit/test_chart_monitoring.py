@@ -65,7 +65,7 @@ def test_alerts_use_metrics_the_worker_exports_and_each_has_a_runbook() -> None:
 def test_service_monitor_scrapes_the_metrics_service_with_the_worker_group() -> None:
     docs = chart.render(files=[FULL])
     monitor = chart.one(docs, "ServiceMonitor")
-    service = chart.one(docs, "Service")
+    service = chart.one(docs, "Service", "conveyor-metrics")
     selected = monitor["spec"]["selector"]["matchLabels"]
     assert selected.items() <= service["metadata"]["labels"].items()
     endpoint = monitor["spec"]["endpoints"][0]
