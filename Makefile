@@ -19,7 +19,7 @@ HELM_ENV := CONVEYOR_HELM="$$(scripts/helm --path)"
 DEV_KEYRING := CONVEYOR_CRM__KEYRING="$${CONVEYOR_CRM__KEYRING:-dev:Y29udmV5b3ItZGV2LWtleS1ub3QtYS1zZWNyZXQhISE=}"
 
 .PHONY: help venv lock services services-stop services-status migrate topics setup run demo \
-        helm test test-unit lint typecheck soak bench clean
+        console helm browser test test-unit lint typecheck soak bench clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -72,10 +72,13 @@ typecheck: venv ## mypy strict on streams, handlers, schemas
 helm: ## build the pinned helm into the tools cache if missing (once, about 3 minutes)
 	scripts/helm --path
 
+browser: ## install Debian's chromium and chromedriver if missing (the console's browser tests)
+	scripts/browser install
+
 test-unit: venv helm ## unit tests only (no services)
 	$(HELM_ENV) $(BIN)/pytest tests/unit -q
 
-test: setup lint typecheck helm ## the whole suite against the real Kafka and Postgres
+test: setup lint typecheck helm browser ## the whole suite against the real Kafka and Postgres
 	$(ENV) $(HELM_ENV) $(BIN)/pytest -q
 
 soak: setup ## long soak and chaos runs

@@ -65,10 +65,10 @@ WHERE status = 'processing' AND updated_at < now() - make_interval(secs => $1)
 ORDER BY updated_at
 LIMIT 200
 """
-DEAD_LETTERS_LAST_HOUR = """
+DEAD_LETTERS_SINCE = """
 SELECT coalesce(job_type, '?') AS job_type, count(*) AS n
 FROM worker_dlq
-WHERE dlq_topic = $1 AND created_at > now() - interval '1 hour'
+WHERE dlq_topic = $1 AND created_at > now() - make_interval(secs => $2)
 GROUP BY 1
 """
 
@@ -109,5 +109,7 @@ async def stuck_assets(pool: asyncpg.Pool, timeout_s: float) -> list[asyncpg.Rec
     return list(await pool.fetch(STUCK_ASSETS, timeout_s))
 
 
-async def dead_letters_last_hour(pool: asyncpg.Pool, dlq_topic: str) -> dict[str, int]:
-    return {r["job_type"]: r["n"] for r in await pool.fetch(DEAD_LETTERS_LAST_HOUR, dlq_topic)}
+async def dead_letters_since(pool: asyncpg.Pool, dlq_topic: str, window_s: float) -> dict[str, int]:
+    """Dead letters per job type mirrored in the last ``window_s`` seconds."""
+    rows = await pool.fetch(DEAD_LETTERS_SINCE, dlq_topic, window_s)
+    return {r["job_type"]: r["n"] for r in rows}

@@ -65,6 +65,10 @@ class Offsets:
     def latest(self) -> Sample | None:
         return self.samples[-1] if self.samples else None
 
+    def window_s(self) -> float:
+        """Seconds between the first and the last sample (0 with fewer than two)."""
+        return self.samples[-1].at - self.samples[0].at if len(self.samples) > 1 else 0.0
+
     def rate(self, job_type: str, topic: str) -> TypeRate:
         if len(self.samples) < 2:
             return TypeRate(job_type, topic, None, 0.0)

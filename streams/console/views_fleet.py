@@ -60,7 +60,10 @@ async def fleet(request: web.Request) -> dict[str, Any]:
         key=lambda r: r.job.age_s,
         reverse=True,
     )
-    failed = await queries.dead_letters_last_hour(c.db, c.settings.kafka.dlq_topic)
+    # Dead letters over the same window as the finished jobs (the last hour, or the
+    # samples since the console started), so that the failure rate compares like with like.
+    window = c.state.offsets.window_s() or 3600.0
+    failed = await queries.dead_letters_since(c.db, c.settings.kafka.dlq_topic, window)
     refresh = request.query.get("refresh")
     return {
         "workers": views,
@@ -95,13 +98,14 @@ def _type_rows(c: cx.Console, failed: dict[str, int]) -> list[TypeRow]:
             org_paused.setdefault(p.job_type, []).append(p.organization_id)
     rows = []
     for spec in c.registry.specs.values():
-        if not spec.policy.enabled:
-            continue
         rate = c.state.offsets.rate(spec.job_type, spec.topic)
         topics = {spec.topic, c.registry.retry_topic(spec)}
         lag = None if latest is None else sum(p.lag for p in latest.partitions if p.topic in topics)
         dead = failed.get(spec.job_type, 0)
-        done = None if rate.per_minute is None else rate.per_minute * min(rate.window_s, 3600) / 60
+        quiet = not (lag or dead or rate.per_minute or spec.job_type in paused)
+        if not spec.policy.enabled and quiet:
+            continue  # off in this configuration and nothing to say
+        done = None if rate.per_minute is None else rate.per_minute * rate.window_s / 60
         state = "paused" if spec.job_type in paused else None
         if spec.job_type in org_paused:
             state = (state + "; " if state else "") + "orgs " + ", ".join(org_paused[spec.job_type])
@@ -130,7 +134,8 @@ async def control(request: web.Request) -> dict[str, Any]:
     c = cx.console_of(request)
     pauses = c.state.pauses.current()
     return {
-        "job_types": [s.job_type for s in c.registry.specs.values() if s.policy.enabled],
+        # Every type of the catalog: worker groups may enable types this config does not.
+        "job_types": list(c.registry.specs),
         "pauses": pauses,
         "workers": [v for v in c.state.fleet.workers() if not v.gone],
     }
