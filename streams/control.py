@@ -7,8 +7,9 @@ its pools start anything (``ControlPlane.start``) and then follows it, so a
 pause reaches every worker within about ``POLL_MS`` and survives restarts,
 rebalances and new pods.
 
-A paused job stops *starting*: a pool asks its :class:`JobGate` before it
-runs a record, and a record the gate refuses is held in the pool — its
+A paused job stops *starting*: while its type has a pause, the type's pool
+asks a :class:`JobGate` before it runs a record (no pause, no gate, no cost),
+and a record the gate refuses is held in the pool — its
 offset started and unfinished, so nothing is committed past it, and its
 key's later records wait behind it. Jobs already running finish. On resume
 the pool runs the held records first, in the order they came.
@@ -159,8 +160,9 @@ class ControlPlane:
         self._follower = TopicFollower(kafka, topic, self.pauses.apply_bytes)
         self.pauses.on_change(self._changed)
 
-    def gate(self, job_type: str) -> JobGate:
-        return JobGate(job_type, self.pauses)
+    def gate_of(self, job_type: str) -> JobGate | None:
+        """The gate a job type's pool asks while the type has a pause (None: nothing paused)."""
+        return JobGate(job_type, self.pauses) if self.pauses.of(job_type) else None
 
     def on_change(self, listener: Callable[[], None]) -> None:
         self.pauses.on_change(listener)

@@ -75,7 +75,7 @@ class Conveyor:
         self.joined = False  # set by the consumer on its first assignment
         # FLEET: pauses from the control topic (streams/control.py), status reports.
         self.control = ControlPlane(settings.kafka, registry.control_topic, registry.topics_of)
-        self.control.on_change(self._release_held)
+        self.control.on_change(self._control_changed)
         self.status = StatusReporter(
             settings,
             Sources(
@@ -123,9 +123,10 @@ class Conveyor:
             return "draining"
         return "running" if self.joined else "starting"
 
-    def _release_held(self) -> None:
-        """FLEET: a pause was lifted (or changed): held records the gates now allow start."""
+    def _control_changed(self) -> None:
+        """FLEET: pauses changed: gate the paused types' pools, let held records go."""
         for pool in self.pools:
+            pool.gate = self.control.gate_of(pool.name)
             pool.release_held()
 
     def on_starts(self, starts: dict[Any, int], ends: dict[Any, int]) -> None:
@@ -166,7 +167,7 @@ class Conveyor:
             high_water=max(self.settings.kafka.backlog_records, 2 * spec.policy.concurrency),
             high_water_bytes=self.settings.kafka.backlog_bytes,
             ordering=spec.policy.ordering,
-            gate=self.control.gate(spec.job_type),  # FLEET: runtime pauses
+            gate=self.control.gate_of(spec.job_type),  # FLEET: runtime pauses
         )
         self.pools.append(pool)
         metrics.track_pool(spec.job_type, lambda: pool.in_flight, lambda: pool.waiting)

@@ -32,11 +32,12 @@ below ``low_water``.
 Only a run that returns finishes the offset; a cancelled or dropped record
 stays unfinished and is redelivered.
 
-**Runtime control** (``gate``, streams/control.py): before a record starts,
-the pool asks its gate; a record of a paused job type (or organization) is
-*held* — unstarted, its offset unfinished, its key's lane kept so later
-records of the key wait behind it, counted like lane records for
-back-pressure — until ``release_held()`` is called on a resume.
+**Runtime control** (``gate``, streams/control.py): while its job type has a
+pause, the pool has a gate and asks it before a record starts (no gate, no
+cost); a record of a paused job type (or organization) is *held* —
+unstarted, its offset unfinished, its key's lane kept so later records of
+the key wait behind it, counted like lane records for back-pressure — until
+``release_held()`` is called on a resume.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ class JobPool:
         self._paused: frozenset[Hashable] = frozenset()
         self.accepting = True
         self.finished = 0
-        self._gate = gate  # CONTROL: runtime pauses (streams/control.py)
+        self.gate = gate  # CONTROL: set while the job type has a pause (streams/control.py)
         self._held: list[_Item] = []
 
     def submit(self, tp: Hashable, record: Record, due_in_s: float = 0.0) -> None:
@@ -258,7 +259,7 @@ class JobPool:
             if item.ticket.revoked:
                 self._left(item)
                 continue
-            if self._gate is not None and not self._gate(item.record):
+            if self.gate is not None and not self.gate(item.record):
                 self._hold(item)  # CONTROL: paused; its offset stays unfinished
                 continue
             slot.tp, slot.done = item.tp, loop.create_future()
@@ -295,11 +296,11 @@ class JobPool:
         self._flow_check()
 
     def release_held(self) -> int:
-        """Requeue the held records the gate now lets start, before later ones; how many."""
-        gate = self._gate
-        if not self._held or gate is None:
+        """Requeue the held records the gate (if any) now lets start, before later ones."""
+        gate = self.gate
+        if not self._held:
             return 0
-        verdicts = [(item, gate(item.record)) for item in self._held]
+        verdicts = [(item, gate is None or gate(item.record)) for item in self._held]
         freed = [item for item, may in verdicts if may]
         if not freed:
             return 0

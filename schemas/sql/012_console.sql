@@ -15,12 +15,15 @@ CREATE TABLE console_audit (
 );
 CREATE INDEX console_audit_at_idx ON console_audit (id DESC);
 
--- The dead-letter list filters and "find a job" look dead letters up by
--- organization, error class, time, job id, asset id, idempotency key and key.
+-- The dead-letter list filters (newest first) and "find a job" look dead letters
+-- up by job type, stage, organization, error class, time, job id, asset id,
+-- idempotency key and key; the fleet page counts the last hour's per job type.
 CREATE INDEX worker_dlq_topic_id_idx ON worker_dlq (dlq_topic, id);
+CREATE INDEX worker_dlq_type_idx ON worker_dlq (dlq_topic, job_type, id);
+CREATE INDEX worker_dlq_stage_idx ON worker_dlq (dlq_topic, stage, id);
 CREATE INDEX worker_dlq_org_idx ON worker_dlq (dlq_topic, (payload->>'organization_id'), id);
 CREATE INDEX worker_dlq_error_class_idx ON worker_dlq (dlq_topic, error_class, id);
-CREATE INDEX worker_dlq_created_idx ON worker_dlq (dlq_topic, created_at);
+CREATE INDEX worker_dlq_created_idx ON worker_dlq (dlq_topic, created_at) INCLUDE (job_type);
 CREATE INDEX worker_dlq_job_id_idx ON worker_dlq (job_id);
 CREATE INDEX worker_dlq_asset_idx ON worker_dlq ((payload->'payload'->>'asset_id'));
 CREATE INDEX worker_dlq_idempotency_idx ON worker_dlq ((payload->'payload'->>'idempotency_key'));

@@ -45,42 +45,43 @@ BATCH = 500
 ACK_TIMEOUT_S = 60.0
 INVALID_STAGES = (Stage.DECODE.value, Stage.VALIDATE.value)
 
-WHERE = """
-WHERE dlq_topic = $1
-  AND status = ANY($2::text[])
-  AND ($3::bigint[] IS NULL OR id = ANY($3))
-  AND ($4::text IS NULL OR job_type = $4)
-  AND ($5::text IS NULL OR stage = $5)
-  AND ($6::text IS NULL OR payload->>'organization_id' = $6)
-  AND ($7::text IS NULL OR error_class = $7)
-  AND ($8::timestamptz IS NULL OR created_at >= $8)
-  AND ($9::timestamptz IS NULL OR created_at < $9)
-"""
-NEXT = 10  # the first parameter after the filters'
+# A selection's conditions, each added only when its filter is set, so that every
+# statement is planned for exactly its filters: one "($n IS NULL OR col = $n)" form
+# would get a generic plan that uses no index (100,000 rows scanned per page).
+CONDITIONS = (
+    ("ids", "id = ANY(${}::bigint[])"),
+    ("job_type", "job_type = ${}"),
+    ("stage", "stage = ${}"),
+    ("organization", "payload->>'organization_id' = ${}"),
+    ("error_class", "error_class = ${}"),
+    ("since", "created_at >= ${}::timestamptz"),
+    ("until", "created_at < ${}::timestamptz"),
+)
 SUMMARY_COLUMNS = """
 id, coalesce(last_failure_at, created_at) AS failed_at, original_topic, job_type, job_id,
 stage, error_class, error_message, attempts, status, replay_count,
 payload->>'organization_id' AS organization_id
 """
+# {where} is the selection's WHERE; {p1}, {p2}: the parameters after its own.
 SELECT = f"""
 SELECT {SUMMARY_COLUMNS}, raw_key, raw_value, headers
-FROM worker_dlq {WHERE} AND id > ${NEXT}
+FROM worker_dlq {{where}} AND id > ${{p1}}
 ORDER BY id
-LIMIT ${NEXT + 1}
+LIMIT ${{p2}}
 """
-COUNT = f"SELECT count(*) FROM worker_dlq {WHERE}"
+COUNT = "SELECT count(*) FROM worker_dlq {where}"
 # Newest first, a page after the keyset cursor (the console's list).
 PAGE = f"""
 SELECT {SUMMARY_COLUMNS}
-FROM worker_dlq {WHERE} AND id < ${NEXT}
+FROM worker_dlq {{where}} AND id < ${{p1}}
 ORDER BY id DESC
-LIMIT ${NEXT + 1}
+LIMIT ${{p2}}
 """
-PURGE = f"DELETE FROM worker_dlq {WHERE} RETURNING id"
-RESOLVE_SELECTED = f"""
+PURGE = "DELETE FROM worker_dlq {where} RETURNING id"
+RESOLVE_SELECTED = """
 UPDATE worker_dlq
-SET status = 'resolved', resolution_note = ${NEXT}, updated_at = now()
-{WHERE} AND status <> 'resolved'
+SET status = 'resolved', resolution_note = ${p1}, updated_at = now()
+{where} AND status <> 'resolved'
 RETURNING id
 """
 SHOW = """
@@ -151,44 +152,45 @@ class ReplayReport:
     duplicates: dict[int, int] = field(default_factory=dict)
 
 
-def _filters(dlq_topic: str, sel: Selection) -> tuple[Any, ...]:
-    ids = list(sel.ids) if sel.ids else None
-    return (
-        dlq_topic,
-        list(sel.statuses),
-        ids,
-        sel.job_type,
-        sel.stage,
-        sel.organization,
-        sel.error_class,
-        sel.since,
-        sel.until,
-    )
+def statement(template: str, dlq_topic: str, sel: Selection) -> tuple[str, list[Any]]:
+    """``template`` with the selection's WHERE, and its arguments (more may follow)."""
+    clauses = ["WHERE dlq_topic = $1", "AND status = ANY($2::text[])"]
+    args: list[Any] = [dlq_topic, list(sel.statuses)]
+    for name, condition in CONDITIONS:
+        value = getattr(sel, name)
+        if value is None or (name == "ids" and not value):
+            continue
+        args.append(list(value) if name == "ids" else value)
+        clauses.append("AND " + condition.format(len(args)))
+    n = len(args)
+    return template.format(where="\n".join(clauses), p1=n + 1, p2=n + 2), args
 
 
 async def count(conn: Connection, dlq_topic: str, sel: Selection) -> int:
     """How many dead letters ``sel`` selects (the number a confirmation states)."""
-    return int(await conn.fetchval(COUNT, *_filters(dlq_topic, sel)))
+    sql, args = statement(COUNT, dlq_topic, sel)
+    return int(await conn.fetchval(sql, *args))
 
 
 async def page(
     conn: Connection, dlq_topic: str, sel: Selection, before_id: int | None, limit: int
 ) -> list[asyncpg.Record]:
     """Newest first, those with an id below ``before_id`` (keyset pagination)."""
-    cursor = 2**62 if before_id is None else before_id
-    return list(await conn.fetch(PAGE, *_filters(dlq_topic, sel), cursor, limit))
+    sql, args = statement(PAGE, dlq_topic, sel)
+    return list(await conn.fetch(sql, *args, 2**62 if before_id is None else before_id, limit))
 
 
 async def purge(conn: Connection, dlq_topic: str, sel: Selection) -> list[int]:
     """Delete the selected dead letters from ``worker_dlq`` (the topic keeps its records)."""
-    return [r["id"] for r in await conn.fetch(PURGE, *_filters(dlq_topic, sel))]
+    sql, args = statement(PURGE, dlq_topic, sel)
+    return [r["id"] for r in await conn.fetch(sql, *args)]
 
 
 async def resolve_selected(
     conn: Connection, dlq_topic: str, sel: Selection, note: str
 ) -> list[int]:
-    rows = await conn.fetch(RESOLVE_SELECTED, *_filters(dlq_topic, sel), note)
-    return [r["id"] for r in rows]
+    sql, args = statement(RESOLVE_SELECTED, dlq_topic, sel)
+    return [r["id"] for r in await conn.fetch(sql, *args, note)]
 
 
 async def show(
@@ -213,7 +215,8 @@ async def stats(
 async def fetch_rows(
     conn: asyncpg.Connection, dlq_topic: str, sel: Selection, after_id: int, limit: int
 ) -> list[asyncpg.Record]:
-    return list(await conn.fetch(SELECT, *_filters(dlq_topic, sel), after_id, limit))
+    sql, args = statement(SELECT, dlq_topic, sel)
+    return list(await conn.fetch(sql, *args, after_id, limit))
 
 
 def replay_headers(stored: str | dict[str, str]) -> list[tuple[str, str | bytes | None]]:
@@ -261,7 +264,7 @@ async def replay(
     report = ReplayReport()
     prod = prod or producer(settings)
     async with database(settings) as conn:
-        total = int(await conn.fetchval(COUNT, *_filters(dlq_topic, sel)))
+        total = await count(conn, dlq_topic, sel)
         remaining = total if sel.limit is None else min(total, sel.limit)
         with Progress(console=err, transient=True, disable=not progress) as bars:
             bar = bars.add_task("checking" if dry_run else "replaying", total=remaining)

@@ -15,8 +15,9 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import structlog
 
@@ -30,6 +31,8 @@ from streams.settings import Settings
 log = structlog.get_logger(__name__)
 
 WINDOW_S = 3600.0
+FAILURES_MAX_AGE_S = 5.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +81,21 @@ class Offsets:
         return TypeRate(job_type, topic, done / window * 60 if window else None, window)
 
 
+class Cached(Generic[T]):
+    """A value read at most once per ``max_age_s`` (pages refreshed by many people at once)."""
+
+    def __init__(self, max_age_s: float) -> None:
+        self._max_age_s = max_age_s
+        self._value: T | None = None
+        self._at = -max_age_s
+
+    async def get(self, read: Callable[[], Awaitable[T]]) -> T:
+        now = time.monotonic()
+        if self._value is None or now - self._at >= self._max_age_s:
+            self._value, self._at = await read(), now
+        return self._value
+
+
 class ConsoleState:
     """The followed fleet topics and the offset sampler, for the console's lifetime."""
 
@@ -87,6 +105,8 @@ class ConsoleState:
         self.fleet = FleetView(settings.fleet.forget_after_s)
         self.pauses = Pauses()
         self.offsets = Offsets()
+        # Dead letters per job type over the rate window, read at most every 5 s.
+        self.failures: Cached[dict[str, int]] = Cached(FAILURES_MAX_AGE_S)
         self._followers: list[TopicFollower] = followers(settings, self.fleet, self.pauses)
         self._sampler: asyncio.Task[None] | None = None
 

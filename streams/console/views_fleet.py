@@ -63,7 +63,9 @@ async def fleet(request: web.Request) -> dict[str, Any]:
     # Dead letters over the same window as the finished jobs (the last hour, or the
     # samples since the console started), so that the failure rate compares like with like.
     window = c.state.offsets.window_s() or 3600.0
-    failed = await queries.dead_letters_since(c.db, c.settings.kafka.dlq_topic, window)
+    failed = await c.state.failures.get(
+        lambda: queries.dead_letters_since(c.db, c.settings.kafka.dlq_topic, window)
+    )
     refresh = request.query.get("refresh")
     return {
         "workers": views,

@@ -77,7 +77,7 @@ async def test_a_paused_type_starts_nothing_holds_its_offsets_and_resumes_in_ord
     jobs = Jobs(hold=True)
     pauses = Pauses()
     p, tracker = pool(jobs, concurrency=2, high_water=100)
-    p._gate = JobGate("t", pauses)  # what lifecycle passes as gate=
+    p.gate = JobGate("t", pauses)  # what lifecycle sets while "t" has a pause
     records = [job(i) for i in range(6)]
     p.submit(TP, records[0])
     p.submit(TP, records[1])
@@ -107,7 +107,7 @@ async def test_an_organization_pause_keeps_key_order_and_lets_other_keys_run() -
     jobs = Jobs()
     pauses = Pauses()
     p, tracker = pool(jobs, concurrency=4, ordering="key", high_water=100)
-    p._gate = JobGate("t", pauses)
+    p.gate = JobGate("t", pauses)
     pauses.apply(pause(org="acme"))
     sequence = [
         job(0, "acme", key=b"A"),
@@ -136,7 +136,7 @@ async def test_held_records_are_dropped_unfinished_at_a_revoke_and_bound_the_bac
     pauses = Pauses()
     flow: Flow = []
     p, tracker = pool(jobs, concurrency=2, flow=flow, high_water=4)
-    p._gate = JobGate("t", pauses)
+    p.gate = JobGate("t", pauses)
     pauses.apply(pause())
     for i in range(4):
         p.submit(TP, job(i))
