@@ -8,6 +8,7 @@ from aiohttp import web
 
 from streams.console import audit, queries
 from streams.console import context as cx
+from streams.console.auth import Identity
 
 
 def routes(app: web.Application) -> None:
@@ -54,7 +55,8 @@ async def login(request: web.Request) -> web.Response:
         return cx.render(request, "login.html", context, status=401)
     name, role = found
     session = c.auth.new_session(name, role)
-    await audit.record(c.db, who, address, "login", name=name, detail={"role": role})
+    logged_in = Identity(name, role, "token", session.csrf)
+    await audit.record(c.db, logged_in, address, "login")
     response = cx.redirect(_next(form.get("next")))
     cx.set_session(request, response, c.auth.seal(session))
     return response

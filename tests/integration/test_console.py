@@ -32,11 +32,11 @@ def jobs(n: int, prefix: str, org: str = "acme") -> list[JobEnvelope]:
     ]
 
 
-async def audit_actions(db: asyncpg.Pool, since_id: int) -> list[tuple[str, str, int | None]]:
+async def audit_actions(db: asyncpg.Pool, since_id: int) -> list[tuple[str, str, str, str]]:
     rows = await db.fetch(
-        "SELECT actor, action, row_count FROM console_audit WHERE id > $1 ORDER BY id", since_id
+        "SELECT actor, role, auth, action FROM console_audit WHERE id > $1 ORDER BY id", since_id
     )
-    return [(r["actor"], r["action"], r["row_count"]) for r in rows]
+    return [(r["actor"], r["role"], r["auth"], r["action"]) for r in rows]
 
 
 async def test_no_anonymous_access_and_logins_are_audited(stack: Stack, db: asyncpg.Pool) -> None:
@@ -58,9 +58,9 @@ async def test_no_anonymous_access_and_logins_are_audited(stack: Stack, db: asyn
         r = await client.get("/", allow_redirects=False)
         assert r.status == 303, "logged out"
     assert await audit_actions(db, start) == [
-        ("anonymous", "login_failed", None),
-        ("vera", "login", None),
-        ("vera", "logout", None),
+        ("anonymous", "viewer", "none", "login_failed"),
+        ("vera", "viewer", "token", "login"),
+        ("vera", "viewer", "token", "logout"),
     ]
 
 

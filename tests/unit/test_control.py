@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 
+from schemas.dlq import FailureContext
 from schemas.fleet import PauseRecord, pause_key
 from streams.control import JobGate, Pauses, organization_of
 from streams.records import Record
+from streams.settings import Settings
+from streams.status import Sources, StatusReporter
 from tests.unit.test_pool import OTHER, TP, Flow, close, pool
 from tests.unit.test_pool_ordering import Jobs
 
@@ -151,4 +154,38 @@ async def test_held_records_are_dropped_unfinished_at_a_revoke_and_bound_the_bac
     p.release_held()
     await jobs.until(lambda: len(jobs.ended) == 1, "the kept partition's record runs")
     assert tracker.committable(OTHER) == 1
+    await close(p)
+
+
+async def test_a_status_report_lists_running_jobs_oldest_first_with_their_identity() -> None:
+    jobs = Jobs(hold=True)
+    p, _ = pool(jobs, concurrency=3, high_water=100)
+    retry = FailureContext(attempts=2).to_headers()
+    first = job(0, "acme", key=b"lead-1")
+    second = Record(TP[0], TP[1], 1, None, job(1, "beta").value, retry, None)
+    p.submit(TP, first)
+    await asyncio.sleep(0.05)
+    p.submit(TP, second)
+    await jobs.until(lambda: len(jobs.running) == 2, "both running")
+    pauses = Pauses()
+    pauses.apply(pause(org="gamma"))
+    sources = Sources(
+        pools=lambda: [p],
+        partitions=lambda: [],
+        paused=pauses.labels,
+        state=lambda: "running",
+        loop_lag_ms=lambda: 1.5,
+    )
+    report = StatusReporter(Settings(), sources).report()
+    assert [(j.job_id, j.organization_id, j.key, j.attempt) for j in report.in_flight] == [
+        ("j0", "acme", "lead-1", 1),
+        ("j1", "beta", None, 3),
+    ], "oldest first; a retry record's attempt counts the attempts before it"
+    assert report.in_flight[0].age_s >= 0.05 > report.in_flight[1].age_s
+    assert report.pools[0].in_flight == 2 and report.pools[0].concurrency == 3
+    assert report.paused == ["t@gamma"] and report.loop_lag_ms == 1.5
+    assert report.rss_bytes and report.rss_bytes > 1_000_000
+    assert not report.gone()
+    jobs.release(first)
+    jobs.release(second)
     await close(p)
