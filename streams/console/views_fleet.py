@@ -6,12 +6,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from aiohttp import web
+from aiokafka.errors import KafkaError
 
 from schemas.fleet import InFlightJob, PauseRecord, StatusReport
 from streams.console import audit, queries
 from streams.console import context as cx
 from streams.fleet import WorkerView
+
+log = structlog.get_logger(__name__)
 
 WRITE_TIMEOUT_S = 10.0
 
@@ -171,9 +175,13 @@ async def _set(request: web.Request, *, paused: bool) -> web.Response:
         reason=reason[:1000] if paused else "",
         by=f"{who.name} (console)",
     )
-    await c.writer.write(
-        c.settings.kafka.control_topic, record.key, record.to_bytes(), WRITE_TIMEOUT_S
-    )
+    try:
+        await c.writer.write(
+            c.settings.kafka.control_topic, record.key, record.to_bytes(), WRITE_TIMEOUT_S
+        )
+    except (KafkaError, TimeoutError) as exc:
+        log.error("console.control_write_failed", error=repr(exc)[:300])
+        return cx.error(request, 503, "Kafka did not take the record: nothing changed; try again.")
     c.state.pauses.apply(record)  # the follower sees it too; the page shows it at once
     label = job_type if org is None else f"{job_type}@{org}"
     await audit.record(

@@ -8,6 +8,7 @@ browser fails the test with the command that installs it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -16,11 +17,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, WebDriverException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    TimeoutException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.ui import Select
+from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.support.worker import ROOT
 
@@ -82,7 +88,14 @@ class Page:
         return self
 
     def click(self, css: str) -> Page:
+        """Click, and when that loads another page (a link, a form), wait until it has."""
+        old = self.driver.find_element(By.TAG_NAME, "html")
         self.find(css).click()
+        with contextlib.suppress(TimeoutException):  # the click stayed on this page
+            WebDriverWait(self.driver, 10).until(staleness_of(old))
+        WebDriverWait(self.driver, 10).until(
+            lambda d: d.execute_script("return document.readyState") == "complete"
+        )
         return self
 
     def login(self, token: str) -> Page:
@@ -105,6 +118,7 @@ class Page:
 
     def post_form(self, action: str, fields: dict[str, str]) -> Page:
         """Submit a form this page never offered (a forged request), as a script could."""
+        old = self.driver.find_element(By.TAG_NAME, "html")
         self.driver.execute_script(
             """
             const form = document.createElement('form');
@@ -120,6 +134,7 @@ class Page:
             action,
             fields,
         )
+        WebDriverWait(self.driver, 10).until(staleness_of(old))
         return self
 
     def screenshot(self, name: str) -> Path:
