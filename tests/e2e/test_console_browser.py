@@ -8,6 +8,7 @@ the screenshots it takes are the ones in docs/CONSOLE.md
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 
 from schemas.envelope import JobEnvelope
 from tests.support.browser import Page, chromium
-from tests.support.console import OPERATOR_TOKEN, VIEWER_TOKEN, start_console
+from tests.support.console import OPERATOR_TOKEN, VIEWER_TOKEN, running_console
 from tests.support.dlq import wait_dlq
 from tests.support.probe import PROBE_ENV, effects, probe_jobs, wait_done
 from tests.support.stack import Stack
@@ -32,6 +33,13 @@ WORKER = {
 }
 
 
+@pytest.fixture
+def console_url(stack: Stack, tmp_path: Path) -> Iterator[str]:
+    """`conveyor console` on the test's stack, stopped when the test ends (passed or not)."""
+    with running_console(stack, tmp_path / "console.log") as base:
+        yield base
+
+
 def job(job_id: str, org: str, **payload: Any) -> JobEnvelope:
     return JobEnvelope(id=job_id, type="probe", organization_id=org, payload=payload)
 
@@ -41,12 +49,12 @@ def rows(page: Page, table: str) -> list[str]:
 
 
 async def test_viewer_and_operator_use_the_console(
-    stack: Stack, db: asyncpg.Pool, worker_factory: Any, tmp_path: Path
+    stack: Stack, db: asyncpg.Pool, worker_factory: Any, tmp_path: Path, console_url: str
 ) -> None:
     p = stack.prefix
     worker = worker_factory(stack, **WORKER, CONVEYOR_JOBS__PROBE__MAX_ATTEMPTS="2")
     worker.wait_ready()
-    console, base = start_console(stack, tmp_path / "console.log")
+    base = console_url
     slow = job(f"{p}-slow", "acme", sleep_ms=20_000)
     flaky = job(f"{p}-flaky", "acme", fail="retryable", fail_times=3)  # fails twice: dead letter
     broken = job(f"{p}-broken", "beta", fail="permanent")
@@ -127,7 +135,6 @@ async def test_viewer_and_operator_use_the_console(
             assert action in done, f"{action} not audited: {actions}"
         otto.screenshot("audit")
         otto.open("/crm").screenshot("crm")
-    console.stop()
     await eventually(lambda: _audit_count(db), lambda n: n >= 5, 5, "the audit rows")
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import aiohttp
@@ -62,10 +62,14 @@ async def login(client: TestClient, token: str) -> aiohttp.ClientResponse:  # ty
     )
 
 
-def start_console(stack: Stack, log_path: Path, **extra: str) -> tuple[WorkerProcess, str]:
-    """`conveyor console` as a subprocess on a free loopback port; (process, base URL)."""
+@contextmanager
+def running_console(stack: Stack, log_path: Path, **extra: str) -> Iterator[str]:
+    """`conveyor console` as a subprocess on a free loopback port (its base URL), stopped after."""
     (port,) = free_ports(1)
     env = console_env(stack, CONVEYOR_CONSOLE__PORT=str(port), **extra)
     proc = WorkerProcess(env, log_path, command=["console"]).start()
-    proc.wait_for(lambda e: e.get("event") == "console.serving", 60)
-    return proc, f"http://127.0.0.1:{port}"
+    try:
+        proc.wait_for(lambda e: e.get("event") == "console.serving", 60)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.stop()
