@@ -17,9 +17,14 @@ HELM_ENV := CONVEYOR_HELM="$$(scripts/helm --path)"
 # consumes CRM jobs and `make demo` can register its stand-in connection. Never use it
 # for real connections; an exported CONVEYOR_CRM__KEYRING takes its place.
 DEV_KEYRING := CONVEYOR_CRM__KEYRING="$${CONVEYOR_CRM__KEYRING:-dev:Y29udmV5b3ItZGV2LWtleS1ub3QtYS1zZWNyZXQhISE=}"
+# DEV ONLY: published console logins for `make console` (an exported
+# CONVEYOR_CONSOLE__TOKENS takes their place). Never use them outside a laptop.
+DEV_CONSOLE_OPERATOR := conveyor-dev-operator-token-not-a-secret
+DEV_CONSOLE_VIEWER := conveyor-dev-viewer-token-not-a-secret
+DEV_CONSOLE := CONVEYOR_CONSOLE__TOKENS="$${CONVEYOR_CONSOLE__TOKENS:-dev:operator:$(DEV_CONSOLE_OPERATOR),guest:viewer:$(DEV_CONSOLE_VIEWER)}"
 
 .PHONY: help venv lock services services-stop services-status migrate topics setup run demo \
-        helm test test-unit lint typecheck soak bench clean
+        console helm browser test test-unit lint typecheck soak bench clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -60,6 +65,10 @@ run: setup ## run the worker in the foreground with readable logs (and a dev CRM
 	  CONVEYOR_WORKER__METRICS_HOST=127.0.0.1 $(DEV_KEYRING) \
 	  $(BIN)/conveyor run
 
+console: setup ## the operations console on http://127.0.0.1:9180/ with dev logins (docs/CONSOLE.md)
+	@echo "console: http://127.0.0.1:9180/  dev logins (DEV ONLY): operator $(DEV_CONSOLE_OPERATOR), viewer $(DEV_CONSOLE_VIEWER)"
+	$(ENV) CONVEYOR_LOGGING__FORMAT=console $(DEV_CONSOLE) $(BIN)/conveyor console
+
 demo: setup ## publish sample and CRM jobs, show the results (needs `make run` in another terminal)
 	$(ENV) $(DEV_KEYRING) $(BIN)/conveyor demo
 
@@ -73,10 +82,13 @@ typecheck: venv ## mypy strict on streams, handlers, schemas
 helm: ## build the pinned helm into the tools cache if missing (once, about 3 minutes)
 	scripts/helm --path
 
+browser: ## install Debian's chromium and chromedriver if missing (the console's browser tests)
+	scripts/browser install
+
 test-unit: venv helm ## unit tests only (no services)
 	$(HELM_ENV) $(BIN)/pytest tests/unit -q
 
-test: setup lint typecheck helm ## the whole suite against the real Kafka and Postgres
+test: setup lint typecheck helm browser ## the whole suite against the real Kafka and Postgres
 	$(ENV) $(HELM_ENV) $(BIN)/pytest -q
 
 soak: setup ## long soak and chaos runs

@@ -12,10 +12,15 @@ concurrency 8 it also runs with the crash-loop guard off
 (``max_crashes=0``) and on, in adjacent pairs, and prints the median ratio;
 and with ``ordering`` ``none`` and ``key`` over 1,000 distinct Kafka keys,
 in adjacent pairs (``--ordering-pairs``; ``--only-ordering`` runs just
-those). Every topic the benchmark creates is deleted when it is done.
+those). ``--fleet-pairs N --baseline DIR`` runs the runner of another
+checkout (DIR, e.g. ``git archive`` of the commit before the fleet's status
+reports and runtime control) and this one in adjacent pairs, at the default
+report interval: the cost of the status reports and the pause gate.
+Every topic the benchmark creates is deleted when it is done.
 
     .venv/bin/python -m bench.throughput [--messages 100000] [--guard-pairs 3]
     .venv/bin/python -m bench.throughput --only-ordering --ordering-pairs 5
+    .venv/bin/python -m bench.throughput --fleet-pairs 7 --baseline /tmp/conveyor-base
 """
 
 from __future__ import annotations
@@ -172,12 +177,26 @@ def run_faust(
     )
 
 
+# Settings a checkout from before the fleet topics would refuse as unknown.
+FLEET_SETTINGS = (
+    "CONVEYOR_KAFKA__CONTROL_TOPIC",
+    "CONVEYOR_KAFKA__STATUS_TOPIC",
+    "CONVEYOR_FLEET__REPORT_INTERVAL_S",
+)
+
+
 def run_conveyor(
-    stack: Stack, concurrency: int, workdir: Path, guard: bool = True, ordering: str = "none"
+    stack: Stack,
+    concurrency: int,
+    workdir: Path,
+    guard: bool = True,
+    ordering: str = "none",
+    source: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         **stack.env,
+        "CONVEYOR_FLEET__REPORT_INTERVAL_S": "5",  # the default, not the tests' 1 s
         "CONVEYOR_JOBS__PROBE__ENABLED": "true",
         "CONVEYOR_JOBS__PROBE__CONCURRENCY": str(concurrency),
         "CONVEYOR_JOBS__PROBE__ORDERING": ordering,
@@ -186,11 +205,14 @@ def run_conveyor(
     }
     if not guard:  # the runner without its start journal (the crash-loop guard off)
         env["CONVEYOR_JOBS__PROBE__MAX_CRASHES"] = "0"
+    if source is not None:  # another checkout's runner (its modules first on the path)
+        env = {k: v for k, v in env.items() if k not in FLEET_SETTINGS}
+        env["PYTHONPATH"] = str(source)
     log = (workdir / f"conveyor-{concurrency}-{stack.prefix}.log").open("wb")
     return subprocess.Popen(
         [sys.executable, "-m", "streams.commands.cli", "run"],
         env=env,
-        cwd=ROOT,
+        cwd=source or ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -206,6 +228,7 @@ def conveyor_rate(
     guard: bool,
     ordering: str = "none",
     keys: int | None = None,
+    source: Path | None = None,
 ) -> float:
     stack = Stack(bootstrap, dsn)
     stack.create_topics()
@@ -217,7 +240,7 @@ def conveyor_rate(
             f"{stack.prefix}-group",
             topic,
             n,
-            lambda: run_conveyor(stack, concurrency, workdir, guard, ordering),
+            lambda: run_conveyor(stack, concurrency, workdir, guard, ordering, source),
             terminate,
         )
     finally:
@@ -304,6 +327,14 @@ def main() -> int:
     parser.add_argument(
         "--only-ordering", action="store_true", help="run only the ordering none/key pairs"
     )
+    parser.add_argument(
+        "--fleet-pairs",
+        type=int,
+        default=0,
+        help="runs of the runner at concurrency 8 from --baseline and from this checkout"
+        " (alternating; only these are run)",
+    )
+    parser.add_argument("--baseline", type=Path, help="another checkout's root (--fleet-pairs)")
     args = parser.parse_args()
     bootstrap = os.environ.get("CONVEYOR_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     dsn = os.environ.get(
@@ -317,6 +348,15 @@ def main() -> int:
         return lambda: conveyor_rate(bootstrap, dsn, n, 8, workdir, **options)
 
     print(f"\nno-op throughput, {n} messages, {PARTITIONS} partitions (msg/s):", flush=True)
+    if args.fleet_pairs:
+        if args.baseline is None or not (args.baseline / "streams").is_dir():
+            parser.error("--fleet-pairs needs --baseline, a checkout's root")
+        paired(
+            "this checkout / baseline at concurrency 8",
+            (rate(guard=True, source=args.baseline.resolve()), rate(guard=True)),
+            args.fleet_pairs,
+        )
+        return 0
     if not args.only_ordering:
         results = baselines(bootstrap, dsn, n, workdir)
         for name, value in results.items():

@@ -5,6 +5,8 @@ than the others:
 
 - the worker's Faust consumer and producer (aiokafka): :func:`faust_options`
   (``broker_credentials`` with an ``ssl.SSLContext``);
+- the plain aiokafka clients of the fleet topics (control and status):
+  :func:`aiokafka_options`;
 - the confluent-kafka clients of the preflight and the operator commands
   (topics, lag, submit, demo, dlq replay): :func:`confluent_config`.
 
@@ -124,6 +126,21 @@ def faust_options(kafka: KafkaSettings) -> dict[str, Any]:
     else:
         return {}
     return {"broker_credentials": credentials}
+
+
+def aiokafka_options(kafka: KafkaSettings) -> dict[str, Any]:
+    """Options of a plain aiokafka client (the fleet topics' followers and writers)."""
+    check_usable(kafka)
+    options: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers.split(","),
+        "security_protocol": kafka.security_protocol,
+        "ssl_context": ssl_context(kafka),
+    }
+    if uses_sasl(kafka):
+        options["sasl_mechanism"] = kafka.sasl_mechanism
+        options["sasl_plain_username"] = _secret(kafka.sasl_username)
+        options["sasl_plain_password"] = _secret(kafka.sasl_password)
+    return options
 
 
 def check_usable(kafka: KafkaSettings) -> None:

@@ -18,10 +18,11 @@ import structlog
 from streams import metrics
 from streams.agents import flow_control, subscribe
 from streams.consumer import TrackedConsumer
+from streams.control import ControlPlane
 from streams.crashguard import CrashGuard
 from streams.fairness import Fairness
 from streams.isolation import Isolation
-from streams.kafka_health import coordinator_known
+from streams.kafka_health import assignment, coordinator_known
 from streams.logs import SecretMasker
 from streams.metrics import HealthServer
 from streams.mirror import MirrorRunner
@@ -33,6 +34,7 @@ from streams.registry import JobSpec, Registry
 from streams.runner import JobRunner
 from streams.runtime import APPLICATION_NAME, Runtime
 from streams.settings import Settings, secret_values
+from streams.status import Sources, State, StatusReporter
 from streams.work_lag import WorkLag
 
 if TYPE_CHECKING:
@@ -81,10 +83,25 @@ class Conveyor:
         self.pools: list[JobPool] = []
         self.draining = asyncio.Event()
         self.joined = False  # set by the consumer on its first assignment
+        # FLEET: pauses from the control topic (streams/control.py), status reports.
+        self.control = ControlPlane(settings.kafka, registry.control_topic, registry.topics_of)
+        self.control.on_change(self._control_changed)
+        self.status = StatusReporter(
+            settings,
+            Sources(
+                pools=lambda: self.pools,
+                partitions=lambda: assignment(app),
+                paused=self.control.pauses.labels,
+                state=self._state,
+                loop_lag_ms=lambda: self.runtime.loop_lag_ms,
+            ),
+        )
         w = settings.worker
         lag = WorkLag(app, self.tracker, (spec.topic for spec in registry.consumed))
         self._health = (
-            HealthServer(w.metrics_host, w.metrics_port, self.ready, lag.refresh)
+            HealthServer(
+                w.metrics_host, w.metrics_port, self.ready, lag.refresh, self.control.pauses.labels
+            )
             if w.metrics_port
             else None
         )
@@ -103,9 +120,11 @@ class Conveyor:
         )
 
     async def start(self) -> None:
-        """Once Faust has started: open the runtime and the crash guard, serve health."""
+        """Before any job runs: read the pauses, open the runtime and the guard, serve health."""
+        await self.control.start()
         await self.runtime.open()
         await self.guard.open()
+        await self.status.start()
         if self._health is not None:
             await self._health.start()
         # Everything made so far lives as long as the process: leave it out of
@@ -118,8 +137,21 @@ class Conveyor:
         """Once Faust has stopped: the reverse of ``start``."""
         if self._health is not None:
             await self._health.stop()
+        await self.status.stop()
         await self.guard.close()
         await self.runtime.close()
+        await self.control.stop()
+
+    def _state(self) -> State:
+        if self.draining.is_set():
+            return "draining"
+        return "running" if self.joined else "starting"
+
+    def _control_changed(self) -> None:
+        """FLEET: pauses changed: gate the paused types' pools, let held records go."""
+        for pool in self.pools:
+            pool.gate = self.control.gate_of(pool.name)
+            pool.release_held()
 
     def on_starts(self, starts: dict[Any, int], ends: dict[Any, int]) -> None:
         """Where the consumer starts each assigned partition, and where its log ends now."""
@@ -163,9 +195,11 @@ class Conveyor:
             high_water_bytes=self.settings.kafka.backlog_bytes,
             ordering=spec.policy.ordering,
             fairness=fairness,
+            gate=self.control.gate_of(spec.job_type),  # FLEET: runtime pauses
         )
         self.pools.append(pool)
         metrics.track_pool(spec.job_type, lambda: pool.in_flight, lambda: pool.waiting)
+        metrics.track_held(spec.job_type, lambda: pool.held)
         if fairness is not None:
             metrics.ORGANIZATIONS.track(spec.job_type, pool.organization_counts)
         subscribe(self.app, topics[0], pool, delayed=False)

@@ -34,6 +34,7 @@ class LoopLagMonitor:
         self.window_s = window_s
         self.stall_ms = stall_ms
         self._task: asyncio.Task[None] | None = None
+        self.last_p99_ms: float | None = None  # of the last full window (status reports)
 
     def start(self) -> None:
         if self._task is None:
@@ -71,4 +72,5 @@ class LoopLagMonitor:
                     p99_ms=round(percentile(samples, 99), 2),
                     max_ms=round(max(samples), 2),
                 )
+                self.last_p99_ms = round(percentile(samples, 99), 2)
                 samples, window_start = [], loop.time()

@@ -9,7 +9,9 @@ One small aiohttp server on the worker's own event loop (0 disables it):
   stalled loop also stalls Kafka heartbeats).
 - ``/readyz`` — 200 once the worker has joined its consumer group and while
   its consumer reaches the group's broker; 503 before that, while the
-  brokers are gone, and while it drains.
+  brokers are gone, and while it drains. Paused job types (``conveyor
+  pause``) are listed in the body (``paused: asset.process, ...``): a
+  paused type does not make a worker unready.
 
 Beside the broker's consumer lag (a Kafka exporter on the group), the worker
 reports its own view per partition — ``conveyor_consumer_lag``, which leaves
@@ -19,8 +21,9 @@ many partitions it holds.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 from aiohttp import web
@@ -148,11 +151,45 @@ class OrgCounts:
 
 ORGANIZATIONS = OrganizationShares()
 
+PAUSED = Gauge(
+    "conveyor_paused",
+    "1 while a job type is paused (conveyor pause): its jobs are not started; organization"
+    ' "" is the whole type, else only that organization\'s jobs; one series per topic of the'
+    " type (source and retry), so lag alerts can leave paused topics out",
+    ["job_type", "organization", "topic"],
+)
+HELD = Gauge(
+    "conveyor_jobs_held",
+    "Records taken from Kafka and held unstarted because their job type or organization is"
+    " paused (counted in conveyor_jobs_waiting too)",
+    ["job_type"],
+)
+
 
 def track_pool(name: str, in_flight: Callable[[], int], waiting: Callable[[], int]) -> None:
     """Report a job pool's running and waiting counts whenever metrics are scraped."""
     IN_FLIGHT.labels(name).set_function(in_flight)
     WAITING.labels(name).set_function(waiting)
+
+
+def track_held(name: str, held: Callable[[], int]) -> None:
+    HELD.labels(name).set_function(held)
+
+
+class _Paused(Protocol):
+    @property
+    def job_type(self) -> str: ...
+
+    @property
+    def organization_id(self) -> str | None: ...
+
+
+def set_paused(pauses: Iterable[_Paused], topics_of: Callable[[str], list[str]]) -> None:
+    """The pauses in force now (the control topic), as ``conveyor_paused`` series."""
+    PAUSED.clear()
+    for pause in pauses:
+        for topic in topics_of(pause.job_type):
+            PAUSED.labels(pause.job_type, pause.organization_id or "", topic).set(1)
 
 
 class HealthServer:
@@ -167,11 +204,13 @@ class HealthServer:
         port: int,
         ready: Callable[[], bool],
         refresh: Callable[[], Awaitable[None]] | None = None,
+        paused: Callable[[], list[str]] = list,
     ) -> None:
         self.host = host
         self.port = port
         self._ready = ready
         self._refresh = refresh
+        self._paused = paused
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -201,6 +240,9 @@ class HealthServer:
         return web.Response(text="ok\n")
 
     async def _readyz(self, _: web.Request) -> web.Response:
+        # A paused job type is said, not failed: the worker is ready, it just starts none.
+        paused = self._paused()
+        extra = f"paused: {', '.join(paused)}\n" if paused else ""
         if self._ready():
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text="not ready\n")
+            return web.Response(text="ready\n" + extra)
+        return web.Response(status=503, text="not ready\n" + extra)

@@ -31,6 +31,13 @@ below ``low_water``.
 
 Only a run that returns finishes the offset; a cancelled or dropped record
 stays unfinished and is redelivered.
+
+**Runtime control** (``gate``, streams/control.py): while its job type has a
+pause, the pool has a gate and asks it before a record starts (no gate, no
+cost); a record of a paused job type (or organization) is *held* —
+unstarted, its offset unfinished, its key's lane kept so later records of
+the key wait behind it, counted like lane records for back-pressure — until
+``release_held()`` is called on a resume.
 """
 
 from __future__ import annotations
@@ -58,6 +65,8 @@ RunFn = Callable[[Record], Awaitable[None]]
 # (pause every partition of the pool, else pause exactly these — partitions, or topic
 # names for all their partitions — and resume the rest)
 FlowFn = Callable[[bool, frozenset[Hashable]], None]
+# CONTROL: may this record start now? (streams/control.py JobGate; False holds it)
+StartGate = Callable[[Record], bool]
 Ordering = Literal["none", "key"]
 
 
@@ -73,6 +82,8 @@ class _Slot:
     tp: Hashable | None = None
     done: asyncio.Future[None] | None = None
     idle: asyncio.Future[None] | None = field(default=None)
+    record: Record | None = None  # STATUS: what it runs, since when (streams/status.py)
+    started: float = 0.0
 
 
 class _Item:
@@ -153,6 +164,7 @@ class JobPool:
         flow: FlowFn = lambda pause_all, paused: None,
         ordering: Ordering = "none",
         fairness: Fairness | None = None,
+        gate: StartGate | None = None,
     ) -> None:
         self.name = name
         self.concurrency = concurrency
@@ -180,6 +192,8 @@ class JobPool:
         self._flowed_at = 0.0  # when the flow was last said
         self.accepting = True
         self.finished = 0
+        self.gate = gate  # CONTROL: set while the job type has a pause (streams/control.py)
+        self._held: list[_Item] = []
 
     def submit(self, tp: Hashable, record: Record, due_in_s: float = 0.0) -> None:
         """Start ``record``'s offset and queue it (after ``due_in_s``); never blocks."""
@@ -355,7 +369,7 @@ class JobPool:
 
     def _respawn(self, slot: _Slot) -> None:
         """A worker ends only when cancelled (drain or revoke); replace it while running."""
-        slot.tp = None
+        slot.tp = slot.record = None
         if self.accepting:
             self._spawn(slot)
 
@@ -374,7 +388,12 @@ class JobPool:
                 queue.ended(item.org)
                 self._left(item)
                 continue
+            if self.gate is not None and not self.gate(item.record):
+                queue.ended(item.org)
+                self._hold(item)  # CONTROL: paused; its offset stays unfinished
+                continue
             slot.tp, slot.done = item.tp, loop.create_future()
+            slot.record, slot.started = item.record, loop.time()
             try:
                 await self._run(item.record)
             except asyncio.CancelledError:
@@ -389,7 +408,7 @@ class JobPool:
                 item.ticket.finish()
                 self.finished += 1
             finally:
-                slot.tp = None
+                slot.tp = slot.record = None
                 slot.done.set_result(None)
                 queue.ended(item.org)
                 self._left(item)
@@ -405,6 +424,41 @@ class JobPool:
             return OrgCounts({}, {}, {}, {})
         waiting = {org: queue.held(org) for org in queue.holders()}
         return OrgCounts(waiting, dict(queue.running), dict(queue.started), dict(fair.deferred))
+
+    # CONTROL (streams/control.py): records held while their job type or organization is paused.
+
+    def _hold(self, item: _Item) -> None:
+        """Keep ``item`` unstarted (its lane too) until ``release_held`` lets it go."""
+        self._held.append(item)
+        self._behind[item.tp] += 1
+        self._bytes += item.size
+        self._flow_check()
+
+    def release_held(self) -> int:
+        """Requeue the held records the gate (if any) now lets start, before later ones."""
+        gate = self.gate
+        if not self._held:
+            return 0
+        verdicts = [(item, gate is None or gate(item.record)) for item in self._held]
+        freed = [item for item, may in verdicts if may]
+        if not freed:
+            return 0
+        self._held = [item for item, may in verdicts if not may]
+        for item in freed:
+            self._behind[item.tp] -= 1
+            if not self._behind[item.tp]:
+                del self._behind[item.tp]
+            self._queue.promote(item)  # keeps its place in line
+        self._wake()
+        return len(freed)
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    def running(self) -> list[tuple[Record, float]]:
+        """STATUS: each record running now, with the loop time it started."""
+        return [(s.record, s.started) for s in self._slots if s.record is not None]
 
     @property
     def in_flight(self) -> int:
@@ -426,10 +480,11 @@ class JobPool:
         for key, lane in self._lanes.items():
             if any(dropped(item) for item in lane):
                 self._lanes[key] = deque(item for item in lane if not dropped(item))
-        gone = self._queue.remove(dropped)
+        gone = self._queue.remove(dropped) + [item for item in self._held if dropped(item)]
+        self._held = [item for item in self._held if not dropped(item)]
         for item in gone:
             self._left(item)  # a lane's next record (of a partition kept) becomes ready
-        behind = [item for lane in self._lanes.values() for item in lane]
+        behind = [item for lane in self._lanes.values() for item in lane] + self._held
         self._behind = Counter(item.tp for item in behind)
         self._bytes = sum(item.size for item in (*self._queue.items(), *behind))
         self._aside_waiting = deque(i for i in self._aside_waiting if not dropped(i))

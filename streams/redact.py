@@ -9,7 +9,7 @@ credential an operator wrote into a URL setting.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 MASK = "**********"
@@ -44,6 +44,27 @@ def url_password(text: str) -> str | None:
     if parts.password in (parts.username, parts.path.strip("/")):
         return None
     return parts.password
+
+
+# Keys whose values are secrets wherever they appear in a payload or headers.
+SECRET_KEYS = re.compile(
+    r"(?i)(^|[_\-.])(secret|password|passwd|token|signature|authorization|api[_\-]?key|"
+    r"credentials?|private[_\-]?key|cookie)($|[_\-.])"
+)
+
+
+def mask_json(value: object, mask: Callable[[str], str] = mask_shapes) -> object:
+    """A JSON value with secret-named keys' values masked, and ``mask`` on every string."""
+    if isinstance(value, dict):
+        return {
+            k: MASK if SECRET_KEYS.search(str(k)) and v not in (None, "") else mask_json(v, mask)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [mask_json(v, mask) for v in value]
+    if isinstance(value, str):
+        return mask(value)
+    return value
 
 
 class Redactor:

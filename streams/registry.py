@@ -49,6 +49,8 @@ class Registry:
     retry_suffix: str
     dlq_topic: str
     deferred_suffix: str = ".deferred"
+    control_topic: str = "conveyor.control"
+    status_topic: str = "conveyor.status"
 
     @property
     def consumed(self) -> list[JobSpec]:
@@ -67,12 +69,27 @@ class Registry:
             raise KeyError(f"unknown job type {job_type!r}")
         return spec.topic
 
-    def all_topics(self) -> list[str]:
-        """Every topic the catalog needs: source, retry and deferred per job type, and the DLQ."""
+    def topics_of(self, job_type: str) -> list[str]:
+        """A job type's source, retry and deferred topics (none for an unknown type)."""
+        spec = self.specs.get(job_type)
+        if spec is None:
+            return []
+        return [spec.topic, self.retry_topic(spec), self.deferred_topic(spec)]
+
+    def job_topics(self) -> list[str]:
+        """The topics jobs travel through: source, retry and deferred per job type, the DLQ."""
         topics = [self.dlq_topic]
         for spec in self.specs.values():
             topics += [spec.topic, self.retry_topic(spec), self.deferred_topic(spec)]
         return topics
+
+    def fleet_topics(self) -> list[str]:
+        """The compacted topics of the fleet: runtime control and status reports."""
+        return [self.control_topic, self.status_topic]
+
+    def all_topics(self) -> list[str]:
+        """Every topic the catalog needs: the job topics and the fleet's."""
+        return [*self.job_topics(), *self.fleet_topics()]
 
 
 def build_registry(settings: Settings) -> Registry:
@@ -101,6 +118,8 @@ def build_registry(settings: Settings) -> Registry:
         retry_suffix=settings.kafka.retry_suffix,
         dlq_topic=settings.kafka.dlq_topic,
         deferred_suffix=settings.kafka.deferred_suffix,
+        control_topic=settings.kafka.control_topic,
+        status_topic=settings.kafka.status_topic,
     )
 
 

@@ -70,6 +70,11 @@ class Runtime:
         self._loop_lag = LoopLagMonitor()
 
     @property
+    def loop_lag_ms(self) -> float | None:
+        """p99 event-loop lag of the last 10 s window (None before the first one)."""
+        return self._loop_lag.last_p99_ms
+
+    @property
     def deps(self) -> Deps:
         if self._deps is None:
             raise RuntimeError("runtime is not open")

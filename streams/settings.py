@@ -48,6 +48,17 @@ class KafkaSettings(_Group):
     topic_partitions: int = Field(6, ge=1, description="partitions for topics we create")
     replication_factor: int = Field(1, ge=1, description="replication for topics we create")
     dlq_topic: str = Field("jobs.dlq", min_length=1)
+    control_topic: str = Field(
+        "conveyor.control",
+        min_length=1,
+        description="compacted, 1 partition: pauses and resumes every worker follows"
+        " (conveyor pause; docs/CONSOLE.md)",
+    )
+    status_topic: str = Field(
+        "conveyor.status",
+        min_length=1,
+        description="compacted, 1 partition: each worker's status report (conveyor workers)",
+    )
     retry_suffix: str = Field(".retry", min_length=1)
     deferred_suffix: str = Field(
         ".deferred", min_length=1, description="topic of records set aside for fair share"
@@ -297,6 +308,118 @@ class WorkerSettings(_Group):
     metrics_host: str = Field("0.0.0.0", description="address the metrics port listens on")
 
 
+class FleetSettings(_Group):
+    """What each worker tells the fleet: its status report on ``kafka.status_topic``."""
+
+    report_interval_s: float = Field(
+        5.0,
+        ge=0.5,
+        le=300,
+        description="seconds between a worker's status reports; silent for 3 intervals: gone",
+    )
+    forget_after_s: float = Field(
+        3600.0, gt=0, description="a worker gone this long is no longer listed"
+    )
+
+
+ConsoleRole = Literal["viewer", "operator"]
+CONSOLE_ROLES = ("viewer", "operator")
+
+
+class ConsoleSettings(_Group):
+    """``conveyor console``: the operations web console (docs/CONSOLE.md)."""
+
+    host: str = Field(
+        "127.0.0.1", description="address it listens on; loopback unless told otherwise"
+    )
+    port: int = Field(9180, ge=1, le=65535)
+    tokens: SecretStr | None = Field(
+        None,
+        description="'name:role:token,...' logins (role viewer or operator; tokens of 24+"
+        " characters); from a Secret",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="addresses or CIDRs of authenticating proxies whose proxy_user_header is"
+        " believed; empty: no proxy login",
+    )
+    proxy_user_header: str = Field(
+        "X-Forwarded-User", min_length=1, description="the user name a trusted proxy sends"
+    )
+    proxy_operators: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="proxy users with the operator role ('*': all); the others are viewers",
+    )
+    session_key: SecretStr | None = Field(
+        None,
+        description="signs session cookies (32+ characters); unset: a random key per process"
+        " (a restart logs everyone out)",
+    )
+    session_ttl_s: float = Field(12 * 3600.0, gt=0, description="a login lasts this long")
+    cookie_secure: bool = Field(
+        False, description="mark cookies Secure (set it when the console is served over HTTPS)"
+    )
+    page_size: int = Field(50, ge=10, le=500, description="dead letters per page")
+    sample_interval_s: float = Field(
+        30.0,
+        ge=1,
+        description="how often the console reads the group's committed offsets (rates, lag)",
+    )
+
+    @field_validator("trusted_proxies", "proxy_operators", mode="before")
+    @classmethod
+    def _split_csv(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for entry in value:
+            ipaddress.ip_network(entry, strict=False)  # ValueError names the bad entry
+        return value
+
+    def problems(self) -> list[str]:
+        """Why ``conveyor console`` cannot start with these settings (checked there: the
+        worker never reads the console's secrets, and is not given them)."""
+        found = []
+        if self.tokens is not None:
+            try:
+                console_logins(self.tokens.get_secret_value())
+            except ValueError as exc:
+                found.append(f"CONVEYOR_CONSOLE__TOKENS: {exc}")
+        elif not self.trusted_proxies:
+            found.append(
+                "nobody could log in: set CONVEYOR_CONSOLE__TOKENS (name:role:token,...) or"
+                " CONVEYOR_CONSOLE__TRUSTED_PROXIES"
+            )
+        if self.session_key is not None and len(self.session_key.get_secret_value()) < 32:
+            found.append("CONVEYOR_CONSOLE__SESSION_KEY: must be at least 32 characters")
+        return found
+
+
+def console_logins(text: str) -> dict[str, tuple[str, str]]:
+    """``name:role:token,...`` as {token: (name, role)}; a ValueError names what is wrong."""
+    logins: dict[str, tuple[str, str]] = {}
+    for index, entry in enumerate(part.strip() for part in text.split(",")):
+        name, _, rest = entry.partition(":")
+        role, _, token = rest.partition(":")
+        where = f"console.tokens entry {index + 1}"
+        if not name or not token:
+            raise ValueError(f"{where}: not name:role:token")
+        if role not in CONSOLE_ROLES:
+            raise ValueError(f"{where}: role must be viewer or operator")
+        if len(token) < 24:
+            raise ValueError(f"{where}: the token must be at least 24 characters")
+        if token in logins:
+            raise ValueError(f"{where}: the same token twice")
+        logins[token] = (name, role)
+    return logins
+
+
 class HttpSettings(_Group):
     """Outbound HTTP (asset storage and other plain fetches)."""
 
@@ -541,6 +664,8 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     dlq_mirror: DlqMirrorSettings = DlqMirrorSettings()
     fairness: FairnessSettings = FairnessSettings()
+    fleet: FleetSettings = FleetSettings()
+    console: ConsoleSettings = ConsoleSettings()
     http: HttpSettings = HttpSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
     llm: LlmSettings = LlmSettings()

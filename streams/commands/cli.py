@@ -45,21 +45,33 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--org", help="organization id")
     submit.add_argument("--count", type=int, default=1, help="publish this many copies")
     sub.add_parser("lag", help="the consumer group's lag per topic, its state and members")
+    from streams.commands.fleet import add_parsers
+
+    add_parsers(sub)
     _dlq_parser(sub)
     _crm_parser(sub)
+    sub.add_parser(
+        "console",
+        help="the operations console: fleet, dead letters, find a job, CRM, pause/resume"
+        " (on console.host:console.port, loopback by default)",
+    )
     demo = sub.add_parser("demo", help="serve sample documents, publish asset jobs, show results")
     demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for results")
     return p
 
 
 def _dlq_parser(sub: Any) -> None:
-    dlq = sub.add_parser("dlq", help="list, replay and resolve dead letters (worker_dlq)")
+    dlq = sub.add_parser(
+        "dlq", help="list, show, count, replay and resolve dead letters (worker_dlq)"
+    )
     dsub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
 
     def filters(p: argparse.ArgumentParser) -> None:
         p.add_argument("--id", type=int, action="append", dest="ids", help="a worker_dlq id")
         p.add_argument("--job-type", help="only dead letters of this job type")
         p.add_argument("--stage", choices=[s.value for s in Stage], help="only this stage")
+        p.add_argument("--org", help="only this organization's (the envelope's organization_id)")
+        p.add_argument("--error-class", help="only this error class, e.g. PermanentError")
 
     ls = dsub.add_parser("list", help="show dead letters, oldest first")
     filters(ls)
@@ -70,6 +82,12 @@ def _dlq_parser(sub: Any) -> None:
         help="default: new",
     )
     ls.add_argument("--limit", type=int, default=50, help="at most this many rows (default 50)")
+    sh = dsub.add_parser(
+        "show", help="one dead letter: payload (secrets masked), headers, stack, lineage"
+    )
+    sh.add_argument("id", type=int, metavar="ID")
+    sh.add_argument("--json", action="store_true", help="as JSON")
+    dsub.add_parser("stats", help="counts by job type, stage and status; commonest errors")
     rp = dsub.add_parser(
         "replay",
         help="republish dead letters to their original topics (fresh attempts)",
@@ -185,12 +203,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return submit_jobs(settings, args.job_type, args.payload, args.id, args.org, args.count)
     if command == "lag":
         return _lag(settings)
+    if command in ("pause", "resume", "paused", "workers"):
+        from streams.commands.fleet import run_fleet
+
+        return run_fleet(settings, args)
     if command == "dlq":
         return asyncio.run(_dlq(settings, args))
     if command == "crm":
         from streams.commands.crm import run_crm
 
         return run_crm(settings, args)
+    if command == "console":
+        from streams.commands.console import run_console
+
+        forget_environment()
+        return run_console(settings)
     if command == "demo":
         from streams.commands.demo import run_demo
 
@@ -199,9 +226,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _uses_kafka(args: argparse.Namespace) -> bool:
-    return args.command in ("topics", "lag", "submit", "demo") or (
-        args.command == "dlq" and args.dlq_command == "replay"
-    )
+    return args.command in (
+        "topics",
+        "lag",
+        "submit",
+        "demo",
+        "pause",
+        "resume",
+        "paused",
+        "workers",
+        "console",
+    ) or (args.command == "dlq" and args.dlq_command == "replay")
 
 
 def _kafka_problem(settings: Settings) -> str | None:
@@ -249,6 +284,12 @@ async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
     try:
         if action == "purge":
             return await _purge(settings, args)
+        if action in ("show", "stats"):
+            from streams.commands import dlq_show
+
+            if action == "show":
+                return await dlq_show.show(settings, args.id, args.json)
+            return await dlq_show.stats(settings)
         if action == "resolve":
             done = await dlq.resolve(settings, args.ids, args.note)
             missing = sorted(set(args.ids) - set(done))
@@ -257,12 +298,24 @@ async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
                 err.print(f"not found or already resolved: {', '.join(map(str, missing))}")
             return 1 if missing else 0
         statuses = _statuses(args)
-        sel = dlq.Selection(args.ids, args.job_type, args.stage, statuses, args.limit)
+        sel = dlq.Selection(
+            args.ids,
+            args.job_type,
+            args.stage,
+            statuses,
+            args.limit,
+            organization=args.org,
+            error_class=args.error_class,
+        )
         if action == "list":
             dlq.print_rows(await dlq.list_rows(settings, sel))
             return 0
-        if not (args.ids or args.job_type or args.stage or args.all):
-            err.print("conveyor dlq replay: select with --id, --job-type or --stage, or --all")
+        chosen = (args.ids, args.job_type, args.stage, args.org, args.error_class, args.all)
+        if not any(chosen):
+            err.print(
+                "conveyor dlq replay: select with --id, --job-type, --stage, --org or"
+                " --error-class, or --all"
+            )
             return EXIT_CONFIG
         report = await dlq.replay(
             settings,

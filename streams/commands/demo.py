@@ -46,9 +46,22 @@ VALUES ($1, $2, $3, $4, $5)
 STATUS = "SELECT id, filename, status, chunks_count, error FROM assets WHERE id = ANY($1)"
 
 
+def console_url(settings: Settings) -> str:
+    c = settings.console
+    host = "127.0.0.1" if c.host in ("0.0.0.0", "::") else c.host
+    return f"http://{host}:{c.port}/"
+
+
 async def run_demo(settings: Settings, timeout_s: float) -> int:
+    url = console_url(settings)
+    out.print(
+        f"Watch it in the console: {url} (`make console` in another terminal; it prints"
+        " the dev logins)",
+        markup=False,
+    )
     indexed = await _index_samples(settings, timeout_s)
     synced = await run_crm_demo(settings, timeout_s)
+    out.print(f"The dead letter and the jobs, in the console: {url}dlq, {url}find", markup=False)
     return 0 if indexed and synced else 1
 
 

@@ -275,7 +275,10 @@ async def _outcome(conn: asyncpg.Connection, hook: Hook, timeout_s: float) -> tu
             said = f"applied: lead stored in {lead['status']} ({lead['pipeline']})"
             return hook.signed, said
         if dead is not None:
-            said = f"dead-lettered at stage {dead['stage']}: {dead['error_message']}"
+            said = (
+                f"dead-lettered at stage {dead['stage']}: {dead['error_message']}"
+                f" (dead letter {dead['id']})"
+            )
             return not hook.signed, said
         await asyncio.sleep(POLL_S)
     return False, "no outcome yet: is the worker running with the same crm.keyring?"
@@ -291,4 +294,4 @@ LEFT JOIN crm_pipeline_statuses s
 LEFT JOIN crm_pipelines p ON p.connection_id = l.connection_id AND p.pipeline_id = l.pipeline_id
 WHERE l.connection_id = $1 AND l.lead_id = $2 AND l.event_id = $3
 """
-DEAD_LETTER = "SELECT stage, error_message FROM worker_dlq WHERE job_id = $1"
+DEAD_LETTER = "SELECT id, stage, error_message FROM worker_dlq WHERE job_id = $1"

@@ -1,4 +1,8 @@
-"""``conveyor dlq``: list, replay, resolve and purge the dead letters mirrored into ``worker_dlq``.
+"""``conveyor dlq``: list, show, count, replay, resolve and purge the mirrored dead letters.
+
+The selection (:class:`Selection`), the queries and the actions here are
+shared by the command line and the console (streams/console/), which adds
+its confirmation and audit around them.
 
 Replay republishes a dead letter to the topic it first came from, with its
 raw key and value and its original headers (the ones Conveyor did not add),
@@ -20,10 +24,12 @@ for: the same bytes fail the same way until their producer is fixed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -32,6 +38,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from handlers.db import Connection
 from schemas.dlq import Stage, own_headers
 from streams.commands.originals import Original, omitted, read_originals
 from streams.commands.postgres import database
@@ -50,22 +57,75 @@ _UNIT_S = {"d": 86_400, "h": 3_600, "m": 60}
 ACK_TIMEOUT_S = 60.0
 INVALID_STAGES = (Stage.DECODE.value, Stage.VALIDATE.value)
 
-WHERE = """
-WHERE dlq_topic = $1
-  AND status = ANY($2::text[])
-  AND ($3::bigint[] IS NULL OR id = ANY($3))
-  AND ($4::text IS NULL OR job_type = $4)
-  AND ($5::text IS NULL OR stage = $5)
+# A selection's conditions, each added only when its filter is set, so that every
+# statement is planned for exactly its filters: one "($n IS NULL OR col = $n)" form
+# would get a generic plan that uses no index (100,000 rows scanned per page).
+CONDITIONS = (
+    ("ids", "id = ANY(${}::bigint[])"),
+    ("job_type", "job_type = ${}"),
+    ("stage", "stage = ${}"),
+    ("organization", "payload->>'organization_id' = ${}"),
+    ("error_class", "error_class = ${}"),
+    ("since", "created_at >= ${}::timestamptz"),
+    ("until", "created_at < ${}::timestamptz"),
+)
+SUMMARY_COLUMNS = """
+id, coalesce(last_failure_at, created_at) AS failed_at, original_topic, job_type, job_id,
+stage, error_class, error_message, attempts, status, replay_count,
+payload->>'organization_id' AS organization_id
 """
+# {where} is the selection's WHERE; {p1}, {p2}: the parameters after its own.
 SELECT = f"""
-SELECT id, coalesce(last_failure_at, created_at) AS failed_at, original_topic, job_type,
-       job_id, stage, error_class, error_message, attempts, status, replay_count,
-       raw_key, raw_value, headers
-FROM worker_dlq {WHERE} AND id > $6
+SELECT {SUMMARY_COLUMNS}, raw_key, raw_value, headers
+FROM worker_dlq {{where}} AND id > ${{p1}}
 ORDER BY id
-LIMIT $7
+LIMIT ${{p2}}
 """
-COUNT = f"SELECT count(*) FROM worker_dlq {WHERE}"
+COUNT = "SELECT count(*) FROM worker_dlq {where}"
+# Newest first, a page after the keyset cursor (the console's list).
+PAGE = f"""
+SELECT {SUMMARY_COLUMNS}
+FROM worker_dlq {{where}} AND id < ${{p1}}
+ORDER BY id DESC
+LIMIT ${{p2}}
+"""
+PURGE = "DELETE FROM worker_dlq {where} RETURNING id"
+RESOLVE_SELECTED = """
+UPDATE worker_dlq
+SET status = 'resolved', resolution_note = ${p1}, updated_at = now()
+{where} AND status <> 'resolved'
+RETURNING id
+"""
+SHOW = """
+SELECT *, payload->>'organization_id' AS organization_id
+FROM worker_dlq
+WHERE dlq_topic = $1 AND id = $2
+"""
+# The dead letters of the same job: earlier failures, and failures again after a replay.
+LINEAGE = f"""
+SELECT {SUMMARY_COLUMNS}, replayed_at, resolution_note
+FROM worker_dlq
+WHERE dlq_topic = $1 AND job_id = $2
+ORDER BY id
+LIMIT 100
+"""
+STATS = """
+SELECT coalesce(job_type, '?') AS job_type, coalesce(stage, '?') AS stage, status,
+       count(*) AS n, min(created_at) AS oldest, max(created_at) AS newest,
+       count(*) FILTER (WHERE created_at > now() - interval '1 hour') AS last_hour
+FROM worker_dlq
+WHERE dlq_topic = $1
+GROUP BY 1, 2, 3
+ORDER BY 1, 2, 3
+"""
+TOP_ERRORS = """
+SELECT coalesce(error_class, '?') AS error_class, count(*) AS n
+FROM worker_dlq
+WHERE dlq_topic = $1 AND status = 'new'
+GROUP BY 1
+ORDER BY 2 DESC, 1
+LIMIT $2
+"""
 MARK_REPLAYED = """
 UPDATE worker_dlq
 SET status = 'replayed', replay_count = replay_count + 1, replayed_at = now(), updated_at = now()
@@ -96,6 +156,10 @@ class Selection:
     stage: str | None = None
     statuses: Sequence[str] = ("new",)
     limit: int | None = None
+    organization: str | None = None
+    error_class: str | None = None
+    since: datetime | None = None  # dead-lettered at or after
+    until: datetime | None = None  # dead-lettered before
 
 
 @dataclass(slots=True)
@@ -108,15 +172,71 @@ class ReplayReport:
     duplicates: dict[int, int] = field(default_factory=dict)
 
 
-def _filters(dlq_topic: str, sel: Selection) -> tuple[Any, ...]:
-    ids = list(sel.ids) if sel.ids else None
-    return (dlq_topic, list(sel.statuses), ids, sel.job_type, sel.stage)
+def statement(template: str, dlq_topic: str, sel: Selection) -> tuple[str, list[Any]]:
+    """``template`` with the selection's WHERE, and its arguments (more may follow)."""
+    clauses = ["WHERE dlq_topic = $1", "AND status = ANY($2::text[])"]
+    args: list[Any] = [dlq_topic, list(sel.statuses)]
+    for name, condition in CONDITIONS:
+        value = getattr(sel, name)
+        if value is None or (name == "ids" and not value):
+            continue
+        args.append(list(value) if name == "ids" else value)
+        clauses.append("AND " + condition.format(len(args)))
+    n = len(args)
+    return template.format(where="\n".join(clauses), p1=n + 1, p2=n + 2), args
+
+
+async def count(conn: Connection, dlq_topic: str, sel: Selection) -> int:
+    """How many dead letters ``sel`` selects (the number a confirmation states)."""
+    sql, args = statement(COUNT, dlq_topic, sel)
+    return int(await conn.fetchval(sql, *args))
+
+
+async def page(
+    conn: Connection, dlq_topic: str, sel: Selection, before_id: int | None, limit: int
+) -> list[asyncpg.Record]:
+    """Newest first, those with an id below ``before_id`` (keyset pagination)."""
+    sql, args = statement(PAGE, dlq_topic, sel)
+    return list(await conn.fetch(sql, *args, 2**62 if before_id is None else before_id, limit))
+
+
+async def purge_selected(conn: Connection, dlq_topic: str, sel: Selection) -> list[int]:
+    """Delete the selected dead letters from ``worker_dlq`` (the topic keeps its records)."""
+    sql, args = statement(PURGE, dlq_topic, sel)
+    return [r["id"] for r in await conn.fetch(sql, *args)]
+
+
+async def resolve_selected(
+    conn: Connection, dlq_topic: str, sel: Selection, note: str
+) -> list[int]:
+    sql, args = statement(RESOLVE_SELECTED, dlq_topic, sel)
+    return [r["id"] for r in await conn.fetch(sql, *args, note)]
+
+
+async def show(
+    conn: Connection, dlq_topic: str, row_id: int
+) -> tuple[asyncpg.Record | None, list[asyncpg.Record]]:
+    """One dead letter and its lineage (every dead letter of the same job, oldest first)."""
+    row = await conn.fetchrow(SHOW, dlq_topic, row_id)
+    if row is None or not row["job_id"]:
+        return row, []
+    return row, list(await conn.fetch(LINEAGE, dlq_topic, row["job_id"]))
+
+
+async def stats(
+    conn: Connection, dlq_topic: str, top: int = 10
+) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+    """Counts by job type, stage and status; the commonest error classes of new ones."""
+    return list(await conn.fetch(STATS, dlq_topic)), list(
+        await conn.fetch(TOP_ERRORS, dlq_topic, top)
+    )
 
 
 async def fetch_rows(
     conn: asyncpg.Connection, dlq_topic: str, sel: Selection, after_id: int, limit: int
 ) -> list[asyncpg.Record]:
-    return list(await conn.fetch(SELECT, *_filters(dlq_topic, sel), after_id, limit))
+    sql, args = statement(SELECT, dlq_topic, sel)
+    return list(await conn.fetch(sql, *args, after_id, limit))
 
 
 def replay_headers(stored: str | dict[str, str]) -> list[tuple[str, str | bytes | None]]:
@@ -155,18 +275,19 @@ async def replay(
     include_crashed: bool = False,
     dry_run: bool = False,
     prod: Producer | None = None,
+    progress: bool = True,
 ) -> ReplayReport:
-    """Republish the selected dead letters, batch by batch, with a progress bar."""
+    """Republish the selected dead letters, batch by batch (with a progress bar on stderr)."""
     registry = build_registry(settings)
     source_topics = {spec.topic for spec in registry.specs.values()}
     dlq_topic = settings.kafka.dlq_topic
     report = ReplayReport()
     prod = prod or producer(settings)
     async with database(settings) as conn:
-        total = int(await conn.fetchval(COUNT, *_filters(dlq_topic, sel)))
+        total = await count(conn, dlq_topic, sel)
         remaining = total if sel.limit is None else min(total, sel.limit)
-        with Progress(console=err, transient=True) as progress:
-            bar = progress.add_task("checking" if dry_run else "replaying", total=remaining)
+        with Progress(console=err, transient=True, disable=not progress) as bars:
+            bar = bars.add_task("checking" if dry_run else "replaying", total=remaining)
             last_id = 0
             first_rows: dict[str, int] = {}
             while remaining > 0:
@@ -187,13 +308,13 @@ async def replay(
                 if dry_run:
                     report.replayed += [r["id"] for r in todo]
                 else:
-                    originals = _originals(settings, todo, report)
+                    originals = await asyncio.to_thread(_originals, settings, todo, report)
                     todo = [r for r in todo if r["id"] not in report.failed]
-                    acked = _publish(prod, todo, report, originals)
+                    acked = await asyncio.to_thread(_publish, prod, todo, report, originals)
                     if acked:
                         await conn.execute(MARK_REPLAYED, acked)
                     report.replayed += acked
-                progress.update(bar, advance=len(rows))
+                bars.update(bar, advance=len(rows))
         if not dry_run:
             await _resolve_duplicates(conn, report)
     return report

@@ -48,13 +48,19 @@ class GroupLag:
         return sum(t.lag for t in self.topics)
 
 
-def group_lag(settings: Settings, registry: Registry) -> GroupLag:
+def group_consumer(settings: Settings) -> Consumer:
+    """A consumer of the group's offsets that never joins it (no subscription, no commit)."""
     group = settings.kafka.group_id
-    consumer = Consumer(
+    return Consumer(
         {**confluent_config(settings.kafka), "group.id": group, "enable.auto.commit": False}
     )
+
+
+def group_lag(settings: Settings, registry: Registry) -> GroupLag:
+    group = settings.kafka.group_id
+    consumer = group_consumer(settings)
     try:
-        topics = [_retrying(partial(_topic_lag, consumer, name)) for name in registry.all_topics()]
+        topics = [_retrying(partial(_topic_lag, consumer, name)) for name in registry.job_topics()]
     finally:
         consumer.close()
     state, members = _retrying(partial(_describe, settings, group))
@@ -76,23 +82,45 @@ def _retrying(
     raise AssertionError("unreachable")
 
 
-def _topic_lag(consumer: Consumer, topic: str) -> TopicLag:
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    topic: str
+    partition: int
+    low: int  # the first retained offset
+    committed: int  # the group's position (the log start when nothing is committed)
+    end: int
+
+    @property
+    def lag(self) -> int:
+        return max(self.end - self.committed, 0)
+
+
+def partition_lags(consumer: Consumer, topic: str) -> list[PartitionLag]:
+    """The group's committed position and the log's end, per partition of ``topic``."""
     metadata = consumer.list_topics(topic, timeout=TIMEOUT_S).topics[topic]
     if metadata.error is not None:
-        return TopicLag(topic, 0, 0, 0, 0)
+        return []
     tps = [TopicPartition(topic, p) for p in sorted(metadata.partitions)]
-    committed = consumer.committed(tps, timeout=TIMEOUT_S)
-    done = end_total = lag = 0
-    for tp in committed:
+    found = []
+    for tp in consumer.committed(tps, timeout=TIMEOUT_S):
         low, high = consumer.get_watermark_offsets(
             TopicPartition(tp.topic, tp.partition), timeout=TIMEOUT_S
         )
         position = tp.offset if tp.offset >= 0 else low  # nothing committed: from the start
         position = max(position, low)  # committed before retention removed records
-        done += position - low
-        end_total += high - low
-        lag += max(high - position, 0)
-    return TopicLag(topic, len(tps), done, end_total, lag)
+        found.append(PartitionLag(topic, tp.partition, low, position, high))
+    return found
+
+
+def _topic_lag(consumer: Consumer, topic: str) -> TopicLag:
+    parts = partition_lags(consumer, topic)
+    return TopicLag(
+        topic,
+        len(parts),
+        sum(p.committed - p.low for p in parts),
+        sum(p.end - p.low for p in parts),
+        sum(p.lag for p in parts),
+    )
 
 
 def _describe(settings: Settings, group: str) -> tuple[str, int]:

@@ -11,6 +11,15 @@ from streams.kafka_config import confluent_config
 from streams.registry import Registry
 from streams.settings import Settings
 
+# The fleet topics keep the last record per key (a pause, a worker's report): compacted,
+# in short segments so that superseded reports are cleaned within minutes, not days.
+COMPACTED = {
+    "cleanup.policy": "compact",
+    "segment.ms": str(10 * 60 * 1000),
+    "min.cleanable.dirty.ratio": "0.1",
+    "max.message.bytes": str(1024 * 1024),
+}
+
 
 @dataclass(frozen=True, slots=True)
 class TopicResult:
@@ -45,7 +54,11 @@ def create_topics(
             replication_factor=k.replication_factor,
             config=config,
         )
-        for name in registry.all_topics()
+        for name in registry.job_topics()
+    ]
+    new += [
+        NewTopic(name, num_partitions=1, replication_factor=k.replication_factor, config=COMPACTED)
+        for name in registry.fleet_topics()
     ]
     client = admin(settings)  # must outlive the futures
     futures = client.create_topics(new, request_timeout=timeout_s)

@@ -49,7 +49,7 @@ async def test_demo_indexes_every_sample_and_syncs_a_crm_account(
             "SELECT lead_id, status_id FROM crm_leads WHERE connection_id = $1", CONNECTION
         )
         dead = await conn.fetchrow(
-            "SELECT stage, error_message FROM worker_dlq WHERE job_type = 'crm.webhook'"
+            "SELECT id, stage, error_message FROM worker_dlq WHERE job_type = 'crm.webhook'"
             " AND job_id LIKE $1",
             f"demo-webhook-%-{UNSIGNED_LEAD}",
         )
@@ -57,6 +57,8 @@ async def test_demo_indexes_every_sample_and_syncs_a_crm_account(
     assert dead is not None and dead["stage"] == "handle"
     assert "signature is missing or wrong" in dead["error_message"]
     said = capsys.readouterr().out
+    assert said.startswith("Watch it in the console: http://127.0.0.1:9180/")
+    assert f"(dead letter {dead['id']})" in said and "127.0.0.1:9180/dlq" in said
     assert f"synced {CONNECTION}: {len(pipelines())} pipelines, {statuses} statuses" in said
     assert "applied: lead stored in Qualified (Sales)" in said
     assert "dead-lettered at stage handle" in said  # the reason's words wrap in the table

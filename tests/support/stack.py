@@ -95,6 +95,10 @@ class Stack:
             "CONVEYOR_POSTGRES__DSN": self.dsn,
             "CONVEYOR_KAFKA__GROUP_ID": f"{self.prefix}-group",
             "CONVEYOR_KAFKA__DLQ_TOPIC": f"{self.prefix}.dlq",
+            "CONVEYOR_KAFKA__CONTROL_TOPIC": f"{self.prefix}.control",
+            "CONVEYOR_KAFKA__STATUS_TOPIC": f"{self.prefix}.status",
+            # Reports often enough that a test sees a worker (and one gone) quickly.
+            "CONVEYOR_FLEET__REPORT_INTERVAL_S": "1",
             "CONVEYOR_KAFKA__TOPIC_PARTITIONS": "3",
             "CONVEYOR_HTTP__ALLOWED_HOSTS": "127.0.0.1:*",  # test servers use random ports
             "CONVEYOR_CRM__ALLOWED_ACCOUNT_HOSTS": "127.0.0.1:*",  # Kommo stand-ins, too

@@ -25,10 +25,12 @@ class WorkerProcess:
         env: dict[str, str],
         log_path: Path,
         hooks: Sequence[str] = (),
+        command: Sequence[str] = ("run",),
         *,
         capabilities: bool = True,
     ) -> None:
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.command = list(command)  # the conveyor command: run, or e.g. console
         # Test-only delays (tests/support/hooked_worker.py), e.g. ["--commit-delay-s", "2"].
         self.hooks = list(hooks)
         # False: start it without any capability, as the chart's pod (drop: ["ALL"]) even
@@ -41,9 +43,9 @@ class WorkerProcess:
         self._reader: threading.Thread | None = None
 
     def start(self) -> WorkerProcess:
-        command = ["-m", "streams.commands.cli", "run"]
+        command = ["-m", "streams.commands.cli", *self.command]
         if self.hooks:
-            command = ["-m", "tests.support.hooked_worker", *self.hooks, "--", "run"]
+            command = ["-m", "tests.support.hooked_worker", *self.hooks, "--", *self.command]
         prefix = [] if self.capabilities else NO_CAPABILITIES
         self.proc = subprocess.Popen(
             [*prefix, sys.executable, *command],

@@ -58,6 +58,7 @@ def test_full_values_switch_every_template_on() -> None:
     templates = [p.stem for p in (chart.CHART / "templates").glob("*.yaml")]
     expected = {
         "configmap": "ConfigMap",
+        "console": "Ingress",  # and a Deployment and a Service
         "deployment": "Deployment",
         "job-migrate": "Job",
         "job-topics": "Job",

@@ -53,8 +53,14 @@ def test_network_policy_lets_out_only_dns_kafka_postgres_and_the_public_internet
         "app.kubernetes.io/name": "conveyor",
         "app.kubernetes.io/instance": "conveyor",
     }
-    port = Settings().worker.metrics_port
-    assert [rule["ports"] for rule in policy["ingress"]] == [[{"port": port, "protocol": "TCP"}]]
+    port, console = Settings().worker.metrics_port, Settings().console.port
+    assert [rule["ports"] for rule in policy["ingress"]] == [
+        [{"port": port, "protocol": "TCP"}],
+        [{"port": console, "protocol": "TCP"}],  # the console's, from its ingress controller
+    ]
+    assert policy["ingress"][1]["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "ingress-nginx"
+    }
     dns, kafka, postgres, internet, extra = policy["egress"]
     assert {p["port"] for p in dns["ports"]} == {53}
     assert kafka["to"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]

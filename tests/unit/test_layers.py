@@ -4,7 +4,10 @@ Every import of the service is read from the source (module level, inside
 functions and under TYPE_CHECKING alike) and checked against the rules:
 nothing imports backwards, handlers never see Faust, Kafka or the
 environment, only the operator commands use CLI libraries, and the domain
-rooms of handlers/ do not import each other (messaging may use crm).
+rooms of handlers/ do not import each other (messaging may use crm). The
+console (streams/console/) is a room of its own: it reads Postgres and the
+fleet topics and reuses the commands' dead-letter code, but never imports
+the worker's engine (runner, pools, consumer, lifecycle, Faust).
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ DOMAINS = ("assets", "knowledge_graph", "crm", "messaging")
 DOMAIN_EDGES = {("messaging", "crm")}
 KAFKA = ("faust", "mode", "aiokafka", "confluent_kafka")
 CLI = ("rich", "argparse")
+# What the console may not import: the worker's engine.
+ENGINE_MODULES = (
+    "runner pool agents consumer lifecycle app worker crashguard isolation publish mirror retry"
+    " offsets runtime decode report"
+)
+ENGINE = (*(f"streams.{m}" for m in ENGINE_MODULES.split()), "faust", "mode")
 
 
 def modules() -> dict[str, Path]:
@@ -53,9 +62,10 @@ def imports(name: str, source: str, is_package: bool = False) -> Iterator[str]:
 
 
 def room(module: str) -> str:
-    """``streams.commands`` for the operator commands, else the top package."""
-    if module == "streams.commands" or module.startswith("streams.commands."):
-        return "streams.commands"
+    """``streams.commands`` and ``streams.console`` for their rooms, else the top package."""
+    for inner in ("streams.commands", "streams.console"):
+        if module == inner or module.startswith(inner + "."):
+            return inner
     return module.split(".")[0]
 
 
@@ -84,8 +94,10 @@ def violations(name: str, source: str | None = None) -> list[str]:
             found.append(f"handlers import {target}")
         if here == "handlers" and under(target, *KAFKA):
             found.append(f"handlers import {target}")
-        if here == "streams" and there == "streams.commands":
-            found.append(f"the engine imports the command {target}")
+        if here == "streams" and there in ("streams.commands", "streams.console"):
+            found.append(f"the engine imports {target}")
+        if here == "streams.console" and under(target, *ENGINE):
+            found.append(f"the console imports the engine's {target}")
         if here != "streams.commands" and under(target, *CLI):
             found.append(f"only commands use {target}")
         mine, theirs = domain(name), domain(target)
@@ -122,6 +134,8 @@ def test_the_rules_catch_a_backward_import() -> None:
         "streams.x": "from streams.commands import cli",
         "streams.y": "from rich.console import Console",
         "handlers.assets.x": "from handlers.crm import sync",
+        "streams.console.x": "from streams.runner import JobRunner",
+        "streams.z": "from streams.console import app",
     }
     for name, source in cases.items():
         assert violations(name, source), f"{name}: {source!r} passed"

@@ -158,8 +158,17 @@ Input: dict "root" $ "secrets" <map> "name" <name so far> "path" <dotted path so
 {{- end }}
 {{- end }}
 
+{{- /* Every secret setting the workers use: all but the console's. */}}
 {{- define "conveyor.secretEnvAll" -}}
-{{- include "conveyor.secretEnv" (dict "root" . "secrets" .Values.secrets "name" (include "conveyor.envPrefix" .) "path" "secrets") }}
+{{- include "conveyor.secretEnv" (dict "root" . "secrets" (omit .Values.secrets "console") "name" (include "conveyor.envPrefix" .) "path" "secrets") }}
+{{- end }}
+
+{{- /* The secret settings of the listed groups only. Input: dict "root" $ "groups" <list>. */}}
+{{- define "conveyor.secretEnvGroups" -}}
+{{- $root := .root -}}
+{{- $secrets := dict -}}
+{{- range .groups }}{{- $_ := set $secrets . (index $root.Values.secrets .) }}{{- end -}}
+{{- include "conveyor.secretEnv" (dict "root" $root "secrets" $secrets "name" (include "conveyor.envPrefix" $root) "path" "secrets") }}
 {{- end }}
 
 {{/*

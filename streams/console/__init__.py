@@ -1,0 +1,1 @@
+"""The operations console (``conveyor console``, docs/CONSOLE.md)."""
