@@ -53,7 +53,7 @@ from tests.support.soak_evidence import (
     schedule_lines,
 )
 from tests.support.soak_fleet import Fleet
-from tests.support.soak_load import Plan, Publisher, Rates, ended, plan_load
+from tests.support.soak_load import Plan, Publisher, Rates, ended, plan_load, quiet_producer
 from tests.support.soak_oracle import judge
 from tests.support.soak_rig import (
     KAFKA_PROXY,
@@ -142,7 +142,7 @@ def _worker_env(stack: Stack, rig: Rig, embeddings_url: str) -> dict[str, str]:
 
 async def _sample(db: asyncpg.Pool, publisher: Publisher, out: list[Sample]) -> None:
     while True:
-        out.append(Sample(time.time(), publisher.count, await ended(db)))
+        out.append(Sample(time.time(), publisher.countable(), await ended(db)))
         await asyncio.sleep(1.0)
 
 
@@ -160,9 +160,9 @@ async def _drain(db: asyncpg.Pool, stack: Stack, publisher: Publisher) -> tuple[
         lag = await asyncio.to_thread(lag_by_topic, stack)
         behind = {t: n for t, n in lag.items() if n}
         settled_at = None if behind else (settled_at or now)
-        left = f"{publisher.count - done} jobs not ended, lag {behind}"
-        if not behind and (done >= publisher.count or now - settled_at >= SETTLED_S):
-            return now - started, "" if done >= publisher.count else left
+        left = f"{publisher.countable() - done} jobs not ended, lag {behind}"
+        if not behind and (done >= publisher.countable() or now - settled_at >= SETTLED_S):
+            return now - started, "" if done >= publisher.countable() else left
         await asyncio.sleep(2.0)
     return time.monotonic() - started, left
 
@@ -220,8 +220,9 @@ async def _soak(
     """Run the load and the schedule, drain, judge; the oracle's failures ('' if none)."""
     await fleet.wait_ready()
     registry = stack.registry()
-    topics = {t: registry.topic_for(t) for t in ("probe", "asset.process", "message.send")}
-    publisher = Publisher(plan, stack.producer(), topics)
+    kinds = ("probe", "asset.process", "message.send", "crm.webhook")
+    topics = {t: registry.topic_for(t) for t in kinds}
+    publisher = Publisher(plan, quiet_producer(stack), topics)
     samples: list[Sample] = []
     stop = asyncio.Event()
     background = [
@@ -244,7 +245,7 @@ async def _soak(
         stop.set()
         background[1].cancel()
         await asyncio.gather(*background, return_exceptions=True)
-    evidence = await gather(db, stack, plan, publisher.published(), kommo, fleet, org)
+    evidence = await gather(db, stack, plan, publisher, kommo, fleet, org)
     verdict = judge(evidence)
     slack = max(5, int(2 * (RATES.probe + RATES.message + RATES.asset)))
     lost = [published_at + job.at_s for job in never_counted(evidence)]

@@ -15,7 +15,7 @@ from tests.support.kafka import read_topic
 from tests.support.kommo_server import KommoServer
 from tests.support.messages import notes_per_key, sent_today
 from tests.support.soak_fleet import Fleet
-from tests.support.soak_load import Plan, Planned
+from tests.support.soak_load import Plan, Planned, Publisher
 from tests.support.soak_oracle import (
     REFUSED_COMMITS,
     SPURIOUS,
@@ -40,18 +40,24 @@ def _header(headers: list[tuple[str, bytes]] | None, name: str) -> str:
     return ""
 
 
-def dead_letters(stack: Stack) -> list[DeadLetter]:
-    """Every record of the stack's dead-letter topic (through the direct listener)."""
+def dead_letters(stack: Stack, origins: dict[tuple[str, int, int], str]) -> list[DeadLetter]:
+    """Every record of the stack's dead-letter topic (through the direct listener); a poison
+    record's dead letter (no job id) named after its origin (``origins``)."""
     topic = stack.registry().dlq_topic
     out = []
     for msg in read_topic(stack.bootstrap, topic):
         headers = msg.headers()
+        origin = (
+            _header(headers, "conveyor-original-topic"),
+            int(_header(headers, "conveyor-original-partition") or -1),
+            int(_header(headers, "conveyor-original-offset") or -1),
+        )
         out.append(
             DeadLetter(
                 msg.partition(),
                 msg.offset(),
                 msg.timestamp()[1] / 1000,
-                _header(headers, "conveyor-job-id"),
+                origins.get(origin) or _header(headers, "conveyor-job-id"),
                 _header(headers, "conveyor-job-type"),
                 _header(headers, "conveyor-stage"),
                 f"{_header(headers, 'conveyor-error-class')}: "
@@ -94,7 +100,7 @@ async def gather(
     db: asyncpg.Pool,
     stack: Stack,
     plan: Plan,
-    published: list[Planned],
+    publisher: Publisher,
     kommo: KommoServer,
     fleet: Fleet,
     organization_id: str,
@@ -124,7 +130,7 @@ async def gather(
         str(e.get("asset_id")) for _, e in fleet.events() if e.get("event") == "asset.indexed"
     )
     return Evidence(
-        jobs=published,
+        jobs=publisher.published(),
         asset_ids=plan.asset_ids,
         message_keys=plan.message_keys,
         effects=effects,
@@ -134,7 +140,7 @@ async def gather(
         sends=sends,
         notes=notes_per_key(kommo, list(plan.message_keys.values())),
         usage=await sent_today(db, organization_id),
-        dead=await asyncio.to_thread(dead_letters, stack),
+        dead=await asyncio.to_thread(dead_letters, stack, dict(publisher.origins)),
         mirrored=mirrored,
         lag=await asyncio.to_thread(lag_by_topic, stack),
         excuses=excuses(fleet),
@@ -161,6 +167,8 @@ def never_counted(ev: Evidence) -> list[Planned]:
     mirrored = {r.job_id for r in ev.dead if (r.partition, r.offset) in ev.mirrored}
     out = []
     for job in ev.jobs:
+        if job.kind == "poison":
+            continue  # never counted by ``ended`` nor in the published count it is set against
         if job.kind == "probe":
             counted = ev.effects[job.id] > 0 or job.id in mirrored
         elif job.kind == "asset":

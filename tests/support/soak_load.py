@@ -5,11 +5,23 @@ published, relative to the load's start) and published by a thread through
 the broker's direct listener — the platform's producers are not what the
 soak tests; the faults sit between the workers and the services. Every job
 has an expected ending: ``good`` ones must complete, ``bad`` ones (a probe
-that fails permanently, an asset whose file is gone) must be dead-lettered.
+that fails permanently, an asset whose file is gone, a poison record) must be
+dead-lettered.
+
+Poison records are raw values no job can be made of, published to the
+``crm.webhook`` topic (which carries nothing else here, so a record that
+wedges its partition holds up only itself): bytes that are not JSON, JSON
+nested thousands deep, and a value just under the broker's record limit
+(``kafka.max_message_bytes``), whose dead letter — the raw value plus the
+failure headers — is larger than the limit. They have no job id: the
+publisher records where each landed, and the oracle finds its dead letter by
+the ``conveyor-original-*`` headers.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import random
 import threading
 import time
@@ -18,12 +30,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import asyncpg
-from confluent_kafka import Producer
+from confluent_kafka import Message, Producer
 
 from schemas.envelope import JobEnvelope
+from streams.kafka_config import confluent_config
 from tests.support.documents import words
 from tests.support.http import FileServer
 from tests.support.messages import lead_key, message_envelopes
+from tests.support.stack import Stack
 
 TICK_S = 0.25
 
@@ -38,15 +52,29 @@ class Rates:
     probe_flaky: float = 0.05  # fail once (retryable), then succeed
     probe_bad: float = 0.05  # fail permanently: dead-lettered
     asset_bad: float = 0.1  # the file is gone (HTTP 404): dead-lettered, the asset failed
+    poison: float = 0.05  # raw records no job can be made of (see above)
+
+
+POISON_KINDS = ("not_json", "nested", "near_limit")
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # kafka.max_message_bytes' default: the topics' limit
+
+
+def poison_value(kind: str) -> bytes:
+    if kind == "not_json":
+        return b"\xff\xfe not json {"
+    if kind == "nested":
+        return b"[" * 5000 + b"]" * 5000
+    return b'{"id": "' + b"x" * (MAX_MESSAGE_BYTES - 2048) + b'"}'
 
 
 @dataclass(frozen=True)
 class Planned:
     at_s: float
-    envelope: JobEnvelope
+    envelope: JobEnvelope  # for a poison record: its id and topic only
     key: bytes
-    kind: str  # probe | asset | message
+    kind: str  # probe | asset | message | poison
     good: bool
+    raw: bytes | None = None  # a poison record's value
 
     @property
     def id(self) -> str:
@@ -122,6 +150,10 @@ async def plan_load(
         )
         plan.asset_ids[envelope.id] = asset_id
         jobs.append(Planned(at, envelope, asset_id.encode(), "asset", good))
+    for i, at in enumerate(_times(rates.poison, duration_s, rnd)):
+        kind = rnd.choice(POISON_KINDS)
+        carrier = JobEnvelope(id=f"soak-{run}-x{i:04d}-{kind}", type="crm.webhook", payload={})
+        jobs.append(Planned(at, carrier, b"poison", "poison", False, poison_value(kind)))
     times = _times(rates.message, duration_s, rnd)
     messages = message_envelopes(
         connection_id, leads, len(times), organization_id=organization_id, seed=seed
@@ -133,6 +165,27 @@ async def plan_load(
     return plan
 
 
+#: The publisher's librdkafka lines: hundreds of "connection refused" while the broker
+#: restarts, which would bury a failure's report.
+QUIET = logging.getLogger("tests.soak.librdkafka")
+QUIET.setLevel(logging.CRITICAL)
+QUIET.propagate = False
+
+
+def quiet_producer(stack: Stack) -> Producer:
+    """The stack's producer (acks=all, direct listener) without its log lines."""
+    config = confluent_config(stack.settings().kafka)
+    return Producer(
+        {
+            **config,
+            "acks": "all",
+            "linger.ms": 5,
+            "logger": QUIET,
+            "message.max.bytes": 2 * MAX_MESSAGE_BYTES,  # the near-limit poison record
+        }
+    )
+
+
 class Publisher(threading.Thread):
     """Publishes the plan's jobs at their times (relative to ``start()``); counts what was sent."""
 
@@ -142,6 +195,7 @@ class Publisher(threading.Thread):
         self.producer: Producer | None = producer
         self.sent: Counter[str] = Counter()
         self.count = 0  # the plan's first ``count`` jobs are published (it is sorted by time)
+        self.origins: dict[tuple[str, int, int], str] = {}  # where each poison record landed
         self.errors: list[str] = []
         self.started_at = 0.0
         self.halt = threading.Event()
@@ -163,9 +217,9 @@ class Publisher(threading.Thread):
             for job in batch:
                 producer.produce(
                     self.topics[job.envelope.type],
-                    job.envelope.to_bytes(),
+                    job.envelope.to_bytes() if job.raw is None else job.raw,
                     job.key,
-                    on_delivery=self._delivered,
+                    on_delivery=functools.partial(self._delivered, job),
                 )
             producer.flush(30)
             self.sent.update(job.kind for job in batch)
@@ -174,12 +228,18 @@ class Publisher(threading.Thread):
         if producer.flush(30):
             self.errors.append("jobs left unacknowledged by Kafka")
 
-    def _delivered(self, err: object, _msg: object) -> None:
+    def _delivered(self, job: Planned, err: object, msg: Message) -> None:
         if err is not None:
-            self.errors.append(str(err))
+            self.errors.append(f"{job.id}: {err}")
+        elif job.raw is not None:
+            self.origins[(msg.topic(), msg.partition(), msg.offset())] = job.id
 
     def published(self) -> list[Planned]:
         return self.plan.jobs[: self.count]
+
+    def countable(self) -> int:
+        """Published jobs that ``ended`` counts once they end (poison records are not)."""
+        return self.count - self.sent["poison"]
 
 
 PROGRESS = """

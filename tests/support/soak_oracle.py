@@ -134,6 +134,8 @@ def kg_id(job_id: str) -> str:
 def _completed(job: Planned, ev: Evidence, verdict: Verdict) -> bool:
     """Whether ``job`` completed; a completion applied twice is a violation of its own."""
     rule = "1. ended exactly once"
+    if job.kind == "poison":
+        return False  # it can only be dead-lettered
     if job.kind == "probe":
         if ev.effects[job.id] > 1:
             verdict.add(rule, f"{job.id}: {ev.effects[job.id]} effect rows")

@@ -140,3 +140,13 @@ def test_messages_need_one_note_and_one_usage_count() -> None:
     assert "key k2: 2 notes" in text
     assert "usage counts 3 messages, 2 were sent" in text
     assert "m1" not in text
+
+
+def test_a_poison_record_must_be_dead_lettered() -> None:
+    caught, missed = _job("x1", good=False), _job("x2", good=False)
+    caught = Planned(0.0, caught.envelope, b"poison", "poison", False, b"not json")
+    missed = Planned(0.0, missed.envelope, b"poison", "poison", False, b"[[[")
+    ev = _evidence([caught, missed], dead=[_dead("x1", 1.0, 0, "")], mirrored={(0, 0)})
+    text = judge(ev).text()
+    assert "x2 (poison): never ended" in text
+    assert "x1" not in text
