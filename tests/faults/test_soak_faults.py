@@ -61,6 +61,7 @@ from tests.support.soak_rig import (
     Injector,
     Rig,
     address_of,
+    advertised,
     harness_pool,
     with_address,
 )
@@ -91,6 +92,9 @@ def toxiproxy() -> Iterator[ToxiproxyServer]:
 def proxied_kafka(toxiproxy: ToxiproxyServer) -> Iterator[DedicatedKafka]:
     broker = DedicatedKafka("soak", proxied=True).start()
     toxiproxy.client.proxy(KAFKA_PROXY, broker.proxied_bootstrap, broker.proxied_upstream)
+    # The workers stay behind the proxy: the broker sends them back to its port.
+    assert advertised(broker.proxied_bootstrap) == {broker.proxied_bootstrap}
+    assert advertised(broker.bootstrap) == {broker.bootstrap}
     yield broker
     broker.close()
 

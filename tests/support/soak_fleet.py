@@ -118,10 +118,8 @@ class Fleet:
         for member in self.members:
             if member.exit_code is None and not member.alive:
                 await self._reap(member, now)
-        running = [m for m in self.members if m.alive and m.fate in ("", "sigterm")]
         # A SIGTERMed worker still drains while its replacement starts, as in a rollout.
-        wanted = self.desired - len([m for m in running if not m.fate])
-        if wanted > 0 and now >= self.next_start_at:
+        if len(self.live()) < self.desired and now >= self.next_start_at:
             self.start_one()
 
     async def _reap(self, member: Member, now: float) -> None:

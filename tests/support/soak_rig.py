@@ -25,6 +25,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import asyncpg
+from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 
 from tests.support.dedicated_kafka import DedicatedKafka
 from tests.support.soak_fleet import Fleet
@@ -55,6 +56,12 @@ def with_address(dsn: str, host_port: str, database: str | None = None) -> str:
 def address_of(dsn: str) -> str:
     parts = urllib.parse.urlsplit(dsn)
     return f"{parts.hostname}:{parts.port or 5432}"
+
+
+def advertised(bootstrap: str) -> set[str]:
+    """The broker addresses a client that bootstraps at ``bootstrap`` is told to use."""
+    metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30)
+    return {f"{b.host}:{b.port}" for b in metadata.brokers.values()}
 
 
 async def harness_pool(dsn: str) -> asyncpg.Pool:
