@@ -12,7 +12,8 @@ oracle (tests/support/soak_oracle.py) checks that every job ended exactly
 once, every dead letter reached ``worker_dlq``, no partition is stuck and no
 Kommo note was sent twice. The seed, the schedule as played, and the figures
 are printed (``-s``) and written to ``soak-report.txt`` beside the workers'
-logs; the same seed plays the same schedule on the same load again.
+logs in ``.services/test-soak/runs/<time>-seed<N>/`` (the last ten runs are
+kept); the same seed plays the same schedule on the same load again.
 
 ``make test`` runs the short variant (a 60 s window, durations times 0.6, seed 1);
 ``make soak-faults`` the long one (``CONVEYOR_FAULT_SOAK_S=1200``).
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -77,6 +79,8 @@ DRAIN_S = 600.0 if LONG else 180.0
 SETTLED_S = 15.0
 LEADS = 20
 RATES = Rates()
+RUNS_DIR = Path(__file__).resolve().parents[2] / ".services" / "test-soak" / "runs"
+KEEP_RUNS = 10
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fault_soak]
 
@@ -123,6 +127,18 @@ async def rig(
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+def _run_dir() -> Path:
+    """Where this run's report and worker logs go: kept (the last ``KEEP_RUNS``) past the session,
+    unlike pytest's temporary folders, which other sessions on the machine rotate away."""
+    runs = RUNS_DIR
+    runs.mkdir(parents=True, exist_ok=True)
+    for old in sorted(runs.iterdir())[: -KEEP_RUNS + 1]:
+        shutil.rmtree(old, ignore_errors=True)
+    made = runs / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-seed{SEED}"
+    made.mkdir()
+    return made
 
 
 def _worker_env(stack: Stack, rig: Rig, embeddings_url: str) -> dict[str, str]:
@@ -172,8 +188,9 @@ async def _drain(db: asyncpg.Pool, stack: Stack, publisher: Publisher) -> tuple[
 
 
 @pytest.mark.timeout(int(WINDOW_S * 1.5 + DRAIN_S + 420))
-async def test_compound_faults_end_every_job_exactly_once(rig: Rig, tmp_path: Path) -> None:
+async def test_compound_faults_end_every_job_exactly_once(rig: Rig) -> None:
     schedule = make_schedule(SEED, WINDOW_S, time_scale=TIME_SCALE)
+    run_dir = _run_dir()
     load_s = max(f.ends_s for f in schedule) + 5
     stack = Stack(rig.kafka.bootstrap, rig.direct_dsn)
     stack.create_topics()
@@ -197,7 +214,7 @@ async def test_compound_faults_end_every_job_exactly_once(rig: Rig, tmp_path: Pa
                 SEED, load_s, RATES, db=db, files=files, connection_id=connection.id,
                 leads=leads, organization_id=org,
             )  # fmt: skip
-            fleet = Fleet(_worker_env(stack, rig, api.base_url), tmp_path, START_WORKERS)
+            fleet = Fleet(_worker_env(stack, rig, api.base_url), run_dir, START_WORKERS)
             try:
                 verdict_text = await _soak(
                     rig, stack, db, plan, fleet, kommo, org, schedule, report
@@ -206,8 +223,8 @@ async def test_compound_faults_end_every_job_exactly_once(rig: Rig, tmp_path: Pa
                 await fleet.stop_all()
     finally:
         await db.close()
-        (tmp_path / "soak-report.txt").write_text("\n".join(report) + "\n")
-    assert not verdict_text, f"{verdict_text}\n(report and worker logs in {tmp_path})"
+        (run_dir / "soak-report.txt").write_text("\n".join(report) + "\n")
+    assert not verdict_text, f"{verdict_text}\n(report and worker logs in {run_dir})"
 
 
 async def _soak(

@@ -64,7 +64,9 @@ def poison_value(kind: str) -> bytes:
         return b"\xff\xfe not json {"
     if kind == "nested":
         return b"[" * 5000 + b"]" * 5000
-    return b'{"id": "' + b"x" * (MAX_MESSAGE_BYTES - 2048) + b'"}'
+    # The record fits (with its key and batch overhead); its dead letter, the same value
+    # plus some 1 KB of failure headers, does not.
+    return b'{"id": "' + b"x" * (MAX_MESSAGE_BYTES - 400) + b'"}'
 
 
 @dataclass(frozen=True)
