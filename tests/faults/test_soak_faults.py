@@ -100,7 +100,7 @@ def proxied_kafka(toxiproxy: ToxiproxyServer) -> Iterator[DedicatedKafka]:
     assert advertised(broker.proxied_bootstrap) == {broker.proxied_bootstrap}
     assert advertised(broker.bootstrap) == {broker.bootstrap}
     yield broker
-    broker.close()
+    broker.stop()  # always: the soak restarts it, so whoever started it first, this run owns it
 
 
 @pytest.fixture
