@@ -30,8 +30,8 @@ import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
@@ -56,7 +56,7 @@ from tests.support.soak_evidence import (
 )
 from tests.support.soak_fleet import Fleet
 from tests.support.soak_load import Plan, Publisher, Rates, ended, plan_load, quiet_producer
-from tests.support.soak_oracle import judge
+from tests.support.soak_oracle import Evidence, Verdict, judge
 from tests.support.soak_rig import (
     KAFKA_PROXY,
     PG_PROXY,
@@ -67,7 +67,12 @@ from tests.support.soak_rig import (
     harness_pool,
     with_address,
 )
-from tests.support.soak_schedule import START_WORKERS, make_schedule, overlapping_pairs
+from tests.support.soak_schedule import (
+    START_WORKERS,
+    Fault,
+    make_schedule,
+    overlapping_pairs,
+)
 from tests.support.stack import Stack
 from tests.support.toxiproxy import ToxiproxyServer
 
@@ -227,6 +232,19 @@ async def test_compound_faults_end_every_job_exactly_once(rig: Rig) -> None:
     assert not verdict_text, f"{verdict_text}\n(report and worker logs in {run_dir})"
 
 
+@dataclass
+class Played:
+    """What the load and the schedule did (wall-clock times)."""
+
+    publisher: Publisher
+    injector: Injector
+    samples: list[Sample]
+    started: float
+    healed_s: float = 0.0
+    drain_s: float = 0.0
+    left: str = ""
+
+
 async def _soak(
     rig: Rig,
     stack: Stack,
@@ -235,53 +253,66 @@ async def _soak(
     fleet: Fleet,
     kommo: KommoServer,
     org: str,
-    schedule: list[Any],
+    schedule: list[Fault],
     report: list[str],
 ) -> str:
     """Run the load and the schedule, drain, judge; the oracle's failures ('' if none)."""
     await fleet.wait_ready()
+    played = await _play(rig, stack, db, plan, fleet, schedule)
+    evidence = await gather(db, stack, plan, played.publisher, kommo, fleet, org)
+    verdict = judge(evidence)
+    report += _report(played, evidence, verdict, fleet)
+    print("\n".join(report[1:]), flush=True)
+    return "" if verdict.ok else verdict.text()
+
+
+async def _play(
+    rig: Rig, stack: Stack, db: asyncpg.Pool, plan: Plan, fleet: Fleet, schedule: list[Fault]
+) -> Played:
+    """Publish the load and play the schedule; heal; drain."""
     registry = stack.registry()
     kinds = ("probe", "asset.process", "message.send", "crm.webhook")
-    topics = {t: registry.topic_for(t) for t in kinds}
-    publisher = Publisher(plan, quiet_producer(stack), topics)
-    samples: list[Sample] = []
+    publisher = Publisher(plan, quiet_producer(stack), {t: registry.topic_for(t) for t in kinds})
+    played = Played(publisher, Injector(rig, fleet, db), [], time.time())
     stop = asyncio.Event()
     background = [
         asyncio.create_task(fleet.supervise(stop)),
-        asyncio.create_task(_sample(db, publisher, samples)),
+        asyncio.create_task(_sample(db, publisher, played.samples)),
     ]
-    injector = Injector(rig, fleet, db)
     publisher.start()
-    t0 = published_at = time.time()
     try:
         try:
-            await injector.play(schedule, time.monotonic())
+            await played.injector.play(schedule, time.monotonic())
         finally:
-            await injector.heal()
+            await played.injector.heal()
         await asyncio.to_thread(publisher.join, 120)
-        healed_s = time.time() - t0
-        drain_s, left = await _drain(db, stack, publisher)
+        played.healed_s = time.time() - played.started
+        played.drain_s, played.left = await _drain(db, stack, publisher)
     finally:
         publisher.halt.set()
         stop.set()
         background[1].cancel()
         await asyncio.gather(*background, return_exceptions=True)
-    evidence = await gather(db, stack, plan, publisher, kommo, fleet, org)
-    verdict = judge(evidence)
+    return played
+
+
+def _report(played: Played, evidence: Evidence, verdict: Verdict, fleet: Fleet) -> list[str]:
     slack = max(5, int(2 * (RATES.probe + RATES.message + RATES.asset)))
-    lost = [published_at + job.at_s for job in never_counted(evidence)]
-    figures = job_figures(evidence, fleet)
-    report += ["[fault-soak] schedule as played (t from the window's start):"]
-    report += schedule_lines(injector.executed, t0, Backlog(samples, lost, slack))
-    report += [
-        f"[fault-soak] faults_and_load_s={healed_s:.0f} drain_s={drain_s:.1f}"
-        + (f" NOT DRAINED: {left}" if left else ""),
-        f"[fault-soak] figures {figures}",
-        f"[fault-soak] dead letters excused by a worker death: {len(verdict.excused)} "
-        f"{verdict.excused[:5]}",
-        f"[fault-soak] publish errors: {publisher.errors[:3]}",
+    lost = [played.started + job.at_s for job in never_counted(evidence)]
+    lines = ["[fault-soak] schedule as played (t from the window's start):"]
+    lines += schedule_lines(
+        played.injector.executed, played.started, Backlog(played.samples, lost, slack)
+    )
+    lines.append(
+        f"[fault-soak] faults_and_load_s={played.healed_s:.0f} drain_s={played.drain_s:.1f}"
+        + (f" NOT DRAINED: {played.left}" if played.left else "")
+    )
+    lines += [f"[fault-soak] {k}: {v}" for k, v in job_figures(evidence, fleet).items()]
+    lines += [
+        f"[fault-soak] dead letters repeated but excused by a worker death: "
+        f"{len(verdict.excused)} {verdict.excused[:5]}",
+        f"[fault-soak] publish errors: {played.publisher.errors[:3]}",
         "[fault-soak] verdict: "
         + ("every rule holds" if verdict.ok else "FAILED\n" + verdict.text()),
     ]
-    print("\n".join(report[1:]), flush=True)
-    return "" if verdict.ok else verdict.text()
+    return lines

@@ -113,6 +113,11 @@ def _probe(i: int, run: str, rnd: random.Random, rates: Rates) -> tuple[JobEnvel
     return JobEnvelope(id=f"soak-{run}-p{i:06d}", type="probe", payload=payload), good
 
 
+INSERT_ASSET = """
+INSERT INTO assets (id, organization_id, source_url, mime_type) VALUES ($1, $2, $3, 'text/plain')
+"""
+
+
 async def plan_load(
     seed: int,
     duration_s: float,
@@ -127,23 +132,42 @@ async def plan_load(
     """Every job of the run, with its publish time; asset rows are inserted (``pending``)."""
     rnd = random.Random(seed)
     run = uuid.uuid4().hex[:6]
-    jobs: list[Planned] = []
+    plan = Plan([])
     for i, at in enumerate(_times(rates.probe, duration_s, rnd)):
         envelope, good = _probe(i, run, rnd, rates)
-        jobs.append(Planned(at, envelope, envelope.id.encode(), "probe", good))
-    plan = Plan(jobs)
+        plan.jobs.append(Planned(at, envelope, envelope.id.encode(), "probe", good))
+    await _plan_assets(plan, rnd, run, duration_s, rates, db, files, organization_id)
+    for i, at in enumerate(_times(rates.poison, duration_s, rnd)):
+        kind = rnd.choice(POISON_KINDS)
+        carrier = JobEnvelope(id=f"soak-{run}-x{i:04d}-{kind}", type="crm.webhook", payload={})
+        plan.jobs.append(Planned(at, carrier, b"poison", "poison", False, poison_value(kind)))
+    times = _times(rates.message, duration_s, rnd)
+    messages = message_envelopes(
+        connection_id, leads, len(times), organization_id=organization_id, seed=seed
+    )
+    for at, envelope in zip(times, messages, strict=True):
+        plan.message_keys[envelope.id] = str(envelope.payload["idempotency_key"])
+        plan.jobs.append(Planned(at, envelope, lead_key(envelope), "message", True))
+    plan.jobs.sort(key=lambda j: j.at_s)
+    return plan
+
+
+async def _plan_assets(
+    plan: Plan,
+    rnd: random.Random,
+    run: str,
+    duration_s: float,
+    rates: Rates,
+    db: asyncpg.Pool,
+    files: FileServer,
+    organization_id: str,
+) -> None:
     bodies = [files.add(f"doc-{n}.txt", words(300 + 150 * n, seed=n).encode()) for n in range(4)]
     for i, at in enumerate(_times(rates.asset, duration_s, rnd)):
         good = rnd.random() >= rates.asset_bad
         url = rnd.choice(bodies) if good else files.url(f"gone-{run}-{i}.txt")
         asset_id = f"soak-{run}-a{i:05d}"
-        await db.execute(
-            "INSERT INTO assets (id, organization_id, source_url, mime_type)"
-            " VALUES ($1, $2, $3, 'text/plain')",
-            asset_id,
-            organization_id,
-            url,
-        )
+        await db.execute(INSERT_ASSET, asset_id, organization_id, url)
         envelope = JobEnvelope(
             id=f"soak-{run}-asset{i:05d}",
             type="asset.process",
@@ -151,20 +175,7 @@ async def plan_load(
             payload={"asset_id": asset_id},
         )
         plan.asset_ids[envelope.id] = asset_id
-        jobs.append(Planned(at, envelope, asset_id.encode(), "asset", good))
-    for i, at in enumerate(_times(rates.poison, duration_s, rnd)):
-        kind = rnd.choice(POISON_KINDS)
-        carrier = JobEnvelope(id=f"soak-{run}-x{i:04d}-{kind}", type="crm.webhook", payload={})
-        jobs.append(Planned(at, carrier, b"poison", "poison", False, poison_value(kind)))
-    times = _times(rates.message, duration_s, rnd)
-    messages = message_envelopes(
-        connection_id, leads, len(times), organization_id=organization_id, seed=seed
-    )
-    for at, envelope in zip(times, messages, strict=True):
-        plan.message_keys[envelope.id] = str(envelope.payload["idempotency_key"])
-        jobs.append(Planned(at, envelope, lead_key(envelope), "message", True))
-    jobs.sort(key=lambda j: j.at_s)
-    return plan
+        plan.jobs.append(Planned(at, envelope, asset_id.encode(), "asset", good))
 
 
 #: The publisher's librdkafka lines: hundreds of "connection refused" while the broker

@@ -150,3 +150,22 @@ def test_a_poison_record_must_be_dead_lettered() -> None:
     text = judge(ev).text()
     assert "x2 (poison): never ended" in text
     assert "x1" not in text
+
+
+def test_recovery_is_measured_on_the_backlog_without_the_jobs_that_never_ended() -> None:
+    from tests.support.soak_evidence import Backlog, Sample
+
+    # Backlog 2 before the fault, 12 during it, back to 2 at t=15; one job published
+    # at t=11 never ends, so the raw backlog stays one higher from then on.
+    samples = [
+        Sample(9.0, 100, 98),
+        Sample(11.0, 110, 98),
+        Sample(13.0, 120, 110),
+        Sample(15.0, 130, 127),
+        Sample(17.0, 140, 137),
+    ]
+    backlog = Backlog(samples, lost_at=[11.0], slack=0)
+    assert backlog.recovery_s(10.0, 12.0) == 3.0
+    assert Backlog(samples, lost_at=[], slack=0).recovery_s(10.0, 12.0) is None
+    assert Backlog(samples, lost_at=[], slack=1).recovery_s(10.0, 12.0) == 3.0
+    assert backlog.recovery_s(1.0, 2.0) is None  # no sample before the fault
