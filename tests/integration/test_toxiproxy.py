@@ -9,6 +9,7 @@ toxic or enabling the proxy again restores the link.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -32,10 +33,16 @@ async def echo(toxi: Toxiproxy) -> AsyncIterator[str]:
     """A proxy in front of a loopback echo server; its listen address."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        writer.close()
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass  # the proxy reset the link: what the test asked for
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     upstream = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
@@ -62,6 +69,8 @@ async def round_trip(address: str, payload: bytes = b"ping", timeout_s: float = 
         return time.monotonic() - started
     finally:
         writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
 
 
 async def test_latency_is_added_and_removed(toxi: Toxiproxy, echo: str) -> None:
