@@ -24,7 +24,7 @@ DEV_CONSOLE_VIEWER := conveyor-dev-viewer-token-not-a-secret
 DEV_CONSOLE := CONVEYOR_CONSOLE__TOKENS="$${CONVEYOR_CONSOLE__TOKENS:-dev:operator:$(DEV_CONSOLE_OPERATOR),guest:viewer:$(DEV_CONSOLE_VIEWER)}"
 
 .PHONY: help venv lock services services-stop services-status migrate topics setup run demo \
-        console helm browser test test-unit lint typecheck soak bench clean
+        console helm browser toxiproxy test test-unit lint typecheck soak soak-faults bench clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -85,14 +85,25 @@ helm: ## build the pinned helm into the tools cache if missing (once, about 3 mi
 browser: ## install Debian's chromium and chromedriver if missing (the console's browser tests)
 	scripts/browser install
 
+toxiproxy: ## build the pinned Toxiproxy server into the tools cache if missing (once, ~1 minute)
+	scripts/toxiproxy --path
+
 test-unit: venv helm ## unit tests only (no services)
 	$(HELM_ENV) $(BIN)/pytest tests/unit -q
 
-test: setup lint typecheck helm browser ## the whole suite against the real Kafka and Postgres
+test: setup lint typecheck helm browser toxiproxy ## the whole suite against the real Kafka and Postgres
 	$(ENV) $(HELM_ENV) $(BIN)/pytest -q
 
 soak: setup ## long soak and chaos runs
 	$(ENV) CONVEYOR_SOAK=1 $(BIN)/pytest -q -s -m soak
+
+# The compound-fault soak's long variant: 20 minutes of faults, then the drain and
+# the oracle (docs/RELIABILITY.md, "The compound-fault soak"). CONVEYOR_FAULT_SEED
+# replays a seed; without one a random seed is drawn and printed.
+SOAK_FAULTS_S ?= 1200
+soak-faults: setup toxiproxy ## compound-fault soak, long variant (20 min of faults; CONVEYOR_FAULT_SEED=N)
+	$(ENV) CONVEYOR_FAULT_SOAK_S=$(SOAK_FAULTS_S) nice -n 10 $(BIN)/pytest -q -s -m fault_soak \
+	  tests/faults/test_soak_faults.py
 
 bench: setup ## throughput benchmark (see docs/BENCHMARKS.md)
 	$(ENV) $(BIN)/python bench/throughput.py

@@ -3,7 +3,9 @@
 The shared broker (``make test``'s, often other people's) is never stopped or
 reconfigured: tests that need a secured listener, or a broker they may stop,
 get one here, in its own services folder (``.services/test-<name>``) on free
-loopback ports. ``start()`` is idempotent: a broker already running in that
+loopback ports; ``proxied`` adds a plain listener that advertises another
+port (a Toxiproxy proxy's, which forwards to it), so clients that bootstrap
+through the proxy stay behind it. ``start()`` is idempotent: a broker already running in that
 folder (left by an interrupted session, or started by hand) is reused with
 its ports, and only a broker this object started is stopped by ``close()``.
 A broker it starts begins with an empty cluster.
@@ -25,7 +27,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ROOT / "scripts" / "services"
-PORT_NAMES = ("PORT", "CONTROLLER_PORT", "SASL_SSL_PORT", "SSL_PORT")
+PORT_NAMES = ("PORT", "CONTROLLER_PORT")
+SECURED_PORT_NAMES = ("SASL_SSL_PORT", "SSL_PORT")
+PROXIED_PORT_NAMES = ("PROXIED_PORT", "PROXIED_ADVERTISED_PORT")
 START_TIMEOUT_S = 240
 
 
@@ -40,10 +44,12 @@ def free_ports(n: int) -> list[int]:
 
 @dataclass
 class DedicatedKafka:
-    """One broker in ``.services/test-<name>``; ``secured`` adds SASL_SSL and mTLS listeners."""
+    """One broker in ``.services/test-<name>``; ``secured`` adds SASL_SSL and mTLS listeners,
+    ``proxied`` a listener reached through a proxy (``proxied_bootstrap``, ``proxied_upstream``)."""
 
     name: str
     secured: bool = False
+    proxied: bool = False
     started_here: bool = field(default=False, init=False)
     ports: dict[str, int] = field(default_factory=dict, init=False)
 
@@ -54,6 +60,16 @@ class DedicatedKafka:
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.ports['PORT']}"
+
+    @property
+    def proxied_bootstrap(self) -> str:
+        """What clients behind the proxy bootstrap with: the advertised (the proxy's) address."""
+        return f"127.0.0.1:{self.ports['PROXIED_ADVERTISED_PORT']}"
+
+    @property
+    def proxied_upstream(self) -> str:
+        """Where the proxy forwards to: the address the PROXIED listener binds."""
+        return f"127.0.0.1:{self.ports['PROXIED_PORT']}"
 
     def _script_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
@@ -94,7 +110,7 @@ class DedicatedKafka:
         if self._running():
             self._script("start", "kafka")  # waits for it if it is still starting
             return self
-        names = PORT_NAMES if self.secured else PORT_NAMES[:2]
+        names = PORT_NAMES + SECURED_PORT_NAMES * self.secured + PROXIED_PORT_NAMES * self.proxied
         self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         # A fresh cluster each time (the jars and certificates stay): the topics
         # of every past session would otherwise pile up until the broker's heap
