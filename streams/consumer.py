@@ -209,10 +209,19 @@ def start_positions(
     return starts, moved
 
 
+class IdempotentProducer(faust_aiokafka.Producer):
+    """Faust's aiokafka producer, idempotent: a batch resent after a lost answer is
+    written once (retry and dead-letter records are never doubled by the client)."""
+
+    def _settings_extra(self) -> Mapping[str, Any]:
+        return {"acks": "all", "enable_idempotence": True}
+
+
 class TrackedTransport(faust_aiokafka.Transport):
-    """Faust's aiokafka transport, whose consumer is a TrackedConsumer given ``hooks``."""
+    """Faust's aiokafka transport: a TrackedConsumer given ``hooks``, an idempotent producer."""
 
     Consumer = TrackedConsumer
+    Producer = IdempotentProducer
 
     def __init__(self, *args: Any, hooks: ConsumerHooks, **kwargs: Any) -> None:
         self._hooks = hooks

@@ -193,3 +193,14 @@ async def test_a_record_fetched_before_the_last_rebalance_is_dropped_not_run() -
     agent = _agent(App(), Pool(), delayed=False)  # type: ignore[arg-type]
     await asyncio.wait_for(agent(Stream(Channel(events))), timeout=5)
     assert submitted == [(A, 0)], "the stale delivery (offset 564, generation 4) never ran"
+
+
+def test_the_producer_is_idempotent() -> None:
+    """A batch the broker wrote but whose answer was lost is resent by the client; without
+    idempotence that wrote a second dead letter with no worker death (the fault soak saw it
+    during broker resets)."""
+    from streams.consumer import IdempotentProducer, TrackedTransport
+
+    assert TrackedTransport.Producer is IdempotentProducer
+    settings = IdempotentProducer._settings_extra(None)  # type: ignore[arg-type]
+    assert settings == {"acks": "all", "enable_idempotence": True}
