@@ -19,7 +19,7 @@ HELM_ENV := CONVEYOR_HELM="$$(scripts/helm --path)"
 DEV_KEYRING := CONVEYOR_CRM__KEYRING="$${CONVEYOR_CRM__KEYRING:-dev:Y29udmV5b3ItZGV2LWtleS1ub3QtYS1zZWNyZXQhISE=}"
 
 .PHONY: help venv lock services services-stop services-status migrate topics setup run demo \
-        helm test test-unit lint typecheck soak bench clean
+        helm test test-unit lint typecheck soak bench bench-takeover clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -83,6 +83,9 @@ soak: setup ## long soak and chaos runs
 
 bench: setup ## throughput benchmark (see docs/BENCHMARKS.md)
 	$(ENV) $(BIN)/python bench/throughput.py
+
+bench-takeover: setup ## takeover after a SIGKILL: the crash guard's liveness, ~12 min (docs/BENCHMARKS.md)
+	$(ENV) nice $(BIN)/python -m bench.takeover --rounds 2
 
 clean: ## remove the virtualenv and caches (not the services' data)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -236,7 +236,8 @@ def main() -> int:
         default=True,
         help="kill while the victim has a POST in flight (bench/takeover_message.py)",
     )
-    parser.add_argument("--answer-s", type=float, default=2.0, help="Kommo's answer delay then")
+    parser.add_argument("--in-flight", type=int, default=3, help="the victim's POSTs cut off")
+    parser.add_argument("--answer-s", type=float, default=5.0, help="Kommo's answer delay then")
     parser.add_argument("--max-wait-s", type=float, default=900, help="longest wait for notes")
     parser.add_argument("--seed", type=int, default=18)
     args = parser.parse_args()

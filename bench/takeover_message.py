@@ -6,15 +6,18 @@
 a third of the notes one worker is SIGKILLed and a replacement started at
 once, as Kubernetes would; at two thirds the other one, likewise.
 
-With ``--mid-post`` (the default) each kill lands while the victim has a
-POST in flight: from the threshold on, Kommo makes every note at once but
-answers ``--answer-s`` later (real Kommo takes that long to answer too), and
-the victim is killed as soon as a note appears on one of its leads. Its
-ledger row then says a POST may have been made: whoever inherits the lead
-waits out the dead run's lease (``crm.message_lease_s``, 60 s), looks the
-note up and finds it, while the lead's later messages wait behind it in key
-order. Without it a kill usually lands between two jobs, and a takeover
-costs only the group's session timeout.
+With ``--mid-post`` (the default) each kill lands while the victim has
+POSTs in flight: from the threshold on, Kommo makes every note at once but
+answers ``--answer-s`` later (real Kommo takes a while to answer too), and
+the victim is killed as soon as ``--in-flight`` notes appeared on its leads
+since then. Their ledger rows say a POST may have been made: whoever
+inherits a lead waits out the dead run's lease (``crm.message_lease_s``,
+60 s), looks the note up and finds it, while the lead's later messages wait
+behind it in key order. (A record the victim had claimed but not posted
+waits for the lease only; one whose POST it had recorded but not yet made
+waits for the lease and ``crm.message_settle_s``: 120 s from the record.)
+Without ``--mid-post`` a kill usually lands between two jobs, and a
+takeover costs only the group's session timeout.
 """
 
 from __future__ import annotations
@@ -120,18 +123,25 @@ async def waiting(check: Callable[[], bool], timeout_s: float, poll_s: float = 0
     return True
 
 
-async def post_in_flight(
-    server: KommoServer, notes: Notes, publisher: Publisher, theirs: set[str], answer_s: float
+async def posts_in_flight(
+    server: KommoServer,
+    notes: Notes,
+    publisher: Publisher,
+    theirs: set[str],
+    args: argparse.Namespace,
 ) -> bool:
-    """Answer POSTs ``answer_s`` late until one of the victim's leads gets a note (True)."""
+    """Answer POSTs ``--answer-s`` late until the victim's leads got ``--in-flight`` notes."""
     mine = {int(tp.rsplit(":", 1)[1]) for tp in theirs}
+    wanted: int = args.in_flight
     since = time.time()
-    server.chaos = [(1.0, Fault("late", delay_s=answer_s, route=POST))]
+    server.chaos = [(1.0, Fault("late", delay_s=args.answer_s, route=POST))]
 
     def made() -> bool:
         notes.poll()
-        return any(
-            t >= since and publisher.partition.get(lead) in mine for t, lead in notes.made[-20:]
+        recent = notes.made[-100:]
+        return (
+            sum(1 for t, lead in recent if t >= since and publisher.partition.get(lead) in mine)
+            >= wanted
         )
 
     return await waiting(made, 60, poll_s=0.05)
@@ -175,9 +185,7 @@ async def two_kills(
         await notes_reach(notes, share * args.messages, args.max_wait_s)
         at = len(notes.first)
         theirs = assignment(workers[name], topic)[1]
-        mid = args.mid_post and await post_in_flight(
-            server, notes, publisher, theirs, args.answer_s
-        )
+        mid = args.mid_post and await posts_in_flight(server, notes, publisher, theirs, args)
         killed = await asyncio.to_thread(kill, workers[name])
         server.chaos = []
         workers[f"{name}2"] = WorkerProcess(stack.env, logs / f"message-{name}2.log").start()
