@@ -84,7 +84,7 @@ soak: setup ## long soak and chaos runs
 bench: setup ## throughput benchmark (see docs/BENCHMARKS.md)
 	$(ENV) $(BIN)/python bench/throughput.py
 
-bench-takeover: setup ## takeover after a SIGKILL: the crash guard's liveness, ~12 min (docs/BENCHMARKS.md)
+bench-takeover: setup ## takeover after a SIGKILL: the crash guard's liveness, ~6 min (docs/BENCHMARKS.md)
 	$(ENV) nice $(BIN)/python -m bench.takeover --rounds 2
 
 clean: ## remove the virtualenv and caches (not the services' data)
