@@ -249,16 +249,18 @@ async def run(args: argparse.Namespace) -> int:
     bootstrap = os.environ.get("CONVEYOR_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     args.logs = Path(tempfile.mkdtemp(prefix="conveyor-takeover-"))
     print(f"workers' logs in {args.logs}", flush=True)
-    async with scratch_database() as dsn:
-        if args.scenario in ("probe", "both"):
-            rounds = []
-            for n in range(args.rounds):
-                rounds.append(await asyncio.to_thread(probe_round, bootstrap, dsn, args, n))
-                print(f"  probe round {n + 1}: x{rounds[-1]['ratio30']:.2f}", flush=True)
-            print_probe(rounds, args)
-        if args.scenario in ("message", "both"):
-            print_message(await message_run(dsn, bootstrap, args), args)
-    JANITOR.wait()
+    try:
+        async with scratch_database() as dsn:
+            if args.scenario in ("probe", "both"):
+                rounds = []
+                for n in range(args.rounds):
+                    rounds.append(await asyncio.to_thread(probe_round, bootstrap, dsn, args, n))
+                    print(f"  probe round {n + 1}: x{rounds[-1]['ratio30']:.2f}", flush=True)
+                print_probe(rounds, args)
+            if args.scenario in ("message", "both"):
+                print_message(await message_run(dsn, bootstrap, args), args)
+    finally:
+        JANITOR.wait()  # the runs' topics deleted, whatever happened
     return 0
 
 
