@@ -24,7 +24,8 @@ DEV_CONSOLE_VIEWER := conveyor-dev-viewer-token-not-a-secret
 DEV_CONSOLE := CONVEYOR_CONSOLE__TOKENS="$${CONVEYOR_CONSOLE__TOKENS:-dev:operator:$(DEV_CONSOLE_OPERATOR),guest:viewer:$(DEV_CONSOLE_VIEWER)}"
 
 .PHONY: help venv lock services services-stop services-status migrate topics setup run demo \
-        console helm browser toxiproxy test test-unit lint typecheck soak soak-faults bench clean
+        console helm browser toxiproxy test test-unit lint typecheck soak soak-faults bench \
+        bench-takeover clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -107,6 +108,9 @@ soak-faults: setup toxiproxy ## compound-fault soak, long variant (20 min of fau
 
 bench: setup ## throughput benchmark (see docs/BENCHMARKS.md)
 	$(ENV) $(BIN)/python bench/throughput.py
+
+bench-takeover: setup ## takeover after a SIGKILL: the crash guard's liveness, ~6 min (docs/BENCHMARKS.md)
+	$(ENV) nice $(BIN)/python -m bench.takeover --rounds 2
 
 clean: ## remove the virtualenv and caches (not the services' data)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
