@@ -89,7 +89,7 @@ FROM worker_dlq {{where}} AND id < ${{p1}}
 ORDER BY id DESC
 LIMIT ${{p2}}
 """
-PURGE = "DELETE FROM worker_dlq {where} RETURNING id"
+PURGE_SELECTED = "DELETE FROM worker_dlq {where} RETURNING id"
 RESOLVE_SELECTED = """
 UPDATE worker_dlq
 SET status = 'resolved', resolution_note = ${p1}, updated_at = now()
@@ -202,7 +202,7 @@ async def page(
 
 async def purge_selected(conn: Connection, dlq_topic: str, sel: Selection) -> list[int]:
     """Delete the selected dead letters from ``worker_dlq`` (the topic keeps its records)."""
-    sql, args = statement(PURGE, dlq_topic, sel)
+    sql, args = statement(PURGE_SELECTED, dlq_topic, sel)
     return [r["id"] for r in await conn.fetch(sql, *args)]
 
 

@@ -82,6 +82,9 @@ async def test_each_group_is_assigned_only_its_topics_and_runs_its_jobs(
         workers[group] = worker_factory(stack, **env)
         topics = {registry.topic_for(t) for t in job_types}
         topics |= {t + registry.retry_suffix for t in topics}
+        # Document and graph jobs have fair share: their deferred topics too.
+        fair = [registry.specs[t] for t in job_types if registry.specs[t].policy.fairness != "none"]
+        topics |= {registry.deferred_topic(spec) for spec in fair}
         if group == "probes":
             topics.add(registry.dlq_topic)
         assigned = workers[group].wait_for(
