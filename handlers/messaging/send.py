@@ -32,11 +32,11 @@ from handlers.crm.connections import Connection
 from handlers.crm.services import require
 from handlers.db import Pool
 from handlers.deps import Deps
-from handlers.errors import JobError, PermanentError, RetryableError
+from handlers.errors import Deferred, JobError, PermanentError, RetryableError
 from handlers.messaging import store
 from handlers.messaging.message import Message, created_note_id
 from handlers.messaging.store import Lease, Owned, Unsettled
-from handlers.providers.kommo import KommoClient
+from handlers.providers.kommo import KommoClient, RateLimited
 from handlers.types import Job, Outcome
 from schemas.jobs import MessageSend
 
@@ -144,6 +144,11 @@ class _Run:
             await store.fail(self.db, self.owned, str(refused))
             log.warning("message.refused", idempotency_key=self.message.key, reason=str(refused))
             raise
+        except RateLimited as limited:  # Kommo created nothing: the claim goes, nothing to find
+            reason = f"not sent: {limited}"
+            await store.disarm(self.db, self.owned, reason)
+            wait_s = limited.delay_s or 1.0
+            raise Deferred(f"message {self.message.key!r}: {reason}", delay_s=wait_s) from None
         except Exception as exc:  # no answer, or none we can trust: the note may exist
             if self.client.calls == requests:  # it never left (waiting for the rate limit)
                 reason = f"not sent: {_reason(exc)}"

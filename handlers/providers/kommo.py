@@ -53,6 +53,10 @@ class OutcomeUnknown(RetryableError):
     """A write was sent but its answer was lost: Kommo may or may not have applied it."""
 
 
+class RateLimited(RetryableError):
+    """Kommo answered 429 to a write the caller wants back at once: nothing was applied."""
+
+
 class GrantRefused(PermanentError):
     """Kommo's OAuth server refused the refresh token, code or client: the connection
     needs consent. Only its own answers count (``_oauth_refusal``)."""
@@ -117,6 +121,7 @@ class _Tries:
     errors: int = 0
     rate_limit_wait_s: float = 0.0
     refreshed: bool = False
+    wait_on_429: bool = True  # False: a 429 raises RateLimited instead of waiting here
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,8 +170,12 @@ class KommoClient:
         """Create notes (``entity_id``, ``note_type``, ``params``); returns their ids.
 
         A lost answer raises OutcomeUnknown: look the note up before sending again.
+        A 429 raises RateLimited at once (nothing was created): the caller, which
+        marked the note as possibly sent, clears that before it waits.
         """
-        answer = await self.post(f"/api/v4/{entity}/notes", notes)
+        answer = await self._call(
+            "POST", self.base_url + f"/api/v4/{entity}/notes", None, notes, wait_on_429=False
+        )
         created = (answer or {}).get("_embedded", {}).get("notes", [])
         return list(created)
 
@@ -254,9 +263,15 @@ class KommoClient:
     # --- one request, retried --------------------------------------------------
 
     async def _call(
-        self, method: str, url: str, params: Mapping[str, str] | None, body: Any
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, str] | None,
+        body: Any,
+        *,
+        wait_on_429: bool = True,
     ) -> Any:
-        tries = _Tries()
+        tries = _Tries(wait_on_429=wait_on_429)
         while True:
             token = await self._tokens.access_token()
             answer = await self._send_once(method, url, params, body, token, tries)
@@ -297,6 +312,11 @@ class KommoClient:
         if answer.status == 429:
             wait_s = retry_after_s(answer.headers)
             self.limiter.on_rate_limited(granted, wait_s)
+            if not tries.wait_on_429:
+                raise RateLimited(
+                    f"Kommo: {method} {_path(url)} rate limited (HTTP 429)",
+                    delay_s=wait_s if wait_s is not None else 1.0 / self.limiter.pace,
+                )
             self._spend_rate_limit_wait(method, url, wait_s, tries)
             if wait_s:
                 await asyncio.sleep(wait_s)

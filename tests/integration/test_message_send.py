@@ -21,7 +21,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from handlers.deps import Deps
-from handlers.errors import PermanentError, RetryableError
+from handlers.errors import Deferred, PermanentError, RetryableError
 from handlers.messaging import send
 from handlers.messaging.message import marker_of
 from handlers.messaging.store import KeyReused
@@ -344,3 +344,19 @@ async def test_a_job_that_names_no_organization_is_refused_too(kit: Kit) -> None
     with pytest.raises(PermanentError, match="names no organization"):
         await kit.send(orgless)
     assert sum(kit.server.calls.values()) == 0
+
+
+async def test_a_429_to_the_post_leaves_nothing_to_look_for(kit: Kit) -> None:
+    """Kommo's 429 means it created nothing. Before, the client waited out the 429 inside
+    the armed POST: a worker killed then left the message unsettled, and the next run
+    waited the lease plus the settle time (120 s) and looked before posting. Now the
+    claim is given up with nothing unsettled, the wait spends no attempt, and the next
+    run posts at once without a lookup."""
+    kit.server.faults.append(Fault.answer(429, POST))
+    job = kit.job("k-limited")
+    with pytest.raises(Deferred, match=r"not sent: Kommo: POST .* rate limited"):
+        await kit.send(job)
+    row = await kit.ledger("k-limited")
+    assert (row["state"], row["posts"], row["unsettled_until"]) == ("sending", 0, None)
+    assert await kit.send(job) == Outcome.SUCCEEDED
+    assert kit.server.calls[LIST] == 0 and kit.server.calls[POST] == 2 and len(kit.notes()) == 1
