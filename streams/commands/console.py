@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-import asyncpg
 import structlog
 from rich.console import Console
 
 from streams import logs
+from streams.commands.postgres import missing_table
 from streams.console.app import serve
 from streams.console.auth import Authenticator
 from streams.follow import FollowError
@@ -46,14 +46,4 @@ def run_console(settings: Settings) -> int:
 
 
 async def _check_postgres(settings: Settings) -> str | None:
-    try:
-        conn = await asyncpg.connect(
-            settings.postgres.dsn.get_secret_value(), timeout=settings.postgres.connect_timeout_s
-        )
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        return f"cannot reach Postgres: {type(exc).__name__}: {exc}"
-    try:
-        exists = await conn.fetchval("SELECT to_regclass('console_audit') IS NOT NULL")
-    finally:
-        await conn.close()
-    return None if exists else "the database lacks console_audit; run `conveyor migrate`"
+    return await missing_table(settings, "console_audit")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-import asyncpg
 import structlog
 from confluent_kafka import KafkaException
 
 from streams import alerts, logs
 from streams.app import build_app
+from streams.commands.postgres import missing_table
 from streams.commands.topics import missing_topics
 from streams.kafka_config import KafkaSecurityError, connection_problem
 from streams.registry import build_registry
@@ -70,14 +70,4 @@ def preflight(settings: Settings) -> str | None:
 
 
 async def _check_postgres(settings: Settings) -> str | None:
-    try:
-        conn = await asyncpg.connect(
-            settings.postgres.dsn.get_secret_value(), timeout=settings.postgres.connect_timeout_s
-        )
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        return f"cannot reach Postgres: {type(exc).__name__}: {exc}"
-    try:
-        exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
-    finally:
-        await conn.close()
-    return None if exists else "database is not migrated; run `conveyor migrate`"
+    return await missing_table(settings, "schema_migrations")

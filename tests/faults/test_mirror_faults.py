@@ -14,15 +14,12 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
 
 from schemas.envelope import JobEnvelope
-from streams.commands.migrate import migrate
 from tests.support.dlq import dlq_rows, wait_dlq
 from tests.support.pg import PrivatePostgres
 from tests.support.probe import PROBE_ENV, probe_jobs, wait_done
@@ -54,16 +51,6 @@ async def test_deeply_nested_json_is_dead_lettered_and_mirrored_without_wedging_
     assert after["stage"] == "handle", "the dead letter behind it was mirrored too"
     assert worker.count("dlq.mirror_retrying") == 0
     assert worker.proc.poll() is None
-
-
-@pytest.fixture
-async def private_pg() -> AsyncIterator[PrivatePostgres]:
-    pg = await asyncio.to_thread(lambda: PrivatePostgres().init())
-    await migrate(pg.dsn)
-    try:
-        yield pg
-    finally:
-        await asyncio.to_thread(pg.destroy)
 
 
 async def read_only(pg: PrivatePostgres, on: bool) -> None:

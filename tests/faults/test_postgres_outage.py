@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
 
 from schemas.envelope import JobEnvelope
-from streams.commands.migrate import migrate
 from tests.support.dlq import dlq_rows
 from tests.support.pg import PrivatePostgres
 from tests.support.probe import PROBE_ENV, probe_jobs, wait_done
@@ -21,16 +19,6 @@ from tests.support.waiting import eventually
 pytestmark = pytest.mark.integration
 
 OUTAGE_S = 20.0
-
-
-@pytest.fixture
-async def private_pg() -> AsyncIterator[PrivatePostgres]:
-    pg = await asyncio.to_thread(lambda: PrivatePostgres().init())
-    await migrate(pg.dsn)
-    try:
-        yield pg
-    finally:
-        await asyncio.to_thread(pg.destroy)
 
 
 async def test_postgres_outage_mid_load(
