@@ -67,6 +67,18 @@ class InFlightJob(BaseModel):
     age_s: float = 0.0
 
 
+class OrganizationShare(BaseModel):
+    """One organization's share of a fair job type's pool (``fairness: organization``)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    organization_id: str  # "" for jobs without one
+    waiting: int = 0
+    running: int = 0
+    started: int = 0  # since the worker started
+    deferred: int = 0  # set aside to the deferred topic, since the worker started
+
+
 class PoolStatus(BaseModel):
     """One job type's pool in a worker: slots, jobs running, records waiting and held."""
 
@@ -78,6 +90,7 @@ class PoolStatus(BaseModel):
     waiting: int
     held: int = 0
     finished: int = 0
+    organizations: list[OrganizationShare] = Field(default_factory=list)  # fair pools only
 
     @property
     def utilisation(self) -> float:

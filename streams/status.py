@@ -24,7 +24,13 @@ from typing import Any, Literal, Protocol
 
 import structlog
 
-from schemas.fleet import MAX_IN_FLIGHT_REPORTED, InFlightJob, PoolStatus, StatusReport
+from schemas.fleet import (
+    MAX_IN_FLIGHT_REPORTED,
+    InFlightJob,
+    OrganizationShare,
+    PoolStatus,
+    StatusReport,
+)
 from streams import __version__
 from streams.follow import FleetWriter
 from streams.records import Record
@@ -96,6 +102,30 @@ def _identity(value: bytes | None) -> tuple[str | None, str | None]:
     return (job_id if isinstance(job_id, str) else None, org if isinstance(org, str) else None)
 
 
+MAX_ORGANIZATIONS_REPORTED = 20
+
+
+def organization_shares(pool: ReportedPool) -> list[OrganizationShare]:
+    """A fair pool's organizations, the busiest first (at most 20); [] for other pools."""
+    counts = getattr(pool, "organization_counts", None)
+    if counts is None:
+        return []
+    c = counts()
+    orgs = set(c.waiting) | set(c.running) | set(c.started) | set(c.deferred)
+    shares = [
+        OrganizationShare(
+            organization_id=org,
+            waiting=c.waiting.get(org, 0),
+            running=c.running.get(org, 0),
+            started=c.started.get(org, 0),
+            deferred=c.deferred.get(org, 0),
+        )
+        for org in orgs
+    ]
+    shares.sort(key=lambda o: (o.waiting + o.running, o.started), reverse=True)
+    return shares[:MAX_ORGANIZATIONS_REPORTED]
+
+
 def in_flight_job(job_type: str, record: Record, age_s: float) -> InFlightJob:
     job_id, org = _identity(record.value)
     key = None if record.key is None else record.key[:MAX_KEY_CHARS].decode("utf-8", "replace")
@@ -139,6 +169,7 @@ class StatusReporter:
                     waiting=pool.waiting,
                     held=pool.held,
                     finished=pool.finished,
+                    organizations=organization_shares(pool),
                 )
             )
         jobs.sort(key=lambda j: j.age_s, reverse=True)

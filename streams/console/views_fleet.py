@@ -82,7 +82,31 @@ async def fleet(request: web.Request) -> dict[str, Any]:
         "refresh": int(refresh) if refresh and refresh.isdigit() and int(refresh) >= 2 else None,
         "now": datetime.now(UTC),
         "utilisation": _utilisation,
+        "shares": _organization_rows(live),
     }
+
+
+def _organization_rows(live: list[WorkerView]) -> list[dict[str, Any]]:
+    """Fair share per job type and organization, summed over the live workers."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for view in live:
+        for pool in view.report.pools:
+            for share in pool.organizations:
+                key = (pool.job_type, share.organization_id)
+                row = rows.setdefault(
+                    key,
+                    {
+                        "job_type": key[0],
+                        "organization": key[1],
+                        "waiting": 0,
+                        "running": 0,
+                        "started": 0,
+                        "deferred": 0,
+                    },
+                )
+                for field in ("waiting", "running", "started", "deferred"):
+                    row[field] += getattr(share, field)
+    return sorted(rows.values(), key=lambda r: (r["job_type"], -(r["waiting"] + r["running"])))
 
 
 def _timeout(c: cx.Console, job_type: str) -> float | None:

@@ -214,3 +214,22 @@ async def test_a_set_aside_record_keeps_its_origin_for_its_retries_and_dead_lett
     read_back = Record(DEFERRED, 1, 3, sent.key, sent.value, sent.headers, None, trusted=True)
     assert read_back.origin() == (SOURCE, 4, 812, 1_700_000_000_000)
     assert read_back.attempts_before == 0
+
+
+async def test_the_status_report_shows_each_organizations_share() -> None:
+    from streams.status import organization_shares
+
+    runs, aside, tracker = Runs(), Aside(), tracked()
+    pool = fair_pool(runs, tracker, aside)
+    for offset in range(30):
+        pool.submit(TP, job(offset, "a"))
+    pool.submit(TP, job(30, "b"))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    shares = {s.organization_id: s for s in organization_shares(pool)}
+    assert set(shares) == {"a", "b"}
+    assert (shares["b"].running, shares["b"].started) == (1, 1), "b started in its turn"
+    assert shares["a"].deferred == 20 and shares["a"].running == 1
+    assert shares["a"].waiting == 9
+    runs.release.set()
+    await close(pool)
