@@ -14,11 +14,13 @@ payload, and payloads stay out of traces).
 
 from __future__ import annotations
 
-import asyncio
 import os
+import random
 import re
 import socket
+import time
 from collections.abc import Sequence
+from contextvars import ContextVar
 from types import TracebackType
 from typing import Any
 
@@ -32,9 +34,17 @@ from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from handlers import tracing as handler_tracing
@@ -45,6 +55,8 @@ from streams.retry import DeadLetter, Decision
 from streams.settings import Settings, parse_pairs
 from streams.tracing import (
     LINK_HEADER,
+    TRACE_HEADERS,
+    TRACEPARENT,
     AttemptSpan,
     RecordTrace,
     Sending,
@@ -136,8 +148,11 @@ class OtelTracing(Tracing):
         t = settings.tracing
         self.group_id = settings.kafka.group_id
         self.resource = resource(settings, role)
+        self.ratio = t.sampling_ratio
         self.provider = TracerProvider(
-            sampler=ParentBased(TraceIdRatioBased(t.sampling_ratio)),
+            # New traces are sampled here (``sampled``), before any span exists; the SDK
+            # then records what descends from a sampled context.
+            sampler=ParentBased(ALWAYS_ON),
             resource=self.resource,
             shutdown_on_exit=role != "worker",  # a command's spans leave as it exits
         )
@@ -153,68 +168,142 @@ class OtelTracing(Tracing):
         self.tracer = self.provider.get_tracer("conveyor", __version__)
         handler_tracing.install(HandlerBackend(self))
 
+    def sampled(self) -> bool:
+        """Whether a new trace is recorded (``sampling_ratio``)."""
+        return self.ratio >= 1.0 or random.random() < self.ratio
+
     def record(self, record: Record) -> RecordTrace:
-        return _RecordTrace(self, record)
+        incoming: bytes | None = None
+        for name, value in record.headers:
+            if name == TRACEPARENT:
+                incoming = value
+        flagged = None if incoming is None else _sampled_flag(incoming)
+        if flagged if flagged is not None else self.sampled():
+            return _RecordTrace(self, record)
+        own = tuple((k, v) for k, v in record.headers if k in TRACE_HEADERS)
+        return _QuietTrace(_Quiet(own if flagged is not None else ()))
 
     def sending(
         self, topic: str, key: bytes | None, headers: Headers, *, link: bool = False
     ) -> Sending:
+        quiet = _QUIET.get()
+        if (
+            quiet is None
+            and not trace.get_current_span().get_span_context().is_valid
+            and not self.sampled()
+        ):
+            quiet = _Quiet(())  # a command's publish: a new trace, not recorded
+        if quiet is not None:
+            return Sending(tuple(without_trace(headers)) + quiet.headers())
         return _Sending(self, topic, key, headers, link)
 
     def shutdown(self) -> None:
         handler_tracing.install(None)
         self.provider.shutdown()
 
-    async def aclose(self) -> None:
-        """``shutdown`` off the event loop (it waits for the last export)."""
-        await asyncio.to_thread(self.shutdown)
+
+def _sampled_flag(traceparent: bytes) -> bool | None:
+    """The sampled flag of a W3C ``traceparent`` (None when it cannot be read)."""
+    parts = traceparent.split(b"-")
+    if len(parts) < 4 or len(parts[1]) != 32 or len(parts[2]) != 16 or len(parts[3]) != 2:
+        return None
+    try:
+        return bool(int(parts[3], 16) & 1)
+    except ValueError:
+        return None
+
+
+class _Quiet:
+    """A job whose trace is not sampled: nothing is recorded, but its context travels on
+    (the record's own, or a new one with the sampled flag off)."""
+
+    __slots__ = ("_made", "_own")
+
+    def __init__(self, own: Headers) -> None:
+        self._own = own
+        self._made: tuple[int, int] | None = None
+
+    def ids(self) -> tuple[int, int]:
+        if self._made is None:
+            parts = self._own[0][1].split(b"-") if self._own else ()
+            if len(parts) >= 3 and self._own[0][0] == TRACEPARENT:
+                self._made = int(parts[1], 16), int(parts[2], 16)
+            else:
+                self._made = random.getrandbits(128) or 1, random.getrandbits(64) or 1
+        return self._made
+
+    def headers(self) -> Headers:
+        if any(k == TRACEPARENT for k, _ in self._own):
+            return self._own
+        trace_id, span_id = self.ids()
+        return ((TRACEPARENT, f"00-{trace_id:032x}-{span_id:016x}-00".encode()),)
+
+
+_QUIET: ContextVar[_Quiet | None] = ContextVar("conveyor_unsampled_job", default=None)
+
+
+class _QuietTrace(RecordTrace, AttemptSpan):
+    """The attempts of an unsampled job: the context is set for publishes and log lines."""
+
+    __slots__ = ("_quiet", "_token")
+
+    def __init__(self, quiet: _Quiet) -> None:
+        self._quiet = quiet
+        self._token: Any = None
+
+    def attempt(self, job: Any) -> AttemptSpan:
+        return self
+
+    def __enter__(self) -> AttemptSpan:
+        self._token = _QUIET.set(self._quiet)
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _QUIET.reset(self._token)
 
 
 class _RecordTrace(RecordTrace):
-    __slots__ = ("_attributes", "_link", "_parent", "_previous", "_record", "_topic", "_tracing")
+    """A sampled record's attempts (an unsampled one is ``_QuietTrace``)."""
+
+    __slots__ = ("_link", "_parent", "_parent_span", "_previous", "_record", "_tracing")
 
     def __init__(self, tracing: OtelTracing, record: Record) -> None:
         self._tracing = tracing
         self._record = record
-        self._parent: Context = PROPAGATOR.extract(record.headers, getter=HEADERS)
+        self._parent: Context = _ROOT
+        self._parent_span: SpanContext | None = None
         self._link: Link | None = None
-        for name, value in record.headers:
-            if name == LINK_HEADER:
-                reason = "previous_attempt" if record.trusted else "replay_of"
-                self._link = linked(value, reason)
         self._previous: SpanContext | None = None
-        self._attributes = _consumed(record, tracing.group_id)
+        carried = False
+        for name, value in record.headers:
+            if name in TRACE_HEADERS:
+                carried = True
+            elif name == LINK_HEADER:
+                self._link = linked(value, "previous_attempt" if record.trusted else "replay_of")
+        if carried:
+            self._parent = PROPAGATOR.extract(record.headers, getter=HEADERS)
+            found = trace.get_current_span(self._parent).get_span_context()
+            self._parent_span = found if found.is_valid else None
 
     def attempt(self, job: Any) -> AttemptSpan:
         if self._previous is not None:
-            links = [Link(self._previous, {"conveyor.link.reason": "previous_attempt"})]
+            link: Link | None = Link(self._previous, {"conveyor.link.reason": "previous_attempt"})
         else:
-            links = [self._link] if self._link is not None else []
-        attributes = dict(self._attributes)
-        if job is not None:
-            attributes["messaging.message.id"] = job.id
-            attributes["conveyor.job.type"] = job.type
-            attributes["conveyor.job.attempt"] = job.attempt
-            if job.organization_id:
-                attributes["conveyor.organization.id"] = job.organization_id
-        else:
-            attributes["conveyor.job.attempt"] = self._record.attempts_before + 1
-        span = self._tracing.tracer.start_span(
-            f"process {self._record.topic}",
-            self._parent,
-            SpanKind.CONSUMER,
-            attributes,
-            links,
-            record_exception=False,
-            set_status_on_exception=False,
-        )
-        return _AttemptSpan(self, span)
-
-    def ended(self, span_context: SpanContext) -> None:
-        self._previous = span_context
+            link = self._link
+        attributes = _consumed(self._record, job, self._tracing.group_id)
+        return _AttemptSpan(self, attributes, (link,) if link is not None else ())
 
 
-def _consumed(record: Record, group_id: str) -> dict[str, Value]:
+_ROOT = Context()  # no parent: the record carried no trace context
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+
+
+def _consumed(record: Record, job: Any, group_id: str) -> dict[str, Value]:
     attributes: dict[str, Value] = {
         "messaging.system": "kafka",
         "messaging.operation.name": "process",
@@ -223,11 +312,18 @@ def _consumed(record: Record, group_id: str) -> dict[str, Value]:
         "messaging.destination.partition.id": str(record.partition),
         "messaging.kafka.offset": record.offset,
         "messaging.consumer.group.name": group_id,
-        "messaging.message.body.size": len(record.value or b""),
     }
     key = id_key(record.key)
     if key is not None:
         attributes["messaging.kafka.message.key"] = key
+    if job is None:
+        attributes["conveyor.job.attempt"] = record.attempts_before + 1
+        return attributes
+    attributes["messaging.message.id"] = job.id
+    attributes["conveyor.job.type"] = job.type
+    attributes["conveyor.job.attempt"] = job.attempt
+    if job.organization_id:
+        attributes["conveyor.organization.id"] = job.organization_id
     return attributes
 
 
@@ -238,22 +334,35 @@ def outcome_of(decision: Decision) -> str:
 
 
 class _AttemptSpan(AttemptSpan):
-    __slots__ = ("_outcome", "_span", "_token", "_trace")
+    """An attempt's consumer span, recorded by hand rather than through the SDK's span
+    objects: its ids, times and attributes go straight into a ``ReadableSpan`` for the
+    batch processor (the SDK's checks of a dozen attributes cost more than a no-op job
+    does). Its context is current meanwhile, so the SDK records its children."""
 
-    def __init__(self, record_trace: _RecordTrace, span: trace.Span) -> None:
+    __slots__ = ("_attributes", "_context", "_links", "_outcome", "_start", "_token", "_trace")
+
+    def __init__(
+        self, record_trace: _RecordTrace, attributes: dict[str, Value], links: tuple[Link, ...]
+    ) -> None:
+        parent = record_trace._parent_span
+        trace_id = parent.trace_id if parent is not None else random.getrandbits(128) or 1
+        state = parent.trace_state if parent is not None else None
+        self._context = SpanContext(trace_id, random.getrandbits(64) or 1, False, _SAMPLED, state)
         self._trace = record_trace
-        self._span = span
+        self._attributes = attributes
+        self._links = links
         self._outcome = "succeeded"
+        self._start = 0
         self._token: Any = None
 
     def decided(self, decision: Decision) -> None:
         self._outcome = outcome_of(decision)
-        self._span.set_attribute("conveyor.job.stage", decision.stage.value)
-        if self._outcome != "retry":
-            self._span.set_status(Status(StatusCode.ERROR))
+        self._attributes["conveyor.job.stage"] = decision.stage.value
 
     def __enter__(self) -> AttemptSpan:
-        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        current = trace.set_span_in_context(NonRecordingSpan(self._context), self._trace._parent)
+        self._token = otel_context.attach(current)
+        self._start = time.time_ns()
         return self
 
     def __exit__(
@@ -262,14 +371,34 @@ class _AttemptSpan(AttemptSpan):
         error: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        span = self._span
+        end = time.time_ns()
+        otel_context.detach(self._token)
         if error is not None:
             self._outcome = "interrupted"
-            span.set_attribute("error.type", type(error).__name__)
-        span.set_attribute("conveyor.job.outcome", self._outcome)
-        span.end()
-        otel_context.detach(self._token)
-        self._trace.ended(span.get_span_context())
+            self._attributes["error.type"] = type(error).__name__
+        self._attributes["conveyor.job.outcome"] = self._outcome
+        failed = self._outcome in ("dead_letter", "crashed")
+        tracing = self._trace._tracing
+        tracing.processor.on_end(
+            ReadableSpan(
+                name=f"process {self._trace._record.topic}",
+                context=self._context,
+                parent=self._trace._parent_span,
+                resource=tracing.resource,
+                attributes=self._attributes,
+                links=self._links,
+                kind=SpanKind.CONSUMER,
+                status=_ERROR if failed else _UNSET,
+                start_time=self._start,
+                end_time=end,
+                instrumentation_scope=tracing.scope,
+            )
+        )
+        self._trace._previous = self._context
+
+
+_ERROR = Status(StatusCode.ERROR)
+_UNSET = Status(StatusCode.UNSET)
 
 
 class _Sending(Sending):
@@ -363,6 +492,12 @@ class _Span(handler_tracing.Span):
         otel_context.detach(self._token)
 
 
+def _sampled_context() -> bool:
+    """A sampled span is current (a recorded attempt or one of its children)."""
+    found = trace.get_current_span().get_span_context()
+    return found.is_valid and found.trace_flags.sampled
+
+
 class HandlerBackend:
     """``handlers.tracing.Backend`` on the SDK; child processes' spans are exported as
     they were recorded (``adopt``)."""
@@ -372,6 +507,8 @@ class HandlerBackend:
         self._tracer = tracing.tracer
 
     def span(self, name: str, kind: str, attributes: Attributes | None) -> handler_tracing.Span:
+        if not _sampled_context():
+            return handler_tracing.NOOP  # an unsampled job, or none: no trace of its own
         return _Span(
             self._tracer.start_span(
                 name, kind=KINDS[kind], attributes=attributes, record_exception=False
@@ -379,10 +516,11 @@ class HandlerBackend:
         )
 
     def current(self) -> handler_tracing.Span:
-        return _Span(trace.get_current_span())
+        span = trace.get_current_span()
+        return _Span(span) if span.is_recording() else handler_tracing.NOOP
 
     def finished(self, name: str, start_ns: int, end_ns: int, attributes: Attributes) -> None:
-        if not trace.get_current_span().is_recording():
+        if not _sampled_context():
             return  # no job's span: not worth a trace of its own
         span = self._tracer.start_span(
             name, kind=SpanKind.CLIENT, attributes=attributes, start_time=start_ns
@@ -402,10 +540,15 @@ class HandlerBackend:
             self._tracing.processor.on_end(self._readable(r))
 
     def ids(self) -> tuple[str, str] | None:
-        found = trace.get_current_span().get_span_context()
-        if not found.is_valid:
-            return None
-        return f"{found.trace_id:032x}", f"{found.span_id:016x}"
+        quiet = _QUIET.get()
+        if quiet is not None:
+            trace_id, span_id = quiet.ids()
+        else:
+            found = trace.get_current_span().get_span_context()
+            if not found.is_valid:
+                return None
+            trace_id, span_id = found.trace_id, found.span_id
+        return f"{trace_id:032x}", f"{span_id:016x}"
 
     def _readable(self, r: SpanRecord) -> ReadableSpan:
         flags = TraceFlags(TraceFlags.SAMPLED)
