@@ -9,7 +9,7 @@ assertion prints the whole tree.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,11 @@ class Traced:
 
     def tree(self) -> Tree:
         return Tree(self.spans())
+
+    def job(self) -> AbstractContextManager[Any]:
+        """A recorded span named ``job`` made current, standing in for a job's attempt
+        (handlers' spans are only recorded under one)."""
+        return self.tracing.tracer.start_as_current_span("job")
 
 
 @contextmanager
