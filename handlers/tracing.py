@@ -225,7 +225,7 @@ def watch_queries(conn: Any) -> None:
 
 def _operation(query: str) -> str:
     words = query.lstrip().split(None, 1)
-    return words[0].upper() if words else "postgresql"
+    return words[0].rstrip(";").upper() if words else "postgresql"
 
 
 def _query_attributes(record: Any) -> dict[str, Value]:
