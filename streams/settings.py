@@ -514,8 +514,8 @@ class TracingSettings(_Group):
         description="share of new traces recorded; a job whose producer sent a trace context"
         " follows the producer's decision (parent-based)",
     )
-    resource_attributes: str = Field(
-        "",
+    resource_attributes: str | None = Field(
+        None,
         description="'key=value,...' added to every span's resource (service.name comes from"
         " worker.service_name unless set here); the chart adds the pod's identity",
     )
@@ -533,8 +533,9 @@ class TracingSettings(_Group):
 
     @field_validator("resource_attributes")
     @classmethod
-    def _attributes(cls, value: str) -> str:
-        parse_pairs(value, "resource_attributes")
+    def _attributes(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_pairs(value, "resource_attributes")
         return value
 
     @field_validator("headers")
