@@ -127,7 +127,8 @@ def resource(settings: Settings, role: str) -> Resource:
         "service.instance.id": f"{socket.gethostname()}:{os.getpid()}",
         "conveyor.process.role": role,
     }
-    attributes.update(parse_pairs(settings.tracing.resource_attributes or "", "resource_attributes"))
+    configured = settings.tracing.resource_attributes or ""
+    attributes.update(parse_pairs(configured, "resource_attributes"))
     return Resource(attributes)
 
 

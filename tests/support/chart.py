@@ -169,9 +169,7 @@ def container_env(
     assert not duplicated, f"{container['name']} sets {sorted(duplicated)} twice"
     for entry in container.get("env", []):
         if "value" in entry:  # $(NAME) is Kubernetes' reference to a variable set before
-            env[entry["name"]] = _REFERENCE.sub(
-                lambda m: env.get(m[1]) or m[0], entry["value"]
-            )
+            env[entry["name"]] = _REFERENCE.sub(lambda m: env.get(m[1]) or m[0], entry["value"])
             continue
         if "fieldRef" in entry["valueFrom"]:  # the downward API
             env[entry["name"]] = f"field:{entry['valueFrom']['fieldRef']['fieldPath']}"
