@@ -12,10 +12,14 @@ concurrency 8 it also runs with the crash-loop guard off
 (``max_crashes=0``) and on, in adjacent pairs, and prints the median ratio;
 and with ``ordering`` ``none`` and ``key`` over 1,000 distinct Kafka keys,
 in adjacent pairs (``--ordering-pairs``; ``--only-ordering`` runs just
-those). Every topic the benchmark creates is deleted when it is done.
+those); and with tracing off and on, at 100 % and at 1 % sampling, exporting
+OTLP/HTTP to a receiver in this process that decodes and counts the spans
+(``--tracing-pairs``; ``--only-tracing`` runs just those). Every topic the
+benchmark creates is deleted when it is done.
 
     .venv/bin/python -m bench.throughput [--messages 100000] [--guard-pairs 3]
     .venv/bin/python -m bench.throughput --only-ordering --ordering-pairs 5
+    .venv/bin/python -m bench.throughput --only-tracing --tracing-pairs 5
 """
 
 from __future__ import annotations
@@ -27,14 +31,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -172,8 +179,44 @@ def run_faust(
     )
 
 
+class SpanSink:
+    """An OTLP/HTTP traces endpoint on loopback, in a thread: counts the spans it is sent."""
+
+    def __init__(self) -> None:
+        sink = self
+        self.spans = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                request = ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                sink.spans += sum(
+                    len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans
+                )
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+
+
+SINK: SpanSink | None = None
+
+
 def run_conveyor(
-    stack: Stack, concurrency: int, workdir: Path, guard: bool = True, ordering: str = "none"
+    stack: Stack,
+    concurrency: int,
+    workdir: Path,
+    guard: bool = True,
+    ordering: str = "none",
+    sampling: float | None = None,
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -186,6 +229,11 @@ def run_conveyor(
     }
     if not guard:  # the runner without its start journal (the crash-loop guard off)
         env["CONVEYOR_JOBS__PROBE__MAX_CRASHES"] = "0"
+    if sampling is not None:  # tracing on, exporting to the sink
+        assert SINK is not None
+        env["CONVEYOR_TRACING__ENABLED"] = "true"
+        env["CONVEYOR_TRACING__ENDPOINT"] = SINK.endpoint
+        env["CONVEYOR_TRACING__SAMPLING_RATIO"] = str(sampling)
     log = (workdir / f"conveyor-{concurrency}-{stack.prefix}.log").open("wb")
     return subprocess.Popen(
         [sys.executable, "-m", "streams.commands.cli", "run"],
@@ -206,6 +254,7 @@ def conveyor_rate(
     guard: bool,
     ordering: str = "none",
     keys: int | None = None,
+    sampling: float | None = None,
 ) -> float:
     stack = Stack(bootstrap, dsn)
     stack.create_topics()
@@ -217,7 +266,7 @@ def conveyor_rate(
             f"{stack.prefix}-group",
             topic,
             n,
-            lambda: run_conveyor(stack, concurrency, workdir, guard, ordering),
+            lambda: run_conveyor(stack, concurrency, workdir, guard, ordering, sampling),
             terminate,
         )
     finally:
@@ -304,6 +353,16 @@ def main() -> int:
     parser.add_argument(
         "--only-ordering", action="store_true", help="run only the ordering none/key pairs"
     )
+    parser.add_argument(
+        "--tracing-pairs",
+        type=int,
+        default=0,
+        help="runs of the runner at concurrency 8 with tracing off and on, at 100 %% and at "
+        "1 %% sampling (alternating; medians reported)",
+    )
+    parser.add_argument(
+        "--only-tracing", action="store_true", help="run only the tracing off/on pairs"
+    )
     args = parser.parse_args()
     bootstrap = os.environ.get("CONVEYOR_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     dsn = os.environ.get(
@@ -317,6 +376,9 @@ def main() -> int:
         return lambda: conveyor_rate(bootstrap, dsn, n, 8, workdir, **options)
 
     print(f"\nno-op throughput, {n} messages, {PARTITIONS} partitions (msg/s):", flush=True)
+    if args.only_tracing:
+        tracing_pairs(rate, max(args.tracing_pairs, 1))
+        return 0
     if not args.only_ordering:
         results = baselines(bootstrap, dsn, n, workdir)
         for name, value in results.items():
@@ -340,7 +402,23 @@ def main() -> int:
         ),
         args.ordering_pairs,
     )
+    if args.tracing_pairs:
+        tracing_pairs(rate, args.tracing_pairs)
     return 0
+
+
+def tracing_pairs(rate: Callable[..., Callable[[], float]], pairs: int) -> None:
+    """Tracing off vs on at 100 % and at 1 % sampling, each in adjacent pairs."""
+    global SINK
+    SINK = SpanSink()
+    for sampling in (1.0, 0.01):
+        before = SINK.spans
+        paired(
+            f"tracing on ({sampling:.0%} sampled) / off at concurrency 8",
+            (rate(guard=True), rate(guard=True, sampling=sampling)),
+            pairs,
+        )
+        print(f"    spans received at {sampling:.0%}: {SINK.spans - before}", flush=True)
 
 
 if __name__ == "__main__":
