@@ -28,7 +28,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.sdk.resources import Resource
@@ -50,6 +50,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from handlers import tracing as handler_tracing
 from handlers.tracing import Attributes, SpanRecord, Value
 from streams import __version__
+from streams.otlp import OtlpHttpExporter
 from streams.records import Headers, Record
 from streams.retry import DeadLetter, Decision
 from streams.settings import Settings, parse_pairs
@@ -135,7 +136,12 @@ def resource(settings: Settings, role: str) -> Resource:
 def exporter(settings: Settings) -> SpanExporter:
     t = settings.tracing
     headers = parse_pairs(t.headers.get_secret_value(), "headers") if t.headers else {}
-    return OTLPSpanExporter(endpoint=t.endpoint, headers=headers, timeout=t.export_timeout_s)
+    return OtlpHttpExporter(
+        endpoint=t.endpoint,
+        headers=headers,
+        timeout=t.export_timeout_s,
+        compression=Compression.NoCompression,
+    )
 
 
 class OtelTracing(Tracing):
