@@ -298,3 +298,37 @@ def test_with_tracing_off_no_opentelemetry_module_is_imported() -> None:
         [sys.executable, "-c", NO_OTEL], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+async def test_an_unsampled_job_records_nothing_and_its_context_travels_on() -> None:
+    with traced(sampling_ratio=0.0) as t:
+        worker = Worker([RetryableError("later", delay_s=60)], t.tracing)
+        await worker.run(fresh(headers=()))
+        assert t.spans() == []
+    [retry] = worker.producer.to(RETRY_TOPIC)
+    [carried] = headers_named(retry, "traceparent")
+    version, trace_id, span_id, flags = carried.decode().split("-")
+    assert (version, flags) == ("00", "00") and int(trace_id, 16) and int(span_id, 16)
+    # The next attempt follows that decision, whatever its own worker's ratio.
+    with traced(sampling_ratio=1.0) as t:
+        again = Worker([Outcome.SUCCEEDED], t.tracing)
+        await again.run(delivered(retry))
+        assert t.spans() == []
+
+
+async def test_a_producers_decision_not_to_sample_is_followed_and_passed_on() -> None:
+    unsampled = TRACEPARENT[:-2] + b"00"
+    with traced(sampling_ratio=1.0) as t:
+        worker = Worker([RetryableError("later", delay_s=60)], t.tracing)
+        await worker.run(fresh(headers=(("traceparent", unsampled), ("tracestate", b"v=1"))))
+        assert t.spans() == []
+    [retry] = worker.producer.to(RETRY_TOPIC)
+    assert headers_named(retry, "traceparent") == [unsampled]
+    assert headers_named(retry, "tracestate") == [b"v=1"]
+
+
+async def test_a_sampled_producers_job_is_recorded_whatever_the_ratio() -> None:
+    with traced(sampling_ratio=0.0) as t:
+        await Worker([Outcome.SUCCEEDED], t.tracing).run(fresh())
+        [span] = t.spans()
+    assert span.context.trace_id == PRODUCER_TRACE
