@@ -76,7 +76,7 @@ class RecordSpans(RecordTrace):
 
 
 _ROOT = Context()  # no parent: the record carried no trace context
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_NEW = TraceFlags(TraceFlags.SAMPLED | 0x02)
 
 
 def _consumed(record: Record, job: Any, group_id: str) -> dict[str, Value]:
@@ -121,9 +121,13 @@ class _AttemptSpan(AttemptSpan):
         self, record_trace: RecordSpans, attributes: dict[str, Value], links: tuple[Link, ...]
     ) -> None:
         parent = record_trace._parent_span
-        trace_id = parent.trace_id if parent is not None else random.getrandbits(128) or 1
-        state = parent.trace_state if parent is not None else None
-        self._context = SpanContext(trace_id, random.getrandbits(64) or 1, False, _SAMPLED, state)
+        span_id = random.getrandbits(64) or 1
+        if parent is not None:
+            self._context = SpanContext(
+                parent.trace_id, span_id, False, parent.trace_flags, parent.trace_state
+            )
+        else:  # a new trace: sampled, its id random (W3C trace context level 2)
+            self._context = SpanContext(random.getrandbits(128) or 1, span_id, False, _NEW)
         self._trace = record_trace
         self._attributes = attributes
         self._links = links

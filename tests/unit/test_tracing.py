@@ -21,8 +21,9 @@ from opentelemetry.trace import SpanKind
 from handlers.errors import PermanentError, RetryableError
 from handlers.types import Outcome
 from schemas import jobs
+from schemas.envelope import JobEnvelope
 from streams.commands import dlq
-from streams.commands.submit import JobProducer
+from streams.commands.submit import JobProducer, publish
 from streams.publish import RecordPublisher
 from streams.records import Record
 from streams.registry import JobSpec
@@ -332,3 +333,25 @@ async def test_a_sampled_producers_job_is_recorded_whatever_the_ratio() -> None:
         await Worker([Outcome.SUCCEEDED], t.tracing).run(fresh())
         [span] = t.spans()
     assert span.context.trace_id == PRODUCER_TRACE
+
+
+def test_conveyor_submit_starts_a_trace_for_each_job_when_tracing_is_on() -> None:
+    job = JobEnvelope(type="probe", payload={})
+    with traced() as t:
+        confluent = RecordingConfluent()
+        publish(JobProducer(confluent, t.tracing), TOPIC, job, b"k1")  # type: ignore[arg-type]
+        tree = t.tree()
+    send = tree.one(f"send {TOPIC}")
+    assert send.parent is None and send.kind is SpanKind.PRODUCER
+    [record] = confluent.produced
+    [(name, value)] = record["headers"]
+    _, trace_id, span_id, flags = value.decode().split("-")
+    assert (name, int(trace_id, 16), int(span_id, 16)) == (
+        "traceparent",
+        send.context.trace_id,
+        send.context.span_id,
+    )
+    assert int(flags, 16) & 1, "sampled"
+    off = RecordingConfluent()
+    publish(JobProducer(off, OFF), TOPIC, job, b"k1")  # type: ignore[arg-type]
+    assert off.produced[0]["headers"] == []
