@@ -81,6 +81,12 @@ def committed(admin_conf: dict[str, str], group: str, topic: str) -> int:
         consumer.close()
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) process ``pid`` has used (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(
     bootstrap: str,
     group: str,
@@ -89,9 +95,13 @@ def measure(
     start: Callable[[], object],
     stop: Callable[[object], None],
     timeout_s: float = 300,
+    cpu_us: list[float] | None = None,
 ) -> float:
+    """Messages per second; ``cpu_us``: append the consumer process's CPU µs per message
+    over the same window (a figure that other processes on the machine disturb less)."""
     conf = {"bootstrap.servers": bootstrap}
     handle = start()
+    pid = handle.pid if isinstance(handle, subprocess.Popen) else None
     try:
         deadline = time.monotonic() + timeout_s
         t10 = None
@@ -100,8 +110,11 @@ def measure(
             now = time.monotonic()
             if t10 is None and done >= total * 0.1:
                 t10, d10 = now, done
+                c10 = cpu_s(pid) if pid is not None else 0.0
             if done >= total:
                 assert t10 is not None
+                if cpu_us is not None and pid is not None:
+                    cpu_us.append((cpu_s(pid) - c10) / max(done - d10, 1) * 1e6)
                 return (done - d10) / max(now - t10, 1e-9)
             if now > deadline:
                 raise RuntimeError(f"{group}: only {done}/{total} committed in {timeout_s} s")
@@ -255,6 +268,7 @@ def conveyor_rate(
     ordering: str = "none",
     keys: int | None = None,
     sampling: float | None = None,
+    cpu_us: list[float] | None = None,
 ) -> float:
     stack = Stack(bootstrap, dsn)
     stack.create_topics()
@@ -268,6 +282,7 @@ def conveyor_rate(
             n,
             lambda: run_conveyor(stack, concurrency, workdir, guard, ordering, sampling),
             terminate,
+            cpu_us=cpu_us,
         )
     finally:
         janitor = TopicJanitor()
@@ -413,10 +428,17 @@ def tracing_pairs(rate: Callable[..., Callable[[], float]], pairs: int) -> None:
     SINK = SpanSink()
     for sampling in (1.0, 0.01):
         before = SINK.spans
+        cpu: tuple[list[float], list[float]] = ([], [])
         paired(
             f"tracing on ({sampling:.0%} sampled) / off at concurrency 8",
-            (rate(guard=True), rate(guard=True, sampling=sampling)),
+            (rate(guard=True, cpu_us=cpu[0]), rate(guard=True, sampling=sampling, cpu_us=cpu[1])),
             pairs,
+        )
+        ratios = [on / off for off, on in zip(*cpu, strict=True)]
+        print(
+            f"    worker CPU per message, on / off: {statistics.median(ratios):.2f} (median;"
+            f" on {[round(c, 1) for c in cpu[1]]} µs, off {[round(c, 1) for c in cpu[0]]} µs)",
+            flush=True,
         )
         print(f"    spans received at {sampling:.0%}: {SINK.spans - before}", flush=True)
 

@@ -107,11 +107,14 @@ class OtelTracing(Tracing):
 
     def record(self, record: Record) -> RecordTrace:
         incoming: bytes | None = None
-        for name, value in record.headers:
-            if name == TRACEPARENT:
-                incoming = value
-        flagged = None if incoming is None else sampled_flag(incoming)
-        if flagged is None:  # no readable context: a new trace
+        if record.headers:
+            for name, value in record.headers:
+                if name == TRACEPARENT:
+                    incoming = value
+        if incoming is None:  # a new trace (also when unreadable, below)
+            return RecordSpans(self, record) if self.sampled() else Quiet()
+        flagged = sampled_flag(incoming)
+        if flagged is None:
             return RecordSpans(self, record) if self.sampled() else Quiet()
         if flagged:
             return RecordSpans(self, record)
