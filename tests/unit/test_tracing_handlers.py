@@ -12,7 +12,8 @@ secrets, tokens and texts of the run.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 import sentry_sdk
+import structlog
 from opentelemetry.trace import SpanKind
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
@@ -248,32 +250,46 @@ async def test_kommo_calls_are_http_spans_without_token_or_query(
         assert secret not in shown
 
 
+@pytest.fixture
+def json_logs(capsys: pytest.CaptureFixture[str]) -> Iterator[None]:
+    """The worker's logging (JSON lines, trace ids) into the captured stdout for one
+    test; then as it was."""
+    saved = structlog.get_config()
+    names = ("", *logs.NOISY)
+    levels = {name: logging.getLogger(name).level for name in names}
+    handlers = logging.getLogger().handlers[:]
+    logs.configure(LoggingSettings(format="json"), trace_ids=True)
+    yield
+    structlog.reset_defaults()
+    structlog.configure(**saved)
+    logging.getLogger().handlers = handlers
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+@pytest.mark.usefixtures("json_logs")
 async def test_a_jobs_log_lines_carry_its_trace_and_span_ids(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    logs.configure(LoggingSettings(format="json"), trace_ids=True)
-    try:
-        with traced() as t:
-            spec = JobSpec(
-                "probe",
-                REGISTRY.specs["probe"].payload_model,
-                SETTINGS.jobs.probe.model_copy(update={"max_attempts": 1}),
-                _fail,
-            )
-            producer = RecordingProducer()
-            runner = JobRunner(
-                spec,
-                FakeRuntime(deps=None),  # type: ignore[arg-type]
-                RecordPublisher(producer, group_id="g", dlq_topic="jobs.dlq", tracing=t.tracing),
-                retry_topic="jobs.probe.retry",
-                max_job_bytes=4096,
-                tracing=t.tracing,
-            )
-            value = JobEnvelope(id="j-1", type="probe", payload={}).to_bytes()
-            await runner.run(Record("jobs.probe", 0, 1, None, value, (), None))
-            tree = t.tree()
-    finally:
-        logs.configure(LoggingSettings(format="console"))
+    with traced() as t:
+        spec = JobSpec(
+            "probe",
+            REGISTRY.specs["probe"].payload_model,
+            SETTINGS.jobs.probe.model_copy(update={"max_attempts": 1}),
+            _fail,
+        )
+        producer = RecordingProducer()
+        runner = JobRunner(
+            spec,
+            FakeRuntime(deps=None),  # type: ignore[arg-type]
+            RecordPublisher(producer, group_id="g", dlq_topic="jobs.dlq", tracing=t.tracing),
+            retry_topic="jobs.probe.retry",
+            max_job_bytes=4096,
+            tracing=t.tracing,
+        )
+        value = JobEnvelope(id="j-1", type="probe", payload={}).to_bytes()
+        await runner.run(Record("jobs.probe", 0, 1, None, value, (), None))
+        tree = t.tree()
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
     attempt = tree.one("process jobs.probe")
     ours = [line for line in lines if line.get("job_id") == "j-1"]
