@@ -11,7 +11,6 @@ secrets, tokens and texts of the run.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -251,9 +250,8 @@ async def test_kommo_calls_are_http_spans_without_token_or_query(
 
 
 @pytest.fixture
-def json_logs(capsys: pytest.CaptureFixture[str]) -> Iterator[None]:
-    """The worker's logging (JSON lines, trace ids) into the captured stdout for one
-    test; then as it was."""
+def json_logs() -> Iterator[None]:
+    """The worker's logging (JSON lines, trace ids) for one test; then as it was."""
     saved = structlog.get_config()
     names = ("", *logs.NOISY)
     levels = {name: logging.getLogger(name).level for name in names}
@@ -269,7 +267,7 @@ def json_logs(capsys: pytest.CaptureFixture[str]) -> Iterator[None]:
 
 @pytest.mark.usefixtures("json_logs")
 async def test_a_jobs_log_lines_carry_its_trace_and_span_ids(
-    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     with traced() as t:
         spec = JobSpec(
@@ -290,7 +288,8 @@ async def test_a_jobs_log_lines_carry_its_trace_and_span_ids(
         value = JobEnvelope(id="j-1", type="probe", payload={}).to_bytes()
         await runner.run(Record("jobs.probe", 0, 1, None, value, (), None))
         tree = t.tree()
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+    # Each line's event as the processors left it for the JSON renderer.
+    lines = [r.msg for r in caplog.records if isinstance(r.msg, dict)]
     attempt = tree.one("process jobs.probe")
     ours = [line for line in lines if line.get("job_id") == "j-1"]
     assert {line["event"] for line in ours} >= {"job.dead_lettered"}
