@@ -12,14 +12,17 @@ concurrency 8 it also runs with the crash-loop guard off
 (``max_crashes=0``) and on, in adjacent pairs, and prints the median ratio;
 and with ``ordering`` ``none`` and ``key`` over 1,000 distinct Kafka keys,
 in adjacent pairs (``--ordering-pairs``; ``--only-ordering`` runs just
-those). ``--fleet-pairs N --baseline DIR`` runs the runner of another
-checkout (DIR, e.g. ``git archive`` of the commit before the fleet's status
-reports and runtime control) and this one in adjacent pairs, at the default
-report interval: the cost of the status reports and the pause gate.
-Every topic the benchmark creates is deleted when it is done.
+those); and with tracing off and on, at 100 % and at 1 % sampling, exporting
+OTLP/HTTP to a receiver in this process that decodes and counts the spans
+(``--tracing-pairs``; ``--only-tracing`` runs just those).
+``--fleet-pairs N --baseline DIR`` runs the runner of another checkout (DIR,
+e.g. ``git archive`` of an earlier commit) and this one in adjacent pairs, at
+the default report interval: the cost of what changed between them. Every
+topic the benchmark creates is deleted when it is done.
 
     .venv/bin/python -m bench.throughput [--messages 100000] [--guard-pairs 3]
     .venv/bin/python -m bench.throughput --only-ordering --ordering-pairs 5
+    .venv/bin/python -m bench.throughput --only-tracing --tracing-pairs 5
     .venv/bin/python -m bench.throughput --fleet-pairs 7 --baseline /tmp/conveyor-base
 """
 
@@ -32,14 +35,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -79,6 +85,12 @@ def committed(admin_conf: dict[str, str], group: str, topic: str) -> int:
         consumer.close()
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) process ``pid`` has used (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(
     bootstrap: str,
     group: str,
@@ -87,9 +99,13 @@ def measure(
     start: Callable[[], object],
     stop: Callable[[object], None],
     timeout_s: float = 300,
+    cpu_us: list[float] | None = None,
 ) -> float:
+    """Messages per second; ``cpu_us``: append the consumer process's CPU µs per message
+    over the same window (a figure that other processes on the machine disturb less)."""
     conf = {"bootstrap.servers": bootstrap}
     handle = start()
+    pid = handle.pid if isinstance(handle, subprocess.Popen) else None
     try:
         deadline = time.monotonic() + timeout_s
         t10 = None
@@ -98,8 +114,11 @@ def measure(
             now = time.monotonic()
             if t10 is None and done >= total * 0.1:
                 t10, d10 = now, done
+                c10 = cpu_s(pid) if pid is not None else 0.0
             if done >= total:
                 assert t10 is not None
+                if cpu_us is not None and pid is not None:
+                    cpu_us.append((cpu_s(pid) - c10) / max(done - d10, 1) * 1e6)
                 return (done - d10) / max(now - t10, 1e-9)
             if now > deadline:
                 raise RuntimeError(f"{group}: only {done}/{total} committed in {timeout_s} s")
@@ -185,13 +204,46 @@ FLEET_SETTINGS = (
 )
 
 
+class SpanSink:
+    """An OTLP/HTTP traces endpoint on loopback, in a thread: counts the spans it is sent."""
+
+    def __init__(self) -> None:
+        sink = self
+        self.spans = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                request = ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                sink.spans += sum(
+                    len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans
+                )
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+
+
+SINK: SpanSink | None = None
+
+
 def run_conveyor(
     stack: Stack,
     concurrency: int,
     workdir: Path,
     guard: bool = True,
     ordering: str = "none",
+    *,
     source: Path | None = None,
+    sampling: float | None = None,
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -208,6 +260,11 @@ def run_conveyor(
     if source is not None:  # another checkout's runner (its modules first on the path)
         env = {k: v for k, v in env.items() if k not in FLEET_SETTINGS}
         env["PYTHONPATH"] = str(source)
+    if sampling is not None:  # tracing on, exporting to the sink
+        assert SINK is not None
+        env["CONVEYOR_TRACING__ENABLED"] = "true"
+        env["CONVEYOR_TRACING__ENDPOINT"] = SINK.endpoint
+        env["CONVEYOR_TRACING__SAMPLING_RATIO"] = str(sampling)
     log = (workdir / f"conveyor-{concurrency}-{stack.prefix}.log").open("wb")
     return subprocess.Popen(
         [sys.executable, "-m", "streams.commands.cli", "run"],
@@ -229,6 +286,8 @@ def conveyor_rate(
     ordering: str = "none",
     keys: int | None = None,
     source: Path | None = None,
+    sampling: float | None = None,
+    cpu_us: list[float] | None = None,
 ) -> float:
     stack = Stack(bootstrap, dsn)
     stack.create_topics()
@@ -240,8 +299,11 @@ def conveyor_rate(
             f"{stack.prefix}-group",
             topic,
             n,
-            lambda: run_conveyor(stack, concurrency, workdir, guard, ordering, source),
+            lambda: run_conveyor(
+                stack, concurrency, workdir, guard, ordering, source=source, sampling=sampling
+            ),
             terminate,
+            cpu_us=cpu_us,
         )
     finally:
         janitor = TopicJanitor()
@@ -335,6 +397,16 @@ def main() -> int:
         " (alternating; only these are run)",
     )
     parser.add_argument("--baseline", type=Path, help="another checkout's root (--fleet-pairs)")
+    parser.add_argument(
+        "--tracing-pairs",
+        type=int,
+        default=0,
+        help="runs of the runner at concurrency 8 with tracing off and on, at 100 %% and at "
+        "1 %% sampling (alternating; medians reported)",
+    )
+    parser.add_argument(
+        "--only-tracing", action="store_true", help="run only the tracing off/on pairs"
+    )
     args = parser.parse_args()
     bootstrap = os.environ.get("CONVEYOR_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     dsn = os.environ.get(
@@ -356,6 +428,9 @@ def main() -> int:
             (rate(guard=True, source=args.baseline.resolve()), rate(guard=True)),
             args.fleet_pairs,
         )
+        return 0
+    if args.only_tracing:
+        tracing_pairs(rate, max(args.tracing_pairs, 1))
         return 0
     if not args.only_ordering:
         results = baselines(bootstrap, dsn, n, workdir)
@@ -380,7 +455,30 @@ def main() -> int:
         ),
         args.ordering_pairs,
     )
+    if args.tracing_pairs:
+        tracing_pairs(rate, args.tracing_pairs)
     return 0
+
+
+def tracing_pairs(rate: Callable[..., Callable[[], float]], pairs: int) -> None:
+    """Tracing off vs on at 100 % and at 1 % sampling, each in adjacent pairs."""
+    global SINK
+    SINK = SpanSink()
+    for sampling in (1.0, 0.01):
+        before = SINK.spans
+        cpu: tuple[list[float], list[float]] = ([], [])
+        paired(
+            f"tracing on ({sampling:.0%} sampled) / off at concurrency 8",
+            (rate(guard=True, cpu_us=cpu[0]), rate(guard=True, sampling=sampling, cpu_us=cpu[1])),
+            pairs,
+        )
+        ratios = [on / off for off, on in zip(*cpu, strict=True)]
+        print(
+            f"    worker CPU per message, on / off: {statistics.median(ratios):.2f} (median;"
+            f" on {[round(c, 1) for c in cpu[1]]} µs, off {[round(c, 1) for c in cpu[0]]} µs)",
+            flush=True,
+        )
+        print(f"    spans received at {sampling:.0%}: {SINK.spans - before}", flush=True)
 
 
 if __name__ == "__main__":

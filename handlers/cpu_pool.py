@@ -41,9 +41,11 @@ import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import structlog
+
+from handlers import tracing
 
 log = structlog.get_logger(__name__)
 
@@ -208,8 +210,13 @@ class ProcessCpuPool:
             raise CpuWorkerLost("the process pool is shut down")
         slot = await self._free.get()
         loop = asyncio.get_running_loop()
+        parent = tracing.parent()  # the job's span, carried into the process (if recorded)
+        future: concurrent.futures.Future[Any]
         try:
-            future = slot.executor.submit(fn, arg)
+            if parent is None:
+                future = slot.executor.submit(fn, arg)
+            else:
+                future = slot.executor.submit(tracing.in_child, (fn, arg, parent))
         except BaseException:
             self._release(slot, None)
             raise
@@ -218,7 +225,8 @@ class ProcessCpuPool:
         killer = loop.call_later(timeout_s + self.grace_s, self._kill, slot, future)
         future.add_done_callback(partial(_notify, loop, self._finished, slot, killer))
         try:
-            return await asyncio.shield(asyncio.wrap_future(future))
+            result = await asyncio.shield(asyncio.wrap_future(future))
+            return cast(R, result if parent is None else tracing.adopt(result))
         except MemoryError:
             if self.memory_limit_bytes is None:
                 raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sentry_sdk
 
+from handlers import tracing
 from streams import __version__
 from streams.publish import Failure
 from streams.settings import SentrySettings
@@ -31,6 +32,10 @@ def dead_lettered(failure: Failure) -> None:
     if not _enabled:
         return
     with sentry_sdk.new_scope() as scope:
+        ids = tracing.ids()  # the attempt's span: the event names the job's trace
+        if ids is not None:
+            scope.set_tag("trace_id", ids[0])
+            scope.set_context("trace", {"trace_id": ids[0], "span_id": ids[1]})
         scope.set_tag("job_type", failure.job_type or "unknown")
         scope.set_tag("stage", failure.stage.value)
         scope.set_tag("error_class", type(failure.error).__name__)

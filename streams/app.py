@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from typing import Any
 
@@ -12,6 +13,7 @@ from streams.kafka_config import faust_options
 from streams.lifecycle import Conveyor
 from streams.registry import Registry
 from streams.settings import Settings
+from streams.tracing import OFF, Tracing
 
 
 class ConveyorApp(faust.App):
@@ -29,9 +31,11 @@ class ConveyorApp(faust.App):
     async def on_shutdown(self) -> None:
         await super().on_shutdown()
         await self.conveyor.stop()
+        # The last spans go to the collector (bounded by tracing.export_timeout_s).
+        await asyncio.to_thread(self.conveyor.tracing.shutdown)
 
 
-def build_app(settings: Settings, registry: Registry) -> ConveyorApp:
+def build_app(settings: Settings, registry: Registry, tracing: Tracing = OFF) -> ConveyorApp:
     kafka = settings.kafka
     app = ConveyorApp(
         kafka.group_id,
@@ -58,7 +62,7 @@ def build_app(settings: Settings, registry: Registry) -> ConveyorApp:
         consumer_max_fetch_size=kafka.max_message_bytes,
         **faust_options(kafka),  # TLS and SASL for its consumer and producer
     )
-    conveyor = Conveyor(settings, registry, app)
+    conveyor = Conveyor(settings, registry, app, tracing)
     app.conveyor = conveyor
     for spec in registry.consumed:
         conveyor.add_job_type(spec)

@@ -35,6 +35,7 @@ from streams.runner import JobRunner
 from streams.runtime import APPLICATION_NAME, Runtime
 from streams.settings import Settings, secret_values
 from streams.status import Sources, State, StatusReporter
+from streams.tracing import OFF, Tracing
 from streams.work_lag import WorkLag
 
 if TYPE_CHECKING:
@@ -51,16 +52,20 @@ RELEASE_TIMEOUT_S = 5.0
 class Conveyor:
     """The worker's moving parts: tracker, pools, runtime, and the drain."""
 
-    def __init__(self, settings: Settings, registry: Registry, app: ConveyorApp) -> None:
+    def __init__(
+        self, settings: Settings, registry: Registry, app: ConveyorApp, tracing: Tracing = OFF
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.app = app
+        self.tracing = tracing  # tracing (issue 21): the runners' and the publisher's spans
         self.tracker: OffsetTracker[Any] = OffsetTracker(on_gap=self._seek_back)
         self.records = RecordPublisher(
             self._send,
             group_id=settings.kafka.group_id,
             dlq_topic=registry.dlq_topic,
             mask=SecretMasker(secret_values(settings)).mask,
+            tracing=tracing,  # tracing (issue 21)
         )
         self.runtime = Runtime(settings, registry, self.records)
         self.isolation = Isolation(settings.worker.isolation_block_s)
@@ -180,6 +185,7 @@ class Conveyor:
             retry_topic=self.registry.retry_topic(spec),
             max_job_bytes=self.settings.kafka.max_job_bytes,
             guard=self.guard,
+            tracing=self.tracing,  # tracing (issue 21)
         )
         topics: tuple[str, ...] = (spec.topic, self.registry.retry_topic(spec))
         fairness = self._fairness(spec)

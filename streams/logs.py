@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from handlers import tracing
 from streams.redact import Redactor
 from streams.settings import LoggingSettings
 
@@ -36,6 +37,15 @@ def merge_job_context(_: Any, __: str, event: MutableMapping[str, Any]) -> Mutab
     if context:
         for key, value in context.items():
             event.setdefault(key, value)
+    return event
+
+
+def add_trace_ids(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """The current span's ``trace_id`` and ``span_id`` (installed only with tracing on)."""
+    found = tracing.ids()
+    if found is not None:
+        event.setdefault("trace_id", found[0])
+        event.setdefault("span_id", found[1])
     return event
 
 
@@ -73,12 +83,16 @@ class SecretMasker:
         return self.mask(repr(value))
 
 
-def configure(settings: LoggingSettings, secrets: Iterable[str] = ()) -> None:
+def configure(
+    settings: LoggingSettings, secrets: Iterable[str] = (), *, trace_ids: bool = False
+) -> None:
+    """``trace_ids``: every line written inside a span carries its trace and span ids."""
     masker = SecretMasker(secrets)
     level = getattr(logging, settings.level.upper())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         merge_job_context,
+        *([add_trace_ids] if trace_ids else []),
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

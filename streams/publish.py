@@ -31,6 +31,7 @@ from schemas.dlq import FailureContext, FailureHeader, Stage, iso
 from schemas.envelope import JobEnvelope
 from streams import __version__
 from streams.records import Headers, Record
+from streams.tracing import OFF, Tracing
 
 log = structlog.get_logger(__name__)
 
@@ -75,8 +76,10 @@ class RecordPublisher:
         dlq_topic: str,
         mask: Callable[[str], str] = lambda text: text,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        tracing: Tracing = OFF,
     ) -> None:
         self._send = send
+        self.tracing = tracing  # each send a producer span carrying its context, when on
         self._sleep = sleep
         self.mask = mask  # the configured secrets masked in any text that leaves the worker
         self._group_id = group_id
@@ -113,10 +116,10 @@ class RecordPublisher:
         context = self._context(record, failure, not_before)
         headers = record.own_headers() + context.to_headers()
         try:
-            await self._send_until_acked(retry_topic, record.key, record.value, headers)
+            await self._send_until_acked(retry_topic, record.key, record.value, headers, link=True)
         except RecordTooLarge:
             headers = record.own_headers() + _trimmed(context).to_headers()
-            await self._send_until_acked(retry_topic, record.key, record.value, headers)
+            await self._send_until_acked(retry_topic, record.key, record.value, headers, link=True)
 
     async def set_aside(self, record: Record, topic: str) -> None:
         """Publish a source record unchanged to ``topic`` (the deferred topic, for fair share),
@@ -170,6 +173,19 @@ class RecordPublisher:
         )
 
     async def _send_until_acked(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers,
+        *,
+        link: bool = False,
+    ) -> None:
+        """``link``: the record names the current (attempt's) span (a retry record)."""
+        with self.tracing.sending(topic, key, headers, link=link) as sent:
+            await self._send_with_retries(topic, key, value, sent)
+
+    async def _send_with_retries(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers
     ) -> None:
         if key is None and value is None:

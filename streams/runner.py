@@ -37,6 +37,7 @@ from streams.registry import JobSpec
 from streams.report import JobReport
 from streams.retry import (
     DeadLetter,
+    Decision,
     RetryInPlace,
     RetryTopic,
     WaitForDependency,
@@ -44,6 +45,7 @@ from streams.retry import (
     describe,
 )
 from streams.runtime import DepsSource
+from streams.tracing import OFF, RecordTrace, Tracing
 
 log = structlog.get_logger(__name__)
 
@@ -68,12 +70,14 @@ class JobRunner:
         max_job_bytes: int,
         guard: CrashGuard | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        tracing: Tracing = OFF,
     ) -> None:
         self.spec = spec
         self.runtime = runtime
         self.publisher = publisher
         self.retry_topic = retry_topic
         self.guard = guard
+        self.tracing = tracing  # a span per attempt, when on (streams/tracing.py)
         self._decoder = Decoder(spec.job_type, spec.payload_model, max_job_bytes)
         self._report = JobReport(spec.job_type)
         self._sleep = sleep  # every wait of a run (tests record them instead)
@@ -89,17 +93,18 @@ class JobRunner:
         )
         hold = Hold(self.guard, self.spec.policy.max_crashes > 0, record)
         try:
-            await self._run(record, hold)
+            await self._run(record, hold, self.tracing.record(record))
         finally:
             if not hold.drop_now():
                 await hold.drop()
             JOB_CONTEXT.reset(token)
 
-    async def _run(self, record: Record, hold: Hold) -> None:
+    async def _run(self, record: Record, hold: Hold, trace: RecordTrace) -> None:
         entry = hold.take_now() or await hold.take()
         limit = self.spec.policy.max_crashes
         if limit and entry.crashes >= limit:
-            await self._crashed(record, entry.crashes, hold)
+            with trace.attempt(None) as span:
+                span.decided(await self._crashed(record, entry.crashes, hold))
         else:
             if entry.alone:
                 log.info("job.running_alone", deaths=entry.crashes)
@@ -108,13 +113,15 @@ class JobRunner:
                 await hold.drop()
                 error = job.error
                 decision = DeadLetter(describe(error), str(error), job.stage)
-                await self._dead_letter(record, job, decision)
+                with trace.attempt(None) as span:
+                    await self._dead_letter(record, job, decision)
+                    span.decided(decision)
             else:
                 bind_job(job_id=job.id)
-                await self._run_job(record, job, hold)
+                await self._run_job(record, job, hold, trace)
         hold.finished()
 
-    async def _crashed(self, record: Record, crashes: int, hold: Hold) -> None:
+    async def _crashed(self, record: Record, crashes: int, hold: Hold) -> DeadLetter:
         """Dead-letter a record whose runs took the worker down ``crashes`` times."""
         limit = self.spec.policy.max_crashes
         summary = f"the worker died {crashes} times running this job; it is not run again"
@@ -128,48 +135,61 @@ class JobRunner:
             await hold.drop()
             failure = Failure(Stage.CRASHED, error, attempts)
             await self._dead_letter(record, failure, decision)
-            return
+            return decision
         bind_job(job_id=job.id)
         await self._give_up(job, decision, hold)
         await hold.drop()
         failure = Failure(Stage.CRASHED, error, attempts, job.type, job.id)
         await self._dead_letter(record, failure, decision)
+        return decision
 
-    async def _run_job(self, record: Record, job: Job[BaseModel], hold: Hold) -> None:
-        """Attempt the job until it succeeds or the decision ends it; one report per failure."""
+    async def _run_job(
+        self, record: Record, job: Job[BaseModel], hold: Hold, trace: RecordTrace
+    ) -> None:
+        """Attempt the job until it succeeds or the decision ends it; one span per attempt."""
         outages = 0
         while True:
             bind_job(attempt=job.attempt)
             if hold.entry is None:
                 await hold.take()
-            error = await self._attempt(job)
-            if error is None:
-                return
-            if not hold.drop_now():  # nothing is held while the run decides, publishes, waits
-                await hold.drop()
-            decision = decide(error, job.attempt, self.spec.policy, job.deadline, outages=outages)
-            failure = Failure(decision.stage, error, job.attempt, job.type, job.id)
+            with trace.attempt(job) as span:
+                error = await self._attempt(job)
+                if error is None:
+                    return
+                if not hold.drop_now():  # nothing is held while the run decides, publishes, waits
+                    await hold.drop()
+                decision = await self._settle(record, job, error, outages)
+                span.decided(decision)
             match decision:
-                case RetryTopic(delay_s=delay):
-                    due = datetime.now(UTC) + timedelta(seconds=delay)
-                    try:
-                        await self.publisher.retry_later(record, failure, self.retry_topic, due)
-                    except RecordTooLarge:  # the retry topic cannot hold it: give up now
-                        summary = f"too large for the retry topic: {describe(error)}"
-                        decision = DeadLetter(summary, summary, decision.stage)
-                        await self._give_up(job, decision)
-                        await self.publisher.dead_letter(record, failure)
-                case DeadLetter():
-                    await self._give_up(job, decision)
-                    await self.publisher.dead_letter(record, failure)
+                case RetryTopic() | DeadLetter():
+                    return
                 case RetryInPlace():
                     job, outages = job.next_attempt(), 0
                 case WaitForDependency(streak=streak):
                     outages = streak
-            self._report.failed(decision, failure)
-            if isinstance(decision, RetryTopic | DeadLetter):
-                return
             await self._sleep(decision.delay_s)
+
+    async def _settle(
+        self, record: Record, job: Job[BaseModel], error: BaseException, outages: int
+    ) -> Decision:
+        """Decide what a failed attempt leads to, carry it out (publish), report it."""
+        decision = decide(error, job.attempt, self.spec.policy, job.deadline, outages=outages)
+        failure = Failure(decision.stage, error, job.attempt, job.type, job.id)
+        match decision:
+            case RetryTopic(delay_s=delay):
+                due = datetime.now(UTC) + timedelta(seconds=delay)
+                try:
+                    await self.publisher.retry_later(record, failure, self.retry_topic, due)
+                except RecordTooLarge:  # the retry topic cannot hold it: give up now
+                    summary = f"too large for the retry topic: {describe(error)}"
+                    decision = DeadLetter(summary, summary, decision.stage)
+                    await self._give_up(job, decision)
+                    await self.publisher.dead_letter(record, failure)
+            case DeadLetter():
+                await self._give_up(job, decision)
+                await self.publisher.dead_letter(record, failure)
+        self._report.failed(decision, failure)
+        return decision
 
     async def _attempt(self, job: Job[BaseModel]) -> BaseException | None:
         """Run the handler once, under the job's timeout and deadline; its error, or None."""

@@ -8,6 +8,7 @@ import aiohttp
 import asyncpg
 import structlog
 
+from handlers import tracing
 from handlers.assets.netguard import Allowlist, guarded_connector_kwargs
 from handlers.cpu_pool import ProcessCpuPool
 from handlers.crm.services import crm_services
@@ -54,7 +55,12 @@ async def create_db_pool(settings: Settings) -> asyncpg.Pool:
         timeout=pg.connect_timeout_s,
         command_timeout=pg.command_timeout_s,
         server_settings={"application_name": APPLICATION_NAME},
+        init=_watched if tracing.enabled() else None,  # each query a span of its job
     )
+
+
+async def _watched(conn: asyncpg.Connection) -> None:
+    tracing.watch_queries(conn)
 
 
 class Runtime:

@@ -301,7 +301,9 @@ class WorkerSettings(_Group):
         description="how long a crash suspect waiting to run alone may stop new jobs from "
         "starting; then they start again for 3x as long before it asks again",
     )
-    service_name: str = "conveyor"
+    service_name: str = Field(
+        "conveyor", description="service.name of the worker's traces (tracing.enabled)"
+    )
     metrics_port: int = Field(
         9102, ge=0, le=65535, description="/metrics, /healthz, /readyz; 0 disables them"
     )
@@ -645,6 +647,79 @@ class LoggingSettings(_Group):
     )
 
 
+_ATTRIBUTE = re.compile(r"^[A-Za-z0-9_.\-/]+$")
+
+
+def parse_pairs(text: str, what: str) -> dict[str, str]:
+    """``key=value,key2=value2`` (OpenTelemetry's format for resource attributes and
+    exporter headers) as a dict; later keys win. ValueError names the bad entry's
+    position, never its text (a header may be a secret)."""
+    pairs: dict[str, str] = {}
+    for position, entry in enumerate(text.split(","), start=1):
+        if not entry.strip():
+            continue
+        key, sep, value = entry.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not _ATTRIBUTE.match(key):
+            raise ValueError(f"{what}: entry {position} is not key=value")
+        pairs[key] = value
+    return pairs
+
+
+class TracingSettings(_Group):
+    """OpenTelemetry traces, exported over OTLP/HTTP; off by default (docs/OPERATIONS.md)."""
+
+    enabled: bool = Field(
+        False, description="off: no OpenTelemetry module is imported and nothing is recorded"
+    )
+    endpoint: str = Field(
+        "http://127.0.0.1:4318/v1/traces",
+        description="the collector's OTLP/HTTP traces URL (its path included, usually /v1/traces)",
+    )
+    headers: SecretStr | None = Field(
+        None,
+        description="sent with every export, 'name=value,name2=value2' (e.g."
+        " 'authorization=Bearer ...')",
+    )
+    sampling_ratio: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="share of new traces recorded; a job whose producer sent a trace context"
+        " follows the producer's decision (parent-based)",
+    )
+    resource_attributes: str | None = Field(
+        None,
+        description="'key=value,...' added to every span's resource (service.name comes from"
+        " worker.service_name unless set here); the chart adds the pod's identity",
+    )
+    export_timeout_s: float = Field(10.0, gt=0, description="per export request")
+    queue_spans: int = Field(
+        8192, ge=64, description="finished spans waiting for export; past it new ones are dropped"
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("not an http(s) URL")
+        return value
+
+    @field_validator("resource_attributes")
+    @classmethod
+    def _attributes(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_pairs(value, "resource_attributes")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_pairs(value.get_secret_value(), "headers")
+        return value
+
+
 class Settings(BaseSettings):
     """Every configurable value of the worker."""
 
@@ -674,6 +749,7 @@ class Settings(BaseSettings):
     extract: ExtractSettings = ExtractSettings()
     sentry: SentrySettings = SentrySettings()
     logging: LoggingSettings = LoggingSettings()
+    tracing: TracingSettings = TracingSettings()
 
 
 class ConfigError(Exception):

@@ -25,6 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
+from handlers import tracing
 from handlers.assets.chunking import PAGE_SEPARATOR, Chunk, Chunker
 from handlers.assets.formats import Document, open_document
 from handlers.assets.formats.sniff import Kind
@@ -68,8 +69,19 @@ def extract_to_file(request: ExtractRequest) -> ExtractSummary:
     out_of_memory = False
     try:
         with time_limit(request.policy.time_limit_s):
-            document = open_document(Path(request.path), request.mime_type, request.policy)
-            return _write_chunks(document, request)
+            with tracing.span("asset.open") as span:
+                document = open_document(Path(request.path), request.mime_type, request.policy)
+                span.set("conveyor.document.kind", document.kind.value)
+            with tracing.span("asset.chunk") as span:
+                summary = _write_chunks(document, request)
+                span.update(
+                    {
+                        "conveyor.document.pages": summary.page_count or 0,
+                        "conveyor.document.chars": summary.chars,
+                        "conveyor.asset.chunks": summary.chunks,
+                    }
+                )
+            return summary
     except MemoryError:
         out_of_memory = True
     if out_of_memory:

@@ -10,6 +10,7 @@ from urllib.parse import urljoin
 import aiohttp
 from yarl import URL
 
+from handlers import tracing
 from handlers.assets.netguard import Allowlist, BlockedAddressError, check_host
 from handlers.deps import FetchPolicy
 from handlers.errors import PermanentError, RetryableError
@@ -53,17 +54,19 @@ async def fetch_to_file(
         headers = {"Authorization": credential} if credential else {}
         try:
             check_host(parsed.raw_host or "", parsed.port or 0, allowlist)
-            async with session.get(
-                parsed, allow_redirects=False, timeout=timeout, headers=headers
-            ) as response:
-                if response.status in (301, 302, 303, 307, 308):
-                    location = response.headers.get("Location")
-                    if not location:
-                        raise PermanentError(f"redirect without a Location from {parsed.host}")
-                    current = urljoin(current, location)
-                    continue
-                _raise_for_status(response.status, parsed.host or "")
-                return await _save(response, policy.max_bytes, directory)
+            with _hop_span(parsed) as span:
+                async with session.get(
+                    parsed, allow_redirects=False, timeout=timeout, headers=headers
+                ) as response:
+                    span.set("http.response.status_code", response.status)
+                    if response.status in (301, 302, 303, 307, 308):
+                        location = response.headers.get("Location")
+                        if not location:
+                            raise PermanentError(f"redirect without a Location from {parsed.host}")
+                        current = urljoin(current, location)
+                        continue
+                    _raise_for_status(response.status, parsed.host or "")
+                    return await _save(response, policy.max_bytes, directory)
         except BlockedAddressError as exc:
             raise PermanentError(str(exc)) from None
         except aiohttp.InvalidURL as exc:
@@ -75,6 +78,12 @@ async def fetch_to_file(
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RetryableError(f"download from {parsed.host} failed: {exc!r}") from None
     raise PermanentError(f"more than {MAX_REDIRECTS} redirects fetching the asset")
+
+
+def _hop_span(url: URL) -> tracing.Span:
+    """A GET of the download: host and port only, since the URL's path and query come
+    from a user and may be a capability (a signed link)."""
+    return tracing.http("GET", url.scheme, url.host or "", url.port, None)
 
 
 def _parse(url: str) -> URL:

@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 import structlog
 
-from handlers import ledger
+from handlers import ledger, tracing
 from handlers.assets import store
 from handlers.assets.extract import ExtractRequest, ExtractSummary, extract_to_file, read_chunks
 from handlers.assets.fetch import fetch_to_file
@@ -49,9 +49,12 @@ async def handle(job: Job[AssetProcess], deps: Deps) -> Outcome:
     if asset is _Start.SUPERSEDED:
         return Outcome.SKIPPED
     with tempfile.TemporaryDirectory(prefix="conveyor-") as tmp:
-        source = await fetch_to_file(deps.http, asset.source_url, deps.fetch, Path(tmp))
+        with tracing.span("asset.fetch") as span:
+            source = await fetch_to_file(deps.http, asset.source_url, deps.fetch, Path(tmp))
+            span.set("conveyor.asset.bytes", source.stat().st_size)
         chunks_path = Path(tmp) / "chunks.jsonl"
-        summary = await _extract(deps, source, asset.mime_type, chunks_path)
+        with tracing.span("asset.extract", {"conveyor.asset.mime_type": asset.mime_type}):
+            summary = await _extract(deps, source, asset.mime_type, chunks_path)
         source.unlink()
         count = await _store(job, deps, asset, chunks_path, summary)
     if count is None:
@@ -144,7 +147,8 @@ async def _store(
     vectors_path = chunks_path.with_suffix(".vectors")
     progress = _Progress(deps.db, asset.id, summary.chars, writer(job))
     await progress.write(EXTRACTED_PERCENT)
-    await _embed_to_file(deps, asset, chunks_path, vectors_path, progress)
+    with tracing.span("asset.embed", {"conveyor.asset.chunks": summary.chunks}):
+        await _embed_to_file(deps, asset, chunks_path, vectors_path, progress)
     embedder = deps.embedder
     dims = embedder.dimensions
     count = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from handlers import tracing
 from handlers.assets.chunking import Chunk
 from handlers.db import Connection
 from schemas.assets import AssetStatusUpdate, StatusWriter
@@ -131,4 +132,5 @@ async def insert_chunks(
         )
         for c, vec in zip(chunks, vectors, strict=True)
     ]
-    await conn.copy_records_to_table("asset_chunks", records=records, columns=CHUNK_COLUMNS)
+    with tracing.db("COPY", "asset_chunks"):  # COPY is not seen by the query logger
+        await conn.copy_records_to_table("asset_chunks", records=records, columns=CHUNK_COLUMNS)

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
+from handlers import tracing
 from handlers.errors import PermanentError
 from handlers.providers.limits import estimate_tokens
 from handlers.providers.openai_api import ApiClient, InvalidResponse
@@ -41,7 +42,8 @@ class HashEmbedder:
         self._slots: dict[str, tuple[int, float]] = {}
 
     async def embed(self, texts: list[str], organization_id: str | None) -> list[list[float]]:
-        return [self.vector(text) for text in texts]
+        with tracing.genai("embeddings", self.model, "conveyor.hash"):
+            return [self.vector(text) for text in texts]
 
     def vector(self, text: str) -> list[float]:
         counts: dict[int, float] = {}

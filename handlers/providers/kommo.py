@@ -34,6 +34,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 import structlog
 
+from handlers import tracing
 from handlers.backoff import backoff_s
 from handlers.errors import PermanentError, RetryableError
 from handlers.providers.adaptive_limit import AdaptiveLimiter
@@ -332,16 +333,18 @@ class KommoClient:
         headers: dict[str, str],
     ) -> _Answer:
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
-        async with self._session.request(
-            method,
-            url,
-            params=params,
-            json=body,
-            headers=headers,
-            timeout=timeout,
-            allow_redirects=False,  # the token must not follow a redirect to another host
-        ) as response:
-            return _Answer(response.status, dict(response.headers), await response.read())
+        with _span(method, url) as span:
+            async with self._session.request(
+                method,
+                url,
+                params=params,
+                json=body,
+                headers=headers,
+                timeout=timeout,
+                allow_redirects=False,  # the token must not follow a redirect to another host
+            ) as response:
+                span.set("http.response.status_code", response.status)
+                return _Answer(response.status, dict(response.headers), await response.read())
 
     def _spend_rate_limit_wait(
         self, method: str, url: str, wait_s: float | None, tries: _Tries
@@ -408,15 +411,18 @@ async def request_tokens(
     }
     secrets = (app.client_secret, *grant.values())
     await limiter.acquire()
+    url = origin(base_url) + TOKEN_PATH
     try:
-        async with session.post(
-            origin(base_url) + TOKEN_PATH,
-            json=body,
-            timeout=aiohttp.ClientTimeout(total=timeout_s),
-            allow_redirects=False,  # a 307 would re-post both secrets to another origin
-        ) as response:
-            status, raw = response.status, await response.read()
-            wait_s = retry_after_s(response.headers) if status == 429 else None
+        with _span("POST", url) as span:
+            async with session.post(
+                url,
+                json=body,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+                allow_redirects=False,  # a 307 would re-post both secrets to another origin
+            ) as response:
+                status, raw = response.status, await response.read()
+                wait_s = retry_after_s(response.headers) if status == 429 else None
+                span.set("http.response.status_code", status)
     except (TimeoutError, aiohttp.ClientError) as exc:
         raise RetryableError(f"Kommo token endpoint: {_transport_reason(exc, timeout_s)}") from None
     if status == 200:
@@ -552,3 +558,10 @@ def _transport_reason(exc: BaseException, timeout_s: float) -> str:
 
 def _path(url: str) -> str:
     return urlsplit(url).path
+
+
+def _span(method: str, url: str) -> tracing.Span:
+    """An HTTP client span of a Kommo call: the account's origin and the API path; the
+    query, the token and the body stay out."""
+    parts = urlsplit(url)
+    return tracing.http(method, parts.scheme, parts.hostname or "", parts.port, parts.path)

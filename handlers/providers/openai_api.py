@@ -30,11 +30,13 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
 from pydantic import SecretStr
 
+from handlers import tracing
 from handlers.backoff import backoff_s
 from handlers.errors import PermanentError, RetryableError
 from handlers.providers.limits import RateLimits, retry_after_s
@@ -46,6 +48,14 @@ T = TypeVar("T")
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
 MAX_PAUSE_S = 300.0
 DETAIL_CHARS = 200
+
+
+_OPERATIONS = {"/embeddings": "embeddings", "/chat/completions": "chat"}
+_REQUEST_ATTRIBUTES = {
+    "max_tokens": "gen_ai.request.max_tokens",
+    "temperature": "gen_ai.request.temperature",
+    "dimensions": "gen_ai.embeddings.dimension.count",
+}
 
 
 class InvalidResponse(ValueError):
@@ -103,6 +113,7 @@ class ApiClient:
         self._session = session
         self._rand = rand
         self._url = config.base_url.rstrip("/")
+        self._host = urlsplit(self._url).hostname
         key = config.api_key.get_secret_value() if config.api_key else ""
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
 
@@ -120,17 +131,33 @@ class ApiClient:
         PermanentError when retrying cannot help.
         """
         state = _Tries()
-        while True:
-            await self.limits.acquire(organization_id, tokens)
-            try:
-                return parse(await self._once(path, body))
-            except InvalidResponse as exc:
-                failure = _Transient(f"unusable answer: {exc}")
-            except _Transient as exc:
-                failure = exc
-            delay = self._next_delay(failure, state)
-            self._log_retry(path, failure, state, delay)
-            await asyncio.sleep(delay)
+        with self._span(path, body) as span:
+            while True:
+                await self.limits.acquire(organization_id, tokens)
+                try:
+                    answer = await self._once(path, body)
+                    value = parse(answer)
+                    tracing.usage(answer)
+                    return value
+                except InvalidResponse as exc:
+                    failure = _Transient(f"unusable answer: {exc}")
+                except _Transient as exc:
+                    failure = exc
+                delay = self._next_delay(failure, state)
+                span.set("conveyor.retries", state.attempts)
+                self._log_retry(path, failure, state, delay)
+                await asyncio.sleep(delay)
+
+    def _span(self, path: str, body: dict[str, Any]) -> tracing.Span:
+        """The call's GenAI span: model and request parameters, never the input."""
+        if not tracing.enabled():
+            return tracing.NOOP
+        span = tracing.genai(_OPERATIONS.get(path, path), self.config.model, "openai", self._host)
+        for key, attribute in _REQUEST_ATTRIBUTES.items():
+            value = body.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                span.set(attribute, value)
+        return span
 
     def _next_delay(self, failure: _Transient, state: _Tries) -> float:
         """The wait before the next try, or raise RetryableError when the job should yield.

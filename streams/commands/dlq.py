@@ -33,7 +33,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, Message
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -43,9 +43,10 @@ from schemas.dlq import Stage, own_headers
 from streams.commands.originals import Original, omitted, read_originals
 from streams.commands.postgres import database
 from streams.commands.safe import cell, clean
-from streams.commands.submit import producer
+from streams.commands.submit import JobProducer, producer
 from streams.registry import build_registry
 from streams.settings import Settings
+from streams.tracing import replayed
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -240,9 +241,10 @@ async def fetch_rows(
 
 
 def replay_headers(stored: str | dict[str, str]) -> list[tuple[str, str | bytes | None]]:
-    """The record's own headers, as mirrored; Conveyor's (attempts, errors...) are dropped."""
+    """The record's own headers, as mirrored; Conveyor's (attempts, errors...) are dropped,
+    and its trace context becomes a link (the replay is a new trace, streams/tracing.py)."""
     headers: dict[str, str] = json.loads(stored) if isinstance(stored, str) else stored
-    return [(k, v.encode()) for k, v in own_headers(headers.items())]
+    return [(k, v.encode()) for k, v in replayed(own_headers(headers.items()))]
 
 
 def skip_reason(
@@ -274,7 +276,7 @@ async def replay(
     include_invalid: bool = False,
     include_crashed: bool = False,
     dry_run: bool = False,
-    prod: Producer | None = None,
+    prod: JobProducer | None = None,
     progress: bool = True,
 ) -> ReplayReport:
     """Republish the selected dead letters, batch by batch (with a progress bar on stderr)."""
@@ -349,7 +351,7 @@ def _originals(
 
 
 def _publish(
-    prod: Producer,
+    prod: JobProducer,
     rows: list[asyncpg.Record],
     report: ReplayReport,
     originals: Mapping[int, Original] | None = None,
@@ -376,7 +378,9 @@ def _publish(
             row["original_topic"],
             value=row["raw_value"] if original is None else original.value,
             key=row["raw_key"] if original is None else original.key,
-            headers=replay_headers(row["headers"]) if original is None else original.headers,
+            headers=replay_headers(row["headers"])
+            if original is None
+            else replayed(original.headers),
             on_delivery=delivered(row["id"]),
         )
         prod.poll(0)

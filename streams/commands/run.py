@@ -7,7 +7,7 @@ import asyncio
 import structlog
 from confluent_kafka import KafkaException
 
-from streams import alerts, logs
+from streams import alerts, logs, tracing
 from streams.app import build_app
 from streams.commands.postgres import missing_table
 from streams.commands.topics import missing_topics
@@ -22,7 +22,7 @@ EXIT_PREFLIGHT = 1
 
 
 def run_worker(settings: Settings) -> int:
-    logs.configure(settings.logging, secret_values(settings))
+    logs.configure(settings.logging, secret_values(settings), trace_ids=settings.tracing.enabled)
     alerts.init(settings.sentry)
     registry = build_registry(settings)
     problem = preflight(settings)
@@ -30,7 +30,7 @@ def run_worker(settings: Settings) -> int:
         log.error("worker.preflight_failed", reason=problem)
         return EXIT_PREFLIGHT
     try:
-        app = build_app(settings, registry)
+        app = build_app(settings, registry, tracing.setup(settings))
     except KafkaSecurityError as exc:  # e.g. a key that does not match its certificate
         log.error("worker.preflight_failed", reason=str(exc))
         return EXIT_PREFLIGHT

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Message, Producer
 from pydantic import ValidationError
 from rich.console import Console
 
@@ -13,13 +14,46 @@ from schemas.envelope import JobEnvelope
 from streams.kafka_config import confluent_config
 from streams.registry import build_registry
 from streams.settings import Settings
+from streams.tracing import Tracing, for_command
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
 
-def producer(settings: Settings) -> Producer:
-    return Producer(
+Header = tuple[str, str | bytes | None]
+
+
+class JobProducer:
+    """The commands' Kafka producer: each record under a producer span carrying its trace
+    context when tracing is on (``streams.tracing.for_command``)."""
+
+    def __init__(self, prod: Producer, tracing: Tracing) -> None:
+        self._prod = prod
+        self._tracing = tracing
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        headers: list[Header] | None = None,
+        on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+    ) -> None:
+        own = tuple((k, v.encode() if isinstance(v, str) else (v or b"")) for k, v in headers or ())
+        with self._tracing.sending(topic, key, own) as sent:
+            self._prod.produce(
+                topic, value=value, key=key, headers=list(sent), on_delivery=on_delivery
+            )
+
+    def poll(self, timeout: float = 0) -> int:
+        return int(self._prod.poll(timeout))
+
+    def flush(self, timeout: float) -> int:
+        return int(self._prod.flush(timeout))
+
+
+def producer(settings: Settings) -> JobProducer:
+    prod = Producer(
         {
             **confluent_config(settings.kafka),
             "acks": "all",
@@ -27,9 +61,10 @@ def producer(settings: Settings) -> Producer:
             "linger.ms": 5,
         }
     )
+    return JobProducer(prod, for_command(settings))
 
 
-def publish(prod: Producer, topic: str, envelope: JobEnvelope, key: bytes | None) -> None:
+def publish(prod: JobProducer, topic: str, envelope: JobEnvelope, key: bytes | None) -> None:
     prod.produce(topic, value=envelope.to_bytes(), key=key)
     prod.poll(0)
 

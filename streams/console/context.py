@@ -10,8 +10,8 @@ from typing import Any
 import asyncpg
 import jinja2
 from aiohttp import web
-from confluent_kafka import Producer
 
+from streams.commands.submit import JobProducer
 from streams.console.auth import COOKIE, Authenticator, Identity
 from streams.console.state import ConsoleState
 from streams.follow import FleetWriter
@@ -29,7 +29,7 @@ class Console:
     state: ConsoleState
     auth: Authenticator
     writer: FleetWriter
-    producer: Producer
+    producer: JobProducer  # the commands' producer (trace context when tracing is on)
 
 
 CONSOLE: web.AppKey[Console] = web.AppKey("console", Console)

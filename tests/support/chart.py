@@ -18,6 +18,7 @@ import base64
 import functools
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -130,6 +131,9 @@ def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[
 SECRET_PLACEHOLDER = "secret:{name}/{key}"
 
 
+_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
 def secret_placeholder(env_name: str, name: str, key: str) -> str:
     """What a test pretends Secret ``name``'s ``key`` holds, in the shape its setting takes.
 
@@ -140,6 +144,8 @@ def secret_placeholder(env_name: str, name: str, key: str) -> str:
     if env_name.endswith("KEYRING"):
         digest = base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
         return f"k1:{digest}"
+    if env_name.endswith("TRACING__HEADERS"):  # name=value pairs
+        return f"x-placeholder={text}"
     return text
 
 
@@ -162,8 +168,11 @@ def container_env(
     duplicated = {name for name in names if names.count(name) > 1}
     assert not duplicated, f"{container['name']} sets {sorted(duplicated)} twice"
     for entry in container.get("env", []):
-        if "value" in entry:
-            env[entry["name"]] = entry["value"]
+        if "value" in entry:  # $(NAME) is Kubernetes' reference to a variable set before
+            env[entry["name"]] = _REFERENCE.sub(lambda m: env.get(m[1]) or m[0], entry["value"])
+            continue
+        if "fieldRef" in entry["valueFrom"]:  # the downward API
+            env[entry["name"]] = f"field:{entry['valueFrom']['fieldRef']['fieldPath']}"
             continue
         ref = entry["valueFrom"]["secretKeyRef"]
         value = secret_placeholder(entry["name"], ref["name"], ref["key"])

@@ -160,7 +160,7 @@ class OpenAIServer:
         if path == "/chat/completions":
             self.chat_requests.append(body["messages"])
             self.chat_bodies.append(body)
-            return _chat(self.chat_reply(body["messages"]))
+            return _chat(self.chat_reply(body["messages"]), body)
         return _error(404, f"no such endpoint {path}")
 
     async def _apply(self, fault: Fault) -> web.Response | None:
@@ -200,13 +200,20 @@ def _embeddings(body: dict[str, Any]) -> web.Response:
         for i, t in enumerate(texts)
     ]
     data.reverse()  # clients must order by index, not by position
-    return web.json_response({"object": "list", "data": data, "model": body["model"]})
+    tokens = sum(len(t.split()) for t in texts)
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return web.json_response(
+        {"object": "list", "data": data, "model": body["model"], "usage": usage}
+    )
 
 
-def _chat(content: str) -> web.Response:
+def _chat(content: str, body: dict[str, Any]) -> web.Response:
+    prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+    completion = len(content.split())
     return web.json_response(
         {
             "object": "chat.completion",
+            "model": body.get("model"),
             "choices": [
                 {
                     "index": 0,
@@ -214,6 +221,11 @@ def _chat(content: str) -> web.Response:
                     "finish_reason": "stop",
                 }
             ],
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            },
         }
     )
 

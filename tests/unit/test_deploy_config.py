@@ -223,6 +223,8 @@ def _non_default(leaf: Any) -> Any:
         return up if fits else default - 0.25
     if leaf.dotted == "kafka.bootstrap_servers":  # host:port (the NetworkPolicy reads ports)
         return "kafka-0.kafka:9093,kafka-1.kafka:9093"
+    if leaf.dotted == "tracing.resource_attributes":  # key=value pairs
+        return "deployment.environment=test,k8s.node.name=configured-node"
     if isinstance(default, str):
         return f"{default}-x"
     if default is None and str in typing.get_args(annotation):
@@ -306,6 +308,8 @@ def check_chart_env(chart_dir: Path = chart.CHART) -> int:
     for where, container in found.items():
         loaded = settings_of(container, docs)
         dumped = dict(_flatten(loaded.model_dump()))
+        if where.startswith("Deployment/"):  # the chart adds the pod's identity first
+            dumped[RESOURCE] = _configured_part(dumped[RESOURCE], where)
         wrong = {
             ".".join(path): (dumped[path], value)
             for path, value in CHANGED.items()
@@ -327,6 +331,29 @@ def check_chart_env(chart_dir: Path = chart.CHART) -> int:
             expected = chart.secret_placeholder(env_name(path), ref, key)
             assert secret.get_secret_value() == expected, f"{where}: {path}"
     return len(found)
+
+
+RESOURCE = ("tracing", "resource_attributes")
+IDENTITY = (
+    "service.name",
+    "service.version",
+    "k8s.namespace.name",
+    "k8s.deployment.name",
+    "k8s.pod.name",
+    "k8s.node.name",
+)
+
+
+def _configured_part(attributes: str, where: str) -> str:
+    """A worker's resource attributes less the identity the chart puts first (which is
+    checked here: the pod and node come from the downward API)."""
+    entries = attributes.split(",")
+    identity = dict(entry.split("=", 1) for entry in entries[: len(IDENTITY)])
+    assert tuple(identity) == IDENTITY, f"{where}: {attributes}"
+    assert identity["k8s.pod.name"] == "field:metadata.name", where
+    assert identity["k8s.node.name"] == "field:spec.nodeName", where
+    assert identity["k8s.deployment.name"] == where.removeprefix("Deployment/")
+    return ",".join(entries[len(IDENTITY) :])
 
 
 def test_every_container_loads_every_value_the_chart_is_given() -> None:

@@ -109,15 +109,18 @@ def test_own_headers_keep_their_order_and_drop_conveyors() -> None:
 
 
 def test_replay_keeps_the_records_own_headers_and_drops_conveyors() -> None:
+    """The failed trace's context becomes a link: the replay is a new trace (issue 21)."""
     stored = json.dumps(
         {
             "traceparent": "00-abc-01",
+            "tracestate": "vendor=1",
             "conveyor-attempts": "5",
             "conveyor-error-message": "boom",
+            "conveyor-trace-link": "00-older-01",
             "tenant": "t1",
         }
     )
-    assert replay_headers(stored) == [("traceparent", b"00-abc-01"), ("tenant", b"t1")]
+    assert replay_headers(stored) == [("tenant", b"t1"), ("conveyor-trace-link", b"00-abc-01")]
 
 
 def test_conveyors_headers_on_a_fresh_job_are_not_believed() -> None:

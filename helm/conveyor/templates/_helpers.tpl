@@ -323,3 +323,41 @@ runbook_url: {{ printf "%s#%s" . (lower $.alert) | quote }}
   readOnly: true
 {{- end }}
 {{- end }}
+
+{{/*
+With tracing on (config.tracing.enabled, or the group's own), the traces' resource
+names the pod: service.name, service.version (the image tag), the namespace and
+Deployment, and the pod and node from the downward API, then the configured
+config.tracing.resource_attributes (later keys win). As JSON {"entries": [...env],
+"replaces": <the variable it composes, left out of the group's env>}.
+Input: dict "root" $ "group" <group>.
+*/}}
+{{- define "conveyor.traceEnv" -}}
+{{- $root := .root }}
+{{- $group := .group }}
+{{- $prefix := include "conveyor.envPrefix" $root }}
+{{- $delimiter := include "conveyor.envDelimiter" $root }}
+{{- $attributesName := printf "%sTRACING%sRESOURCE_ATTRIBUTES" $prefix $delimiter }}
+{{- $enabledName := printf "%sTRACING%sENABLED" $prefix $delimiter }}
+{{- $tracing := $root.Values.config.tracing }}
+{{- $enabled := $tracing.enabled }}
+{{- if hasKey $group.env $enabledName }}{{ $enabled = eq (get $group.env $enabledName) "true" }}{{ end }}
+{{- $configured := $tracing.resource_attributes | default "" }}
+{{- if hasKey $group.env $attributesName }}{{ $configured = get $group.env $attributesName }}{{ end }}
+{{- $entries := list }}
+{{- if $enabled }}
+{{- $identity := list
+  (printf "service.name=%s" $root.Values.config.worker.service_name)
+  (printf "service.version=%s" (default $root.Chart.AppVersion $root.Values.image.tag))
+  (printf "k8s.namespace.name=%s" $root.Release.Namespace)
+  (printf "k8s.deployment.name=%s" $group.deployment)
+  "k8s.pod.name=$(K8S_POD_NAME)"
+  "k8s.node.name=$(K8S_NODE_NAME)" }}
+{{- if $configured }}{{ $identity = append $identity $configured }}{{ end }}
+{{- $entries = list
+  (dict "name" "K8S_POD_NAME" "valueFrom" (dict "fieldRef" (dict "fieldPath" "metadata.name")))
+  (dict "name" "K8S_NODE_NAME" "valueFrom" (dict "fieldRef" (dict "fieldPath" "spec.nodeName")))
+  (dict "name" $attributesName "value" (join "," $identity)) }}
+{{- end }}
+{{- toJson (dict "entries" $entries "replaces" (ternary $attributesName "" $enabled)) }}
+{{- end }}
