@@ -17,6 +17,7 @@ from tests.support.messages import notes_per_key, sent_today
 from tests.support.soak_fleet import Fleet
 from tests.support.soak_load import Plan, Planned, Publisher
 from tests.support.soak_oracle import (
+    CANCELLING,
     REFUSED_COMMITS,
     SPURIOUS,
     DeadLetter,
@@ -80,7 +81,9 @@ def _when(event: dict[str, Any]) -> float | None:
 
 
 def excuses(fleet: Fleet) -> list[Excuse]:
-    """Worker deaths, non-zero exits, refused commits and members dropped from the group."""
+    """Worker deaths, non-zero exits, refused commits, members dropped from the group, and
+    revokes or drains that cancelled running jobs (an unfinished head holds its partition's
+    commit: the finished records behind it are delivered again)."""
     found = []
     for m in fleet.members:
         if m.fate == "sigkill" and m.fate_at is not None:
@@ -89,7 +92,8 @@ def excuses(fleet: Fleet) -> list[Excuse]:
             found.append(Excuse(m.ended_at, f"{m.name} exited {m.exit_code}"))
     for name, event in fleet.events():
         what = str(event.get("event", ""))
-        if what in REFUSED_COMMITS or SPURIOUS.search(what):
+        cut_short = what in CANCELLING and int(event.get("cancelled") or 0) > 0
+        if what in REFUSED_COMMITS or SPURIOUS.search(what) or cut_short:
             at = _when(event)
             if at is not None:
                 found.append(Excuse(at, f"{name}: {what[:80]}"))

@@ -19,8 +19,12 @@ tested on its own (tests/unit/test_soak_oracle.py). The rules:
    consecutive ones (by record timestamp, the first one's minus 1 s), the
    soak SIGKILLed a worker, a worker exited with a non-zero code, a worker
    logged a refused commit (``worker.revoke_commit_failed``,
-   ``worker.drain_commit_failed``) or was dropped from its group
-   (``SPURIOUS``). Every other repeat is a violation.
+   ``worker.drain_commit_failed``), was dropped from its group
+   (``SPURIOUS``), or cancelled running jobs at a revoke or drain (their
+   partitions' commits stop below them, so the dead letters finished behind
+   them are written again on redelivery: seen with a revoke that came while
+   the crash guard waited out a read-only database). Every other repeat is a
+   violation.
 3. **Faults dead-letter no good job**: an outage, a read-only database, a
    broker restart or a network fault is not the job's fault (the runner
    waits for dependencies); a good job in the dead-letter topic is a
@@ -48,6 +52,9 @@ SPURIOUS = re.compile(
     r"member_id was not recognized|Heartbeat session expired|generation id is not\s+current"
 )
 REFUSED_COMMITS = frozenset({"worker.revoke_commit_failed", "worker.drain_commit_failed"})
+# A revoke or drain that cancelled running jobs (``cancelled`` > 0): each left its
+# partition's commit below it, so the finished records behind it run again.
+CANCELLING = frozenset({"worker.partitions_revoked", "worker.drained"})
 EXCUSE_LEAD_S = 1.0
 
 
