@@ -196,11 +196,13 @@ def run_faust(
     )
 
 
-# Settings a checkout from before the fleet topics would refuse as unknown.
-FLEET_SETTINGS = (
+# Settings the test stacks set that an earlier checkout may not know (it refuses
+# unknown ones): left out of a --baseline checkout's environment.
+NEWER_SETTINGS = (
     "CONVEYOR_KAFKA__CONTROL_TOPIC",
     "CONVEYOR_KAFKA__STATUS_TOPIC",
     "CONVEYOR_FLEET__REPORT_INTERVAL_S",
+    "CONVEYOR_CRM__ALLOWED_ACCOUNT_HOSTS",
 )
 
 
@@ -258,7 +260,7 @@ def run_conveyor(
     if not guard:  # the runner without its start journal (the crash-loop guard off)
         env["CONVEYOR_JOBS__PROBE__MAX_CRASHES"] = "0"
     if source is not None:  # another checkout's runner (its modules first on the path)
-        env = {k: v for k, v in env.items() if k not in FLEET_SETTINGS}
+        env = {k: v for k, v in env.items() if k not in NEWER_SETTINGS}
         env["PYTHONPATH"] = str(source)
     if sampling is not None:  # tracing on, exporting to the sink
         assert SINK is not None
