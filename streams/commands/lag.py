@@ -76,10 +76,32 @@ def _retrying(
             return call()
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None
-            if attempt == attempts or not (isinstance(error, KafkaError) and error.retriable()):
+            if attempt == attempts or not _passing(error):
                 raise
             sleep(backoff_s(attempt, 0.5, 4.0, jitter=0.5))
     raise AssertionError("unreachable")
+
+
+# Answers of a cluster that is still settling (a topic just created, a leader or
+# coordinator moving): librdkafka does not always flag them retriable (the
+# watermark call's NOT_LEADER_FOR_PARTITION is not), so they are named here.
+SETTLING = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+    }
+)
+
+
+def _passing(error: object) -> bool:
+    """Whether a Kafka error is worth another try after a short wait."""
+    return isinstance(error, KafkaError) and (error.retriable() or error.code() in SETTLING)
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,3 +41,18 @@ def test_other_errors_and_the_last_attempt_are_raised() -> None:
     with pytest.raises(KafkaException):
         _retrying(call, sleep=lambda _: None, attempts=3)
     assert len(calls) == 3
+
+
+def test_a_leader_moving_is_waited_out_though_librdkafka_does_not_flag_it() -> None:
+    """The watermark call's NOT_LEADER_FOR_PARTITION on a topic just created is not flagged
+    retriable by librdkafka; before, it failed `conveyor lag` (and its test) at once."""
+    moving = KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION, "not leader", retriable=False)
+    calls: list[int] = []
+
+    def call() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise KafkaException(moving)
+        return "done"
+
+    assert _retrying(call, sleep=lambda _: None) == "done" and len(calls) == 3
