@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--id", help="job id (default: a new UUID)")
     submit.add_argument("--org", help="organization id")
     submit.add_argument("--count", type=int, default=1, help="publish this many copies")
+    submit.add_argument(
+        "--key",
+        help="the records' Kafka key, e.g. the lead or connection whose jobs keep their order"
+        " (default: the payload's canonical JSON)",
+    )
     sub.add_parser("lag", help="the consumer group's lag per topic, its state and members")
     from streams.commands.fleet import add_parsers
 
@@ -200,7 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "submit":
         from streams.commands.submit import submit_jobs
 
-        return submit_jobs(settings, args.job_type, args.payload, args.id, args.org, args.count)
+        return submit_jobs(
+            settings, args.job_type, args.payload, args.id, args.org, args.count, args.key
+        )
     if command == "lag":
         return _lag(settings)
     if command in ("pause", "resume", "paused", "workers"):

@@ -76,7 +76,10 @@ def submit_jobs(
     job_id: str | None,
     org: str | None,
     count: int,
+    key: str | None = None,
 ) -> int:
+    """Publish ``count`` jobs of one payload, keyed by ``key`` (default: the payload's
+    canonical JSON, so copies of one payload keep their order under ``ordering: key``)."""
     registry = build_registry(settings)
     spec = registry.specs.get(job_type)
     if spec is None:
@@ -87,13 +90,14 @@ def submit_jobs(
     except ValidationError as exc:
         err.print(f"invalid {job_type} payload:\n{exc}", markup=False)
         return 2
+    record_key = (key if key is not None else json.dumps(payload, sort_keys=True)).encode()
     prod = producer(settings)
     for i in range(count):
         jid = (
             job_id if job_id and count == 1 else (f"{job_id}-{i}" if job_id else str(uuid.uuid4()))
         )
         envelope = JobEnvelope(id=jid, type=job_type, organization_id=org, payload=payload)
-        publish(prod, spec.topic, envelope, json.dumps(payload, sort_keys=True).encode())
+        publish(prod, spec.topic, envelope, record_key)
     left = prod.flush(30)
     if left:
         err.print(f"{left} job(s) were not acknowledged by Kafka within 30 s")
