@@ -43,7 +43,7 @@ Finished = tuple[
 
 _CACHE_MAX = 4096
 _pairs: dict[tuple[str, type, Any], bytes] = {}  # (key, type, value) -> KeyValue bytes
-_tagged: dict[tuple[str, type, Any], bytes] = {}  # the same as a Span's attribute (field 9)
+_keys: dict[str, bytes] = {}  # an attribute's key as its KeyValue's field 1
 _names: dict[str, bytes] = {}  # a span's name as its field 5
 _DOUBLE = struct.Struct("<d")
 _FIXED64 = struct.Struct("<Q")
@@ -106,25 +106,30 @@ def key_value(key: str, value: Any) -> bytes:
 
 
 def _attribute(key: str, value: Any) -> bytes:
-    """A span's attribute: its ``KeyValue`` as field 9 (remembered, as in ``key_value``)."""
-    remembered = (key, type(value), value)
-    try:
-        found = _tagged.get(remembered)
-    except TypeError:  # a list value
-        return _tagged_field(b"\x4a", key_value(key, value))
-    if found is None:
-        if type(value) is str:  # most values: no call to _any_value, _field
-            found = _tagged_field(
-                b"\x4a",
-                _tagged_field(b"\x0a", key.encode())
-                + _tagged_field(b"\x12", _tagged_field(b"\x0a", value.encode())),
+    """A span's attribute: its ``KeyValue`` as field 9. A short string or an int (most
+    values, often a new one each span: an offset, a job id) in one join; others as
+    ``key_value`` encodes them."""
+    head = _keys.get(key)
+    if head is None:
+        if len(_keys) >= _CACHE_MAX:
+            _keys.clear()
+        head = _keys[key] = _field(1, key.encode())
+    cls = type(value)
+    if cls is str:
+        data = value.encode()
+        n = len(data)
+        size = len(head) + n + 4  # the KeyValue: key, then AnyValue {string_value}
+        if size < 0x80:
+            return b"".join(
+                (b"\x4a", _SMALL[size], head, b"\x12", _SMALL[n + 2], b"\x0a", _SMALL[n], data)
             )
-        else:
-            found = _tagged_field(b"\x4a", _field(1, key.encode()) + _field(2, _any_value(value)))
-        if len(_tagged) >= _CACHE_MAX:
-            _tagged.clear()
-        _tagged[remembered] = found
-    return found
+    elif cls is int:
+        data = _varint(value & 0xFFFFFFFFFFFFFFFF)  # int64, two's complement
+        n = len(data)
+        size = len(head) + n + 3  # key, then AnyValue {int_value}
+        if size < 0x80:
+            return b"".join((b"\x4a", _SMALL[size], head, b"\x12", _SMALL[n + 1], b"\x18", data))
+    return _tagged_field(b"\x4a", key_value(key, value))
 
 
 def _attributes(number: int, attributes: Mapping[str, Any] | None) -> bytes:
