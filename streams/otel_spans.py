@@ -26,7 +26,7 @@ from opentelemetry.trace import (
 )
 
 from handlers.tracing import Value
-from streams.otel_context import HEADERS, PROPAGATOR, id_key, linked, traceparent
+from streams.otel_context import HEADERS, PROPAGATOR, extract, id_key, linked, traceparent
 from streams.records import Headers, Record
 from streams.retry import DeadLetter, Decision
 from streams.tracing import (
@@ -61,7 +61,7 @@ class RecordSpans(RecordTrace):
             elif name == LINK_HEADER:
                 self._link = linked(value, "previous_attempt" if record.trusted else "replay_of")
         if carried:
-            self._parent = PROPAGATOR.extract(record.headers, getter=HEADERS)
+            self._parent = extract(record.headers)
             found = trace.get_current_span(self._parent).get_span_context()
             self._parent_span = found if found.is_valid else None
 
