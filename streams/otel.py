@@ -1,8 +1,8 @@
 """Tracing on: the OpenTelemetry SDK behind ``streams.tracing`` and ``handlers.tracing``.
 
 Imported only when ``tracing.enabled`` (``streams.tracing.setup``). Spans go
-to a batch processor and from there, in its own thread, to the collector over
-OTLP/HTTP. Everything is configured from ``settings.tracing`` alone: the
+to a bounded queue and from there, in its own thread, to the collector over
+OTLP/HTTP (``streams.otel_export``). Everything is configured from ``settings.tracing`` alone: the
 SDK's own ``OTEL_*`` environment variables are not consulted for the
 endpoint, headers, sampler, propagators or resource.
 
@@ -22,13 +22,14 @@ from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from handlers import tracing as handler_tracing
 from streams import __version__
 from streams.otel_context import QUIET, Quiet, sampled_flag
+from streams.otel_export import SpanQueue
 from streams.otel_handlers import HandlerBackend
 from streams.otel_spans import RecordSpans, SendSpan
 from streams.otlp import OtlpHttpExporter
@@ -42,9 +43,6 @@ from streams.tracing import (
     Tracing,
     without_trace,
 )
-
-SCHEDULE_DELAY_MS = 1000
-EXPORT_BATCH = 512
 
 
 def resource(settings: Settings, role: str) -> Resource:
@@ -89,15 +87,15 @@ class OtelTracing(Tracing):
             resource=self.resource,
             shutdown_on_exit=role != "worker",  # a command's spans leave as it exits
         )
-        self.processor = BatchSpanProcessor(
+        self.scope = InstrumentationScope("conveyor", __version__)
+        self.processor = SpanQueue(
             export or exporter(settings),
-            max_queue_size=t.queue_spans,
-            schedule_delay_millis=SCHEDULE_DELAY_MS,
-            max_export_batch_size=min(EXPORT_BATCH, t.queue_spans),
-            export_timeout_millis=t.export_timeout_s * 1000,
+            self.resource,
+            self.scope,
+            max_spans=t.queue_spans,
+            timeout_s=t.export_timeout_s,
         )
         self.provider.add_span_processor(self.processor)
-        self.scope = InstrumentationScope("conveyor", __version__)
         self.tracer = self.provider.get_tracer("conveyor", __version__)
         handler_tracing.install(HandlerBackend(self))
 

@@ -16,15 +16,17 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter, Setter
-from opentelemetry.trace import Link, SpanContext
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from streams.records import Headers
 from streams.tracing import TRACEPARENT, AttemptSpan, RecordTrace
 
 _ID_KEY = re.compile(r"^[A-Za-z0-9_.:@\-]{1,128}$")
+_OTHERS = frozenset({"tracestate", "baggage"})
 
 
 class _Headers(Getter[Headers], Setter[list[tuple[str, bytes]]]):
@@ -44,6 +46,25 @@ class _Headers(Getter[Headers], Setter[list[tuple[str, bytes]]]):
 HEADERS = _Headers()
 TRACECONTEXT = TraceContextTextMapPropagator()
 PROPAGATOR = CompositePropagator([TRACECONTEXT, W3CBaggagePropagator()])
+_PLAIN = re.compile(rb"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_NO_TRACE, _NO_SPAN = b"0" * 32, b"0" * 16
+
+
+def extract(headers: Headers) -> Context:
+    """The context a record's trace headers carry: ``PROPAGATOR.extract``'s, read
+    directly when they are a plain version-00 ``traceparent`` alone (the usual case;
+    the propagator's regular expressions and getter cost more than a no-op job)."""
+    parent: bytes | None = None
+    for name, value in headers:
+        if name == TRACEPARENT:
+            parent = value
+        elif name in _OTHERS:
+            return PROPAGATOR.extract(headers, getter=HEADERS)
+    found = _PLAIN.fullmatch(parent) if parent is not None else None
+    if found is None or found[1] == _NO_TRACE or found[2] == _NO_SPAN:
+        return PROPAGATOR.extract(headers, getter=HEADERS)
+    context = SpanContext(int(found[1], 16), int(found[2], 16), True, TraceFlags(int(found[3], 16)))
+    return trace.set_span_in_context(NonRecordingSpan(context), Context())
 
 
 def id_key(key: bytes | None) -> str | None:

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from handlers import tracing as handler_tracing
@@ -110,8 +109,21 @@ class HandlerBackend:
         return found.trace_id, found.span_id
 
     def adopt(self, records: Sequence[SpanRecord]) -> None:
+        flags = TraceFlags(TraceFlags.SAMPLED)
         for r in records:
-            self._tracing.processor.on_end(self._readable(r))
+            self._tracing.processor.add(
+                (
+                    SpanContext(r.trace_id, r.span_id, False, flags),
+                    SpanContext(r.trace_id, r.parent_id, False, flags),
+                    r.name,
+                    SpanKind.INTERNAL,
+                    r.start_ns,
+                    r.end_ns,
+                    r.attributes,
+                    (),
+                    r.error_type is not None,
+                )
+            )
 
     def ids(self) -> tuple[str, str] | None:
         quiet = QUIET.get()
@@ -123,18 +135,3 @@ class HandlerBackend:
                 return None
             trace_id, span_id = found.trace_id, found.span_id
         return f"{trace_id:032x}", f"{span_id:016x}"
-
-    def _readable(self, r: SpanRecord) -> ReadableSpan:
-        flags = TraceFlags(TraceFlags.SAMPLED)
-        return ReadableSpan(
-            name=r.name,
-            context=SpanContext(r.trace_id, r.span_id, False, flags),
-            parent=SpanContext(r.trace_id, r.parent_id, False, flags),
-            resource=self._tracing.resource,
-            attributes=r.attributes,
-            kind=SpanKind.INTERNAL,
-            status=Status(StatusCode.ERROR) if r.error_type else Status(StatusCode.UNSET),
-            start_time=r.start_ns,
-            end_time=r.end_ns,
-            instrumentation_scope=self._tracing.scope,
-        )

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -27,7 +26,7 @@ from opentelemetry.trace import (
 )
 
 from handlers.tracing import Value
-from streams.otel_context import HEADERS, PROPAGATOR, id_key, linked, traceparent
+from streams.otel_context import HEADERS, PROPAGATOR, extract, id_key, linked, traceparent
 from streams.records import Headers, Record
 from streams.retry import DeadLetter, Decision
 from streams.tracing import (
@@ -62,7 +61,7 @@ class RecordSpans(RecordTrace):
             elif name == LINK_HEADER:
                 self._link = linked(value, "previous_attempt" if record.trusted else "replay_of")
         if carried:
-            self._parent = PROPAGATOR.extract(record.headers, getter=HEADERS)
+            self._parent = extract(record.headers)
             found = trace.get_current_span(self._parent).get_span_context()
             self._parent_span = found if found.is_valid else None
 
@@ -111,9 +110,10 @@ def outcome_of(decision: Decision) -> str:
 
 class _AttemptSpan(AttemptSpan):
     """An attempt's consumer span, recorded by hand rather than through the SDK's span
-    objects: its ids, times and attributes go straight into a ``ReadableSpan`` for the
-    batch processor (the SDK's checks of a dozen attributes cost more than a no-op job
-    does). Its context is current meanwhile, so the SDK records its children."""
+    objects: its ids, times and attributes go straight into the export queue as a
+    ``streams.otlp.Finished`` tuple (the SDK's checks of a dozen attributes, its
+    ``ReadableSpan`` and batch processor cost more than a no-op job does). Its context
+    is current meanwhile, so the SDK records its children."""
 
     __slots__ = ("_attributes", "_context", "_links", "_outcome", "_start", "_token", "_trace")
 
@@ -157,28 +157,21 @@ class _AttemptSpan(AttemptSpan):
             self._outcome = "interrupted"
             self._attributes["error.type"] = type(error).__name__
         self._attributes["conveyor.job.outcome"] = self._outcome
-        failed = self._outcome in ("dead_letter", "crashed")
-        tracing = self._trace._tracing
-        tracing.processor.on_end(
-            ReadableSpan(
-                name=f"process {self._trace._record.topic}",
-                context=self._context,
-                parent=self._trace._parent_span,
-                resource=tracing.resource,
-                attributes=self._attributes,
-                links=self._links,
-                kind=SpanKind.CONSUMER,
-                status=_ERROR if failed else _UNSET,
-                start_time=self._start,
-                end_time=end,
-                instrumentation_scope=tracing.scope,
+        record_trace = self._trace
+        record_trace._tracing.processor.add(
+            (
+                self._context,
+                record_trace._parent_span,
+                "process " + record_trace._record.topic,
+                SpanKind.CONSUMER,
+                self._start,
+                end,
+                self._attributes,
+                self._links,
+                self._outcome in ("dead_letter", "crashed"),
             )
         )
-        self._trace._previous = self._context
-
-
-_ERROR = Status(StatusCode.ERROR)
-_UNSET = Status(StatusCode.UNSET)
+        record_trace._previous = self._context
 
 
 class SendSpan(Sending):

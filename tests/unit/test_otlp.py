@@ -17,7 +17,7 @@ from opentelemetry.trace import (
     TraceState,
 )
 
-from streams.otlp import encode_request
+from streams.otlp import Finished, Request, encode_request, readable
 
 TRACE = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 SAMPLED = TraceFlags(TraceFlags.SAMPLED)
@@ -84,3 +84,29 @@ def test_values_equal_in_python_keep_their_own_types() -> None:
     """True == 1 == 1.0: the remembered encodings must not mix them up."""
     spans = [span("s", i, attributes={"v": value}) for i, value in enumerate((1, True, 1.0), 1)]
     assert decoded(encode_request(spans)) == encode_spans(spans)
+
+
+def finished_spans() -> list[Finished]:
+    parent = SpanContext(TRACE, 1, True, SAMPLED)
+    stated = SpanContext(TRACE, 7, False, SAMPLED, TraceState([("vendor", "x")]))
+    link = Link(SpanContext(TRACE, 9, False, SAMPLED), {"conveyor.link.reason": "replay_of"})
+    attributes = {"messaging.kafka.offset": 2**40, "conveyor.job.attempt": 2, "key": "ünï"}
+    return [
+        (SpanContext(TRACE, 2, False, SAMPLED), parent, "process t", SpanKind.CONSUMER, 5, 9,
+         attributes, (link,), False),
+        (stated, None, "process t", SpanKind.CONSUMER, 5, 9, {"flag": True}, (), True),
+        (SpanContext(TRACE, 8, False, SAMPLED), SpanContext(TRACE, 2, False, SAMPLED), "x" * 200,
+         SpanKind.INTERNAL, 1, 2, {"long": "v" * 300, "ratio": 0.5}, (), False),
+    ]  # fmt: skip
+
+
+def test_finished_spans_decode_as_the_sdks_encoding_of_the_same_spans() -> None:
+    """The attempts' spans skip ``ReadableSpan``: the request must not tell."""
+    finished = finished_spans()
+    sdk = [span("send t", 3, kind=SpanKind.PRODUCER, parent=SpanContext(TRACE, 2, False, SAMPLED))]
+    others = [span("elsewhere", 4, resource=COMMAND)]
+    as_readable = [readable(f, WORKER, SCOPE) for f in finished]
+    request = Request(WORKER, SCOPE).encode([*finished, *sdk, *others])
+    expected = encode_spans([*as_readable, *sdk, *others])
+    assert decoded(request) == expected
+    assert Request(WORKER, SCOPE).encode([]) == b""

@@ -355,3 +355,34 @@ def test_conveyor_submit_starts_a_trace_for_each_job_when_tracing_is_on() -> Non
     off = RecordingConfluent()
     publish(JobProducer(off, OFF), TOPIC, job, b"k1")  # type: ignore[arg-type]
     assert off.produced[0]["headers"] == []
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        (("traceparent", TRACEPARENT),),
+        (("traceparent", TRACEPARENT[:-2] + b"00"), ("x", b"y")),
+        (("traceparent", b"00-" + b"0" * 32 + b"-00f067aa0ba902b7-01"),),
+        (("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-" + b"0" * 16 + b"-01"),),
+        (("traceparent", TRACEPARENT.upper()),),
+        (("traceparent", b" " + TRACEPARENT),),
+        (("traceparent", TRACEPARENT + b"-extra"),),
+        (("traceparent", b"01" + TRACEPARENT[2:] + b"-extra"),),
+        (("traceparent", b"ff" + TRACEPARENT[2:]),),
+        (("traceparent", b"junk"), ("traceparent", TRACEPARENT)),
+        (("traceparent", TRACEPARENT), ("tracestate", b"v=1")),
+        (("traceparent", TRACEPARENT), ("baggage", b"k=v")),
+        (("baggage", b"k=v"),),
+    ],
+)
+def test_a_records_context_is_read_as_the_propagator_reads_it(headers: Any) -> None:
+    from opentelemetry import baggage, trace
+
+    from streams.otel_context import HEADERS, PROPAGATOR, extract
+
+    ours, theirs = extract(headers), PROPAGATOR.extract(headers, getter=HEADERS)
+    assert (
+        trace.get_current_span(ours).get_span_context()
+        == trace.get_current_span(theirs).get_span_context()
+    )
+    assert baggage.get_all(ours) == baggage.get_all(theirs)
