@@ -119,28 +119,55 @@ async def replay(
                     break
                 remaining -= len(rows)
                 last_id = rows[-1]["id"]
-                todo = []
-                for row in rows:
-                    reason = skip_reason(row, source_topics, include_invalid, include_crashed)
-                    if reason is not None:
-                        report.skipped[row["id"]] = reason
-                    elif (first := _first_of_job(first_rows, row)) != row["id"]:
-                        report.duplicates[row["id"]] = first
-                    else:
-                        todo.append(row)
+                todo = _to_replay(
+                    rows, source_topics, first_rows, report, include_invalid, include_crashed
+                )
                 if dry_run:
                     report.replayed += [r["id"] for r in todo]
                 else:
-                    originals = await asyncio.to_thread(_originals, settings, todo, report)
-                    todo = [r for r in todo if r["id"] not in report.failed]
-                    acked = await asyncio.to_thread(_publish, prod, todo, report, originals)
-                    if acked:
-                        await conn.execute(MARK_REPLAYED, acked)
-                    report.replayed += acked
+                    await _replay_batch(conn, settings, prod, todo, report)
                 bars.update(bar, advance=len(rows))
         if not dry_run:
             await _resolve_duplicates(conn, report)
     return report
+
+
+def _to_replay(
+    rows: list[asyncpg.Record],
+    source_topics: set[str],
+    first_rows: dict[str, int],
+    report: ReplayReport,
+    include_invalid: bool,
+    include_crashed: bool,
+) -> list[asyncpg.Record]:
+    """The rows of a batch to republish; the others go to the report (skipped, duplicates)."""
+    todo = []
+    for row in rows:
+        reason = skip_reason(row, source_topics, include_invalid, include_crashed)
+        if reason is not None:
+            report.skipped[row["id"]] = reason
+        elif (first := _first_of_job(first_rows, row)) != row["id"]:
+            report.duplicates[row["id"]] = first
+        else:
+            todo.append(row)
+    return todo
+
+
+async def _replay_batch(
+    conn: asyncpg.Connection,
+    settings: Settings,
+    prod: JobProducer,
+    todo: list[asyncpg.Record],
+    report: ReplayReport,
+) -> None:
+    """Publish a batch (with the records its dead letters left out, read back); the rows
+    Kafka acknowledged become ``replayed``."""
+    originals = await asyncio.to_thread(_originals, settings, todo, report)
+    todo = [r for r in todo if r["id"] not in report.failed]
+    acked = await asyncio.to_thread(_publish, prod, todo, report, originals)
+    if acked:
+        await conn.execute(MARK_REPLAYED, acked)
+    report.replayed += acked
 
 
 def _first_of_job(first_rows: dict[str, int], row: asyncpg.Record) -> int:
