@@ -15,7 +15,8 @@ from typing import Any
 import faust
 import structlog
 
-from streams.pool import FlowFn, JobPool
+from streams.pool import JobPool
+from streams.pool_flow import FlowFn
 from streams.records import Record
 
 log = structlog.get_logger(__name__)

@@ -22,12 +22,9 @@ nor keeps a slot while older records of other keys wait (which would stall
 their partitions' commits). A record without a key is its own key. Offsets
 still finish in any order; the tracker commits only the contiguous run.
 
-**Back-pressure**: when the records ready to run (and retry timers) pass
-the high-water mark, or the bytes held pass theirs, the pool pauses all its
-topics' partitions, and resumes them below the low-water marks. Records
-waiting in lanes are not ready to run, so they do not pause the others: a
-partition whose lanes hold ``high_water`` records pauses alone, and resumes
-below ``low_water``.
+**Back-pressure** (streams/pool_flow.py): the pool pauses its topics'
+partitions while it holds too much, and resumes them below the low-water
+marks.
 
 Only a run that returns finishes the offset; a cancelled or dropped record
 stays unfinished and is redelivered.
@@ -44,9 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import heapq
 import itertools
-import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
@@ -56,15 +51,14 @@ import structlog
 
 from streams.fairness import NO_ORG, Fairness, FairQueue, organization_of
 from streams.metrics import OrgCounts
-from streams.offsets import OffsetTracker, Ticket
+from streams.offsets import OffsetTracker
+from streams.pool_flow import Backpressure, FlowFn
+from streams.pool_queue import Fifo, Item
 from streams.records import Record
 
 log = structlog.get_logger(__name__)
 
 RunFn = Callable[[Record], Awaitable[None]]
-# (pause every partition of the pool, else pause exactly these — partitions, or topic
-# names for all their partitions — and resume the rest)
-FlowFn = Callable[[bool, frozenset[Hashable]], None]
 # CONTROL: may this record start now? (streams/control.py JobGate; False holds it)
 StartGate = Callable[[Record], bool]
 Ordering = Literal["none", "key"]
@@ -84,69 +78,6 @@ class _Slot:
     idle: asyncio.Future[None] | None = field(default=None)
     record: Record | None = None  # STATUS: what it runs, since when (streams/status.py)
     started: float = 0.0
-
-
-class _Item:
-    """A started record in the pool; ``key`` is its lane (None: it needs none).
-
-    ``seq`` is the order in which it joined the pool (its arrival, or a retry
-    record's due time): of the records ready to run, the smallest starts first.
-    """
-
-    __slots__ = ("key", "org", "record", "seq", "size", "ticket", "tp")
-
-    def __init__(
-        self, tp: Hashable, record: Record, ticket: Ticket, key: bytes | None, org: str
-    ) -> None:
-        self.tp = tp
-        self.record = record
-        self.ticket = ticket
-        self.key = key
-        self.org = org
-        self.size = len(record.value or b"")
-        self.seq = 0
-
-
-class _Fifo:
-    """Ready records, oldest first: arrivals in order, records let go by a lane by seq."""
-
-    __slots__ = ("_promoted", "_ready")
-
-    def __init__(self) -> None:
-        self._ready: deque[_Item] = deque()
-        self._promoted: list[tuple[int, _Item]] = []
-
-    def push(self, item: _Item) -> None:
-        self._ready.append(item)
-
-    def promote(self, item: _Item) -> None:
-        heapq.heappush(self._promoted, (item.seq, item))  # before all that came later
-
-    def __len__(self) -> int:
-        return len(self._ready) + len(self._promoted)
-
-    def startable(self) -> bool:
-        return bool(self._ready or self._promoted)
-
-    def pop(self) -> _Item:
-        promoted = self._promoted
-        if promoted and (not self._ready or promoted[0][0] < self._ready[0].seq):
-            return heapq.heappop(promoted)[1]
-        return self._ready.popleft()
-
-    def ended(self, org: str) -> None:
-        pass
-
-    def items(self) -> list[_Item]:
-        return [*self._ready, *(item for _, item in self._promoted)]
-
-    def remove(self, dropped: Callable[[_Item], bool]) -> list[_Item]:
-        gone = [item for item in self.items() if dropped(item)]
-        if gone:
-            self._ready = deque(item for item in self._ready if not dropped(item))
-            self._promoted = [entry for entry in self._promoted if not dropped(entry[1])]
-            heapq.heapify(self._promoted)
-        return gone
 
 
 class JobPool:
@@ -170,30 +101,25 @@ class JobPool:
         self.concurrency = concurrency
         self._run = run
         self._tracker = tracker
-        self._flow = flow
         self._keyed = ordering == "key"
         self.high_water = high_water
-        self.low_water = self.high_water // 2
-        self.high_water_bytes = high_water_bytes
         self._bytes = 0  # of the records in the ready queue and the lanes
         self.fairness = fairness
-        # Ready to run: oldest first (_Fifo), or per organization in turn (FairQueue).
-        self._queue: _Fifo | FairQueue = fairness.queue() if fairness else _Fifo()
+        self._pressure = Backpressure(flow, high_water, high_water_bytes, fairness)
+        # Ready to run: oldest first (Fifo), or per organization in turn (FairQueue).
+        self._queue: Fifo | FairQueue = fairness.queue() if fairness else Fifo()
         self._seq = itertools.count()
-        self._lanes: dict[bytes, deque[_Item]] = {}
+        self._lanes: dict[bytes, deque[Item]] = {}
         self._behind: Counter[Hashable] = Counter()  # per partition: records in lanes
         self._timers: dict[asyncio.Task[None], Hashable] = {}
         self._aside: dict[asyncio.Task[None], Hashable] = {}  # set-aside publishes in flight
-        self._aside_waiting: deque[_Item] = deque()  # to set aside, not started yet
+        self._aside_waiting: deque[Item] = deque()  # to set aside, not started yet
         self._aside_sender: asyncio.Task[None] | None = None
         self._slots: list[_Slot] = []
-        self._paused_all = False
-        self._paused: frozenset[Hashable] = frozenset()
-        self._flowed_at = 0.0  # when the flow was last said
         self.accepting = True
         self.finished = 0
         self.gate = gate  # CONTROL: set while the job type has a pause (streams/control.py)
-        self._held: list[_Item] = []
+        self._held: list[Item] = []
 
     def submit(self, tp: Hashable, record: Record, due_in_s: float = 0.0) -> None:
         """Start ``record``'s offset and queue it (after ``due_in_s``); never blocks."""
@@ -204,7 +130,7 @@ class JobPool:
             return  # not to run here now (revoked partition, redelivery, or a gap)
         fair = self.fairness
         org = organization_of(record.value) if fair is not None else NO_ORG
-        item = _Item(tp, record, ticket, record.key if self._keyed else None, org)
+        item = Item(tp, record, ticket, record.key if self._keyed else None, org)
         if due_in_s > 0:
             timer = asyncio.create_task(self._later(item, due_in_s))
             self._timers[timer] = tp
@@ -215,12 +141,12 @@ class JobPool:
             self._enqueue(item)
         self._wake()
 
-    async def _later(self, item: _Item, delay_s: float) -> None:
+    async def _later(self, item: Item, delay_s: float) -> None:
         await asyncio.sleep(delay_s)
         self._enqueue(item)
         self._wake()
 
-    def _sets_aside(self, fair: Fairness, item: _Item) -> bool:
+    def _sets_aside(self, fair: Fairness, item: Item) -> bool:
         """A source record of an organization that holds its share of a full read-ahead."""
         queue = self._queue
         return (
@@ -231,7 +157,7 @@ class JobPool:
             and fair.over_share(queue, item.org, self.high_water)
         )
 
-    def _set_aside(self, fair: Fairness, item: _Item) -> None:
+    def _set_aside(self, fair: Fairness, item: Item) -> None:
         """Queue ``item`` for the deferred topic; the sender publishes in order."""
         self._aside_waiting.append(item)
         if self._aside_sender is None or self._aside_sender.done():
@@ -252,7 +178,7 @@ class JobPool:
             if sent % ASIDE_BATCH == 0:
                 await asyncio.sleep(0)
 
-    def _aside_done(self, fair: Fairness, item: _Item, task: asyncio.Task[None]) -> None:
+    def _aside_done(self, fair: Fairness, item: Item, task: asyncio.Task[None]) -> None:
         self._aside.pop(task, None)
         if task.cancelled():
             return  # drain or revoke: unfinished, redelivered
@@ -266,7 +192,7 @@ class JobPool:
         fair.report(self.name)
         self._flow_check()
 
-    def _enqueue(self, item: _Item) -> None:
+    def _enqueue(self, item: Item) -> None:
         self._bytes += item.size
         item.seq = next(self._seq)
         if item.key is not None:
@@ -278,7 +204,7 @@ class JobPool:
             self._lanes[item.key] = deque()
         self._queue.push(item)
 
-    def _left(self, item: _Item) -> None:
+    def _left(self, item: Item) -> None:
         """``item`` (ready or running) has left the pool: its key's next record may start."""
         if item.key is None:
             return
@@ -309,58 +235,10 @@ class JobPool:
 
     def _flow_check(self) -> None:
         ready = len(self._queue)
-        runnable = ready + len(self._timers)
         aside = len(self._aside) + len(self._aside_waiting)
-        # A fair pool reads on past a full read-ahead (setting records aside): it
-        # pauses at twice the mark, or with that many set-asides unanswered, and
-        # stops reading set-aside records back at the mark.
-        limit = self.high_water * 2 if self.fairness is not None else self.high_water
-        if (
-            runnable < self.high_water
-            and aside < self.high_water
-            and self._bytes < self.high_water_bytes
-            and not (self._paused_all or self._paused or self._behind)
-        ):
-            return  # nothing paused, nothing to pause (the common case)
-        pause_all = self._paused_all
-        if self.accepting and (
-            runnable >= limit or aside >= limit or self._bytes >= self.high_water_bytes
-        ):
-            pause_all = True
-        elif (
-            runnable <= limit // 2
-            and aside <= limit // 2
-            and self._bytes <= self.high_water_bytes // 2
-        ):
-            pause_all = False
-        paused = self._paused
-        if self._behind or paused:
-            paused = frozenset(
-                tp
-                for tp, n in self._behind.items()
-                if n >= self.high_water or (n > self.low_water and tp in self._paused)
-            )
-        paused = self._deferred_flow(paused, ready)
-        changed = pause_all != self._paused_all or paused != self._paused
-        self._paused_all, self._paused = pause_all, paused
-        # While anything is paused, say so again now and then: Faust resumes
-        # partitions at a rebalance. (Not at every check: with many partitions
-        # that cost more than the jobs.)
-        now = time.monotonic()
-        again = self.accepting and (pause_all or paused) and now - self._flowed_at >= 1.0
-        if changed or again:
-            self._flowed_at = now
-            self._flow(pause_all, paused)
-
-    def _deferred_flow(self, paused: frozenset[Hashable], ready: int) -> frozenset[Hashable]:
-        """Set-aside records are read back only while the read-ahead has room."""
-        fair = self.fairness
-        if fair is None or fair.set_aside is None:
-            return paused
-        topic = fair.deferred_topic
-        if ready >= self.high_water or (topic in self._paused and ready > self.low_water):
-            return paused | {topic}
-        return paused
+        self._pressure.check(
+            ready, ready + len(self._timers), aside, self._bytes, self._behind, self.accepting
+        )
 
     def _spawn(self, slot: _Slot) -> _Slot:
         slot.task = asyncio.create_task(self._work(slot), name=f"{self.name}-worker")
@@ -427,7 +305,7 @@ class JobPool:
 
     # CONTROL (streams/control.py): records held while their job type or organization is paused.
 
-    def _hold(self, item: _Item) -> None:
+    def _hold(self, item: Item) -> None:
         """Keep ``item`` unstarted (its lane too) until ``release_held`` lets it go."""
         self._held.append(item)
         self._behind[item.tp] += 1
@@ -474,7 +352,7 @@ class JobPool:
     def _drop_waiting(self, tps: set[Hashable] | None) -> None:
         """Drop the waiting records of ``tps`` (None: all); their keys' lanes move on."""
 
-        def dropped(item: _Item) -> bool:
+        def dropped(item: Item) -> bool:
             return tps is None or item.tp in tps
 
         for key, lane in self._lanes.items():

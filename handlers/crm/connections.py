@@ -1,5 +1,7 @@
 """Kommo connections in ``crm_connections``: register, read, re-encrypt, sync status.
 
+A sync's lease on its connection (claim, own, finish, fail): sync_lease.py.
+
 SQL as named constants, small functions taking a connection (asyncpg). Every
 secret column is encrypted with the keyring (handlers/crm/crypto.py) under
 the context ``crm_connections/<id>/<column> account=<account URL>``: a row
@@ -100,50 +102,6 @@ UNBOUND_COUNT = f"""
 SELECT count(*) FROM crm_connections, {_KEY_IDS} WHERE split_part(v, ':', 1) = 'v1'
 """
 
-# A sync claims its connection with a lease: a second sync waits until the
-# first finishes or its lease runs out (its worker died). The same job may
-# re-claim its own lease (a retry after a timeout). A sync requested at $4 is
-# covered — nothing left to do — by a successful sync that started at or after
-# $4 (it read everything the request could want).
-CLAIM_SYNC = """
-WITH cur AS (
-    SELECT id, sync_state, sync_job_id, sync_started_at, sync_lease_until,
-           sync_state = 'succeeded' AND $4::timestamptz IS NOT NULL
-               AND sync_started_at >= $4::timestamptz AS covered
-      FROM crm_connections WHERE id = $1 FOR UPDATE
-), claimed AS (
-    UPDATE crm_connections AS c
-       SET sync_state = 'running', sync_job_id = $2, sync_started_at = now(),
-           sync_lease_until = now() + make_interval(secs => $3), sync_error = NULL,
-           updated_at = now()
-      FROM cur
-     WHERE c.id = cur.id AND NOT cur.covered
-       AND (cur.sync_state <> 'running' OR cur.sync_job_id = $2 OR cur.sync_lease_until < now())
-    RETURNING c.id
-)
-SELECT CASE WHEN EXISTS (SELECT 1 FROM claimed) THEN 'claimed'
-            WHEN cur.covered THEN 'covered'
-            ELSE 'busy' END
-  FROM cur
-"""
-OWNS_SYNC = """
-SELECT sync_job_id = $2 AND sync_state = 'running' FROM crm_connections WHERE id = $1 FOR UPDATE
-"""
-FINISH_SYNC = """
-UPDATE crm_connections
-SET sync_state = 'succeeded', sync_finished_at = now(), sync_lease_until = NULL,
-    sync_error = NULL, sync_pipelines = $3, sync_statuses = $4, sync_custom_fields = $5,
-    sync_removed = $6, sync_api_calls = $7, updated_at = now()
-WHERE id = $1 AND sync_job_id = $2
-"""
-FAIL_SYNC = """
-UPDATE crm_connections
-SET sync_state = 'failed', sync_finished_at = now(), sync_lease_until = NULL,
-    sync_error = $3, sync_api_calls = $4, updated_at = now()
-WHERE id = $1 AND sync_job_id = $2
-"""
-
-
 # The webhook secret keys an HMAC-SHA256: at least 32 characters (128 bits as hex).
 MIN_WEBHOOK_SECRET_CHARS = 32
 
@@ -202,15 +160,6 @@ class Connection:
     sync_statuses: int | None
     sync_custom_fields: int | None
     sync_api_calls: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class SyncCounts:
-    pipelines: int
-    statuses: int
-    custom_fields: int
-    removed: int
-    api_calls: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,42 +358,3 @@ async def key_counts(conn: DbConnection) -> dict[str, int]:
 async def unbound_count(conn: DbConnection) -> int:
     """How many stored secret values are not yet bound to their account URL (format v1)."""
     return int(await conn.fetchval(UNBOUND_COUNT))
-
-
-async def claim_sync(
-    conn: DbConnection,
-    connection_id: str,
-    job_id: str,
-    lease_s: float,
-    requested_at: datetime | None = None,
-) -> str:
-    """'claimed' (this job syncs now), 'busy' (another sync runs) or 'covered' (a sync
-    that started after ``requested_at`` succeeded: nothing is left to do)."""
-    state = await conn.fetchval(CLAIM_SYNC, connection_id, job_id, lease_s, requested_at)
-    return str(state or "busy")
-
-
-async def owns_sync(conn: DbConnection, connection_id: str, job_id: str) -> bool:
-    """Inside the apply transaction: lock the row and check the lease is still ours."""
-    return bool(await conn.fetchval(OWNS_SYNC, connection_id, job_id))
-
-
-async def finish_sync(
-    conn: DbConnection, connection_id: str, job_id: str, counts: SyncCounts
-) -> None:
-    await conn.execute(
-        FINISH_SYNC,
-        connection_id,
-        job_id,
-        counts.pipelines,
-        counts.statuses,
-        counts.custom_fields,
-        counts.removed,
-        counts.api_calls,
-    )
-
-
-async def fail_sync(
-    conn: DbConnection, connection_id: str, job_id: str, error: str, api_calls: int
-) -> None:
-    await conn.execute(FAIL_SYNC, connection_id, job_id, error, api_calls)

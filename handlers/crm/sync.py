@@ -23,9 +23,9 @@ from typing import Any
 
 import structlog
 
-from handlers.crm import connections
-from handlers.crm.connections import SyncCounts
+from handlers.crm import connections, sync_lease
 from handlers.crm.services import require
+from handlers.crm.sync_lease import SyncCounts
 from handlers.db import Pool
 from handlers.deps import Deps
 from handlers.errors import Deferred, JobError, PermanentError, RetryableError
@@ -114,7 +114,7 @@ async def handle(job: Job[CrmSyncPipelines], deps: Deps) -> Outcome:
         )
         if connection.needs_reauth:
             raise PermanentError(f"CRM connection {connection_id} needs re-consent")
-        claim = await connections.claim_sync(
+        claim = await sync_lease.claim_sync(
             conn, connection_id, job.id, crm.policy.sync_lease_s, job.created_at
         )
     if claim == "covered":
@@ -166,7 +166,7 @@ async def apply(
 ) -> SyncCounts:
     """Make the stored state equal to ``snapshot`` in one transaction, and record it."""
     async with db.acquire() as conn, conn.transaction():
-        if not await connections.owns_sync(conn, connection_id, job_id):
+        if not await sync_lease.owns_sync(conn, connection_id, job_id):
             raise RetryableError(
                 f"the sync lease of {connection_id} was lost", delay_s=BUSY_RETRY_S
             )
@@ -178,7 +178,7 @@ async def apply(
         await conn.execute(UPSERT_STATUSES, connection_id, *s)
         await conn.execute(UPSERT_FIELDS, connection_id, *f)
         counts = SyncCounts(*snapshot.counts, removed=removed, api_calls=api_calls)
-        await connections.finish_sync(conn, connection_id, job_id, counts)
+        await sync_lease.finish_sync(conn, connection_id, job_id, counts)
     return counts
 
 
@@ -188,7 +188,7 @@ async def _record_failure(
     reason = str(exc) if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}"
     try:
         async with db.acquire() as conn:
-            await connections.fail_sync(conn, connection_id, job_id, reason, api_calls)
+            await sync_lease.fail_sync(conn, connection_id, job_id, reason, api_calls)
     except Exception as failed:  # the job's own error matters more
         log.warning("crm.sync_status_unrecorded", connection_id=connection_id, error=repr(failed))
 

@@ -22,7 +22,8 @@ from handlers.crm.connections import context, open_secret
 from handlers.crm.crypto import DecryptError, Keyring
 from handlers.db import Connection, Pool, Row
 from handlers.errors import PermanentError, RetryableError
-from handlers.providers.kommo import GrantRefused, Kommo, OAuthApp
+from handlers.providers.kommo import Kommo
+from handlers.providers.kommo_oauth import GrantRefused, OAuthApp
 
 log = structlog.get_logger(__name__)
 

@@ -18,34 +18,44 @@ What we use from Kommo's API and where it is documented: docs/KOMMO.md.
 - Only account URLs the allowlist admits are called
   (handlers/providers/kommo_accounts.py).
 
+The token endpoint (OAuth grants and refreshes) is in kommo_oauth.py; what
+both share (a response's problem detail, the span, the redirect refusal) in
+kommo_http.py.
+
 Tokens, client secrets and refresh tokens never appear in errors or logs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
-from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import structlog
 
-from handlers import tracing
 from handlers.backoff import backoff_s
 from handlers.errors import PermanentError, RetryableError
 from handlers.providers.adaptive_limit import AdaptiveLimiter
 from handlers.providers.kommo_accounts import AccountHosts, AccountNotAllowed, origin
+from handlers.providers.kommo_http import (
+    Answer,
+    decode,
+    http_span,
+    next_page,
+    problem_detail,
+    redirect_refused,
+    transport_reason,
+    url_path,
+)
+from handlers.providers.kommo_oauth import OAuthApp, TokenGrant, request_tokens
 from handlers.providers.limits import retry_after_s
 
 log = structlog.get_logger(__name__)
 
-TOKEN_PATH = "/oauth2/access_token"
 RETRYABLE_STATUS = frozenset({408, 425, 429})
-DETAIL_CHARS = 300
 MAX_PAGES = 10_000
 ENTITIES = ("leads", "contacts", "companies")
 
@@ -56,11 +66,6 @@ class OutcomeUnknown(RetryableError):
 
 class RateLimited(RetryableError):
     """Kommo answered 429 to a write the caller wants back at once: nothing was applied."""
-
-
-class GrantRefused(PermanentError):
-    """Kommo's OAuth server refused the refresh token, code or client: the connection
-    needs consent. Only its own answers count (``_oauth_refusal``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,41 +100,12 @@ class TokenSource(Protocol):
     async def refreshed_after(self, rejected: str) -> str: ...
 
 
-@dataclass(frozen=True, slots=True)
-class OAuthApp:
-    """The integration's OAuth credentials for one connection."""
-
-    client_id: str
-    client_secret: str
-    redirect_uri: str
-
-    def __repr__(self) -> str:
-        return f"OAuthApp(client_id={self.client_id!r}, client_secret='***')"
-
-
-@dataclass(frozen=True, slots=True)
-class TokenGrant:
-    access_token: str
-    refresh_token: str
-    expires_in: int
-
-    def __repr__(self) -> str:
-        return f"TokenGrant(expires_in={self.expires_in})"
-
-
 @dataclass
 class _Tries:
     errors: int = 0
     rate_limit_wait_s: float = 0.0
     refreshed: bool = False
     wait_on_429: bool = True  # False: a 429 raises RateLimited instead of waiting here
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
 
 
 class KommoClient:
@@ -230,36 +206,13 @@ class KommoClient:
             items = body.get("_embedded", {}).get(key) or []
             if items:
                 yield list(items)
-            url, query = self._next_page(body, url), None
+            url, query = next_page(body, url, self.base_url), None
         raise PermanentError(f"Kommo: more than {MAX_PAGES} pages at {path}")
 
     async def all(
         self, path: str, key: str, params: Mapping[str, str] | None = None
     ) -> list[dict[str, Any]]:
         return [item async for page in self.pages(path, key, params) for item in page]
-
-    def _next_page(self, body: Any, current: str) -> str | None:
-        """The next page's URL, resolved against this one; only on this account's origin.
-
-        A link elsewhere (``.evil.example/…`` glued to the host, another host, a
-        scheme change) would take the Bearer token with it: PermanentError, so a
-        sync never applies a list cut short either.
-        """
-        href = body.get("_links", {}).get("next", {}).get("href")
-        if not isinstance(href, str) or not href:
-            return None
-        following = urljoin(current, href.strip())
-        parts = urlsplit(following)
-        try:
-            same = origin(f"{parts.scheme}://{parts.netloc}") == self.base_url
-        except ValueError:
-            same = False
-        if not same or parts.username or parts.password:
-            raise PermanentError(
-                f"Kommo: the next page of {_path(current)} is linked on another origin;"
-                " not followed (it would carry the token)"
-            )
-        return None if following == current else following
 
     # --- one request, retried --------------------------------------------------
 
@@ -279,9 +232,9 @@ class KommoClient:
             if answer is None:
                 continue
             if 200 <= answer.status < 300:
-                return _decode(answer) if answer.status != 204 else None
+                return decode(answer) if answer.status != 204 else None
             if 300 <= answer.status < 400:
-                raise PermanentError(_redirect_refused(f"{method} {_path(url)}", answer.status))
+                raise PermanentError(redirect_refused(f"{method} {url_path(url)}", answer.status))
             if answer.status == 401 and not tries.refreshed:
                 tries.refreshed = True
                 await self._tokens.refreshed_after(token)
@@ -296,7 +249,7 @@ class KommoClient:
         body: Any,
         token: str,
         tries: _Tries,
-    ) -> _Answer | None:
+    ) -> Answer | None:
         """One attempt; None when it failed in a way worth another try (after the wait)."""
         granted = await self.limiter.acquire()
         self.calls += 1
@@ -305,9 +258,9 @@ class KommoClient:
                 method, url, params, body, {"Authorization": f"Bearer {token}"}
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
-            reason = _transport_reason(exc, self.config.timeout_s)
+            reason = transport_reason(exc, self.config.timeout_s)
             if method != "GET" and not isinstance(exc, aiohttp.ClientConnectorError):
-                raise OutcomeUnknown(f"Kommo: {method} {_path(url)}: {reason}") from None
+                raise OutcomeUnknown(f"Kommo: {method} {url_path(url)}: {reason}") from None
             await self._back_off(method, url, reason, tries)
             return None
         if answer.status == 429:
@@ -315,7 +268,7 @@ class KommoClient:
             self.limiter.on_rate_limited(granted, wait_s)
             if not tries.wait_on_429:
                 raise RateLimited(
-                    f"Kommo: {method} {_path(url)} rate limited (HTTP 429)",
+                    f"Kommo: {method} {url_path(url)} rate limited (HTTP 429)",
                     delay_s=wait_s if wait_s is not None else 1.0 / self.limiter.pace,
                 )
             self._spend_rate_limit_wait(method, url, wait_s, tries)
@@ -331,9 +284,9 @@ class KommoClient:
         params: Mapping[str, str] | None,
         body: Any,
         headers: dict[str, str],
-    ) -> _Answer:
+    ) -> Answer:
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
-        with _span(method, url) as span:
+        with http_span(method, url) as span:
             async with self._session.request(
                 method,
                 url,
@@ -344,7 +297,7 @@ class KommoClient:
                 allow_redirects=False,  # the token must not follow a redirect to another host
             ) as response:
                 span.set("http.response.status_code", response.status)
-                return _Answer(response.status, dict(response.headers), await response.read())
+                return Answer(response.status, dict(response.headers), await response.read())
 
     def _spend_rate_limit_wait(
         self, method: str, url: str, wait_s: float | None, tries: _Tries
@@ -354,14 +307,14 @@ class KommoClient:
         tries.rate_limit_wait_s += wait_s if wait_s is not None else 1.0 / self.limiter.pace
         log.info(
             "kommo.rate_limited",
-            path=_path(url),
+            path=url_path(url),
             delay_s=wait_s,
             rate=round(self.limiter.rate, 2),
             pace=round(self.limiter.pace, 2),
         )
         if (wait_s or 0.0) > cfg.backoff_max_s or tries.rate_limit_wait_s > cfg.rate_limit_wait_s:
             raise RetryableError(
-                f"Kommo: {method} {_path(url)} rate limited (HTTP 429) "
+                f"Kommo: {method} {url_path(url)} rate limited (HTTP 429) "
                 f"for {tries.rate_limit_wait_s:.1f} s",
                 delay_s=wait_s,
             )
@@ -370,91 +323,26 @@ class KommoClient:
         cfg = self.config
         tries.errors += 1
         if tries.errors > cfg.max_retries:
-            raise RetryableError(f"Kommo: {method} {_path(url)}: {reason} ({tries.errors} tries)")
+            raise RetryableError(
+                f"Kommo: {method} {url_path(url)}: {reason} ({tries.errors} tries)"
+            )
         delay = backoff_s(tries.errors, cfg.backoff_base_s, cfg.backoff_max_s, rand=self._rand)
-        log.warning("kommo.retrying", path=_path(url), reason=reason, delay_s=round(delay, 3))
+        log.warning("kommo.retrying", path=url_path(url), reason=reason, delay_s=round(delay, 3))
         await asyncio.sleep(delay)
 
     async def _refuse(
-        self, method: str, url: str, answer: _Answer, token: str, tries: _Tries
+        self, method: str, url: str, answer: Answer, token: str, tries: _Tries
     ) -> None:
         """Retry a transient answer (reads), else raise the right error."""
-        detail = _problem_detail(answer.body, secrets=(token,))
+        detail = problem_detail(answer.body, secrets=(token,))
         reason = f"HTTP {answer.status}{detail}"
         if answer.status in RETRYABLE_STATUS or answer.status >= 500:
             if method != "GET":
-                raise OutcomeUnknown(f"Kommo: {method} {_path(url)}: {reason}")
+                raise OutcomeUnknown(f"Kommo: {method} {url_path(url)}: {reason}")
             await self._back_off(method, url, reason, tries)
             return
         hint = " (after a token refresh)" if answer.status == 401 else ""
-        raise PermanentError(f"Kommo refused {method} {_path(url)}: {reason}{hint}")
-
-
-async def request_tokens(
-    session: aiohttp.ClientSession,
-    base_url: str,
-    app: OAuthApp,
-    grant: Mapping[str, str],
-    limiter: AdaptiveLimiter,
-    timeout_s: float,
-) -> TokenGrant:
-    """POST the token endpoint: ``{"grant_type": "refresh_token", "refresh_token": ...}``
-    (or ``authorization_code`` with ``code``). Refusals raise GrantRefused; anything
-    transient raises RetryableError — and, for a refresh whose answer was lost,
-    Kommo may already have rotated the token (then the connection needs consent).
-    """
-    body = {
-        "client_id": app.client_id,
-        "client_secret": app.client_secret,
-        "redirect_uri": app.redirect_uri,
-        **grant,
-    }
-    secrets = (app.client_secret, *grant.values())
-    await limiter.acquire()
-    url = origin(base_url) + TOKEN_PATH
-    try:
-        with _span("POST", url) as span:
-            async with session.post(
-                url,
-                json=body,
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
-                allow_redirects=False,  # a 307 would re-post both secrets to another origin
-            ) as response:
-                status, raw = response.status, await response.read()
-                wait_s = retry_after_s(response.headers) if status == 429 else None
-                span.set("http.response.status_code", status)
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        raise RetryableError(f"Kommo token endpoint: {_transport_reason(exc, timeout_s)}") from None
-    if status == 200:
-        return _grant(raw)
-    if 300 <= status < 400:
-        raise PermanentError(_redirect_refused("the token endpoint", status))
-    detail = _problem_detail(raw, secrets=secrets)
-    if status in (400, 401, 403) and _oauth_refusal(raw):
-        raise GrantRefused(f"Kommo refused the grant (invalid_grant): HTTP {status}{detail}")
-    if status in (400, 401, 403):  # a proxy's or firewall's answer: the grant was not judged
-        raise RetryableError(
-            f"Kommo token endpoint: HTTP {status} that is not Kommo's OAuth answer"
-            f" (a proxy or firewall?){detail}",
-            delay_s=wait_s,
-        )
-    raise RetryableError(f"Kommo token endpoint: HTTP {status}{detail}", delay_s=wait_s)
-
-
-def _oauth_refusal(raw: bytes) -> bool:
-    """Kommo's own refusal of a grant or client: its OAuth problem document
-    (``"type": ".../OAuthProblemJson"``), or an RFC 6749 ``invalid_grant`` /
-    ``invalid_client`` error. Anything else did not come from its OAuth server."""
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        return False
-    if not isinstance(doc, dict):
-        return False
-    kind = doc.get("type")
-    if isinstance(kind, str) and kind.rstrip("/").endswith("/OAuthProblemJson"):
-        return True
-    return doc.get("error") in ("invalid_grant", "invalid_client")
+        raise PermanentError(f"Kommo refused {method} {url_path(url)}: {reason}{hint}")
 
 
 class Kommo:
@@ -497,71 +385,3 @@ class Kommo:
         return await request_tokens(
             self.session, account, app, grant, self.limiter(account), self.config.timeout_s
         )
-
-
-def _redirect_refused(what: str, status: int) -> str:
-    return (
-        f"Kommo answered {what} with a redirect (HTTP {status}): not followed, since it would"
-        " carry a token or secret to another address; check the connection's account URL"
-    )
-
-
-def _grant(raw: bytes) -> TokenGrant:
-    try:
-        data = json.loads(raw)
-        return TokenGrant(
-            str(data["access_token"]), str(data["refresh_token"]), int(data["expires_in"])
-        )
-    except (ValueError, KeyError, TypeError):
-        raise RetryableError("Kommo token endpoint: unusable answer") from None
-
-
-def _decode(answer: _Answer) -> Any:
-    try:
-        return json.loads(answer.body) if answer.body else None
-    except ValueError:
-        raise RetryableError(f"Kommo: HTTP {answer.status} with a body that is not JSON") from None
-
-
-def _problem_detail(raw: bytes, secrets: tuple[str, ...] = ()) -> str:
-    """Kommo's problem+json in one line: title, detail, hint, validation errors."""
-    text = raw.decode("utf-8", errors="replace").strip()
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        doc = None
-    if isinstance(doc, dict):
-        parts = [str(doc[k]) for k in ("title", "detail", "hint") if doc.get(k)]
-        parts += _validation_errors(doc.get("validation-errors"))
-        text = "; ".join(parts)
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    text = " ".join(text.split())[:DETAIL_CHARS]
-    return f": {text}" if text else ""
-
-
-def _validation_errors(value: Any) -> list[str]:
-    found = []
-    for item in value if isinstance(value, list) else []:
-        for error in item.get("errors", []) if isinstance(item, dict) else []:
-            if isinstance(error, dict):
-                found.append(f"{error.get('path')}: {error.get('code')} {error.get('detail', '')}")
-    return found
-
-
-def _transport_reason(exc: BaseException, timeout_s: float) -> str:
-    if isinstance(exc, TimeoutError):
-        return f"no answer within {timeout_s:g} s"
-    return f"connection failed ({type(exc).__name__})"
-
-
-def _path(url: str) -> str:
-    return urlsplit(url).path
-
-
-def _span(method: str, url: str) -> tracing.Span:
-    """An HTTP client span of a Kommo call: the account's origin and the API path; the
-    query, the token and the body stay out."""
-    parts = urlsplit(url)
-    return tracing.http(method, parts.scheme, parts.hostname or "", parts.port, parts.path)

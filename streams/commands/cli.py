@@ -285,7 +285,7 @@ async def _purge(settings: Settings, args: argparse.Namespace) -> int:
 async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
     import asyncpg
 
-    from streams.commands import dlq
+    from streams.commands import dlq, dlq_replay
 
     action = args.dlq_command
     try:
@@ -324,7 +324,7 @@ async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
                 " --error-class, or --all"
             )
             return EXIT_CONFIG
-        report = await dlq.replay(
+        report = await dlq_replay.replay(
             settings,
             sel,
             include_invalid=args.include_invalid,
@@ -334,7 +334,7 @@ async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
     except (OSError, asyncpg.PostgresError) as exc:
         err.print(f"conveyor dlq: Postgres: {clean(exc)}", markup=False)
         return 1
-    dlq.print_report(report, args.dry_run)
+    dlq_replay.print_report(report, args.dry_run)
     return 1 if report.failed else 0
 
 

@@ -1,7 +1,7 @@
 """The console's reads from Postgres: finding a job, CRM connections, stuck assets, failures.
 
-Dead letters themselves are read and changed through streams/commands/dlq.py,
-the same code ``conveyor dlq`` runs.
+Dead letters themselves are read and changed through streams/commands/dlq.py
+(and replayed through dlq_replay.py), the same code ``conveyor dlq`` runs.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from schemas.dlq import Stage
-from streams.commands import dlq
+from streams.commands import dlq, dlq_replay
 from streams.console import audit
 from streams.console import context as cx
 from streams.dlq_detail import shown
@@ -202,7 +202,7 @@ async def _replay(
     include_invalid = form.get("include_invalid") == "on"
     include_crashed = form.get("include_crashed") == "on"
     limited = dlq.Selection(**{**_fields(sel), "limit": MAX_REPLAY})
-    report = await dlq.replay(
+    report = await dlq_replay.replay(
         c.settings,
         limited,
         include_invalid=include_invalid,

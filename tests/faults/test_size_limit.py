@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 
 from schemas.envelope import JobEnvelope
-from streams.commands import dlq
+from streams.commands import dlq, dlq_replay
 from tests.support.dlq import wait_dlq
 from tests.support.kafka import committed_and_end
 from tests.support.probe import PROBE_ENV, probe_jobs, wait_done
@@ -78,7 +78,7 @@ async def test_dead_letters_of_records_near_the_limit_fit_and_replay_reads_them_
         what="the partition committed to its end",
     )
 
-    report = await dlq.replay(stack.settings(), dlq.Selection(ids=[headers_row["id"]]))
+    report = await dlq_replay.replay(stack.settings(), dlq.Selection(ids=[headers_row["id"]]))
     assert report.replayed == [headers_row["id"]] and report.failed == {}
     again = await wait_dlq(db, stack, 3)
     [replayed] = [r for r in again if r["id"] not in (headers_row["id"], value_row["id"])]

@@ -12,7 +12,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from handlers.crm import connections, sync
+from handlers.crm import connections, sync, sync_lease
 from handlers.deps import Deps
 from handlers.errors import Deferred, PermanentError, RetryableError
 from handlers.types import Job, Outcome
@@ -164,7 +164,7 @@ async def test_a_failed_sync_leaves_the_previous_state_whole(
     async def broken(*args: Any) -> None:
         raise RuntimeError("the database went away mid-apply")
 
-    monkeypatch.setattr(connections, "finish_sync", broken)
+    monkeypatch.setattr(sync_lease, "finish_sync", broken)
     with pytest.raises(RuntimeError):
         await kit.sync()
     assert await kit.stored() == previous  # the apply transaction rolled back

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from schemas.envelope import JobEnvelope
-from streams.commands import dlq
+from streams.commands import dlq, dlq_replay
 from streams.commands.cli import main
 from tests.support.dlq import wait_dlq
 from tests.support.probe import PROBE_ENV
@@ -51,11 +51,11 @@ async def test_replayed_dead_letter_runs_once_with_fresh_attempts(
     worker = worker_factory(stack, **ENV, CONVEYOR_JOBS__PROBE__MAX_ATTEMPTS="5")
     worker.wait_ready()
     settings = stack.settings()
-    dry = await dlq.replay(settings, NEW, dry_run=True)
+    dry = await dlq_replay.replay(settings, NEW, dry_run=True)
     assert dry.replayed == [dead["id"]]
     assert await db.fetchval("SELECT status FROM worker_dlq WHERE id = $1", dead["id"]) == "new"
 
-    report = await dlq.replay(settings, NEW)
+    report = await dlq_replay.replay(settings, NEW)
     assert report.replayed == [dead["id"]]
     assert report.failed == {}
     assert "stage decode" in report.skipped[poison["id"]]
@@ -68,9 +68,9 @@ async def test_replayed_dead_letter_runs_once_with_fresh_attempts(
     assert dict(row) == {"status": "replayed", "replay_count": 1}
 
     # Nothing new is left to replay; replaying it again is safe: the ledger skips it.
-    assert (await dlq.replay(settings, NEW)).replayed == []
+    assert (await dlq_replay.replay(settings, NEW)).replayed == []
     again = dlq.Selection(ids=[dead["id"]], statuses=("new", "replayed"))
-    assert (await dlq.replay(settings, again)).replayed == [dead["id"]]
+    assert (await dlq_replay.replay(settings, again)).replayed == [dead["id"]]
     worker.wait_for(
         lambda e: (
             e.get("event") == "job.succeeded"
@@ -115,7 +115,7 @@ async def test_a_job_dead_lettered_twice_is_replayed_once(stack: Stack, db: asyn
         )
         for offset in (10, 11)
     ]
-    report = await dlq.replay(stack.settings(), NEW)
+    report = await dlq_replay.replay(stack.settings(), NEW)
     assert report.replayed == [ids[0]]
     assert report.duplicates == {ids[1]: ids[0]}
     rows = await db.fetch(

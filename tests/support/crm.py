@@ -22,7 +22,8 @@ from handlers.crm.services import CrmPolicy, CrmServices
 from handlers.crm.webhook import signature_of
 from handlers.deps import Deps
 from handlers.providers.embed import HashEmbedder
-from handlers.providers.kommo import Kommo, KommoConfig, OAuthApp, kommo_config
+from handlers.providers.kommo import Kommo, KommoConfig, kommo_config
+from handlers.providers.kommo_oauth import OAuthApp
 from handlers.types import Job
 from schemas.jobs import CrmWebhook
 from streams.settings import Settings

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from streams.commands import crm, dlq
+from streams.commands import crm, dlq, dlq_replay
 from streams.commands.safe import clean
 
 HOSTILE = "[/] [bold red]x[/bold red] \x1b[2J\x1b]0;pwned\x07 \u202eevil\x9b31m \x00end"
@@ -20,7 +20,8 @@ def screen(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
     text = io.StringIO()
     console = Console(file=text, width=400, force_terminal=True, color_system=None)
     monkeypatch.setattr(dlq, "out", console)
-    monkeypatch.setattr(dlq, "err", console)
+    monkeypatch.setattr(dlq_replay, "out", console)
+    monkeypatch.setattr(dlq_replay, "err", console)
     monkeypatch.setattr(crm, "out", console)
     return text
 
@@ -51,8 +52,8 @@ def test_dlq_list_prints_markup_and_escape_sequences_as_inert_text(screen: io.St
 
 
 def test_a_replay_report_escapes_its_reasons(screen: io.StringIO) -> None:
-    report = dlq.ReplayReport(skipped={1: HOSTILE}, failed={2: HOSTILE})
-    dlq.print_report(report, dry_run=False)
+    report = dlq_replay.ReplayReport(skipped={1: HOSTILE}, failed={2: HOSTILE})
+    dlq_replay.print_report(report, dry_run=False)
     shown = screen.getvalue()
     assert "\x1b[2J" not in shown and "\\x1b[2J" in shown and "[/]" in shown
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from streams.commands.dlq import skip_reason
+from streams.commands.dlq_replay import skip_reason
 
 TOPICS = {"jobs.asset.process"}
 

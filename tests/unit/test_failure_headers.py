@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from schemas.dlq import FailureContext, FailureHeader, own_headers
-from streams.commands.dlq import replay_headers
+from streams.commands.dlq_replay import replay_headers
 from streams.records import Record
 
 NOW = datetime(2026, 3, 1, 12, 30, 15, 250_000, tzinfo=UTC)

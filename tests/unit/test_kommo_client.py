@@ -14,13 +14,10 @@ from structlog.testing import capture_logs
 from handlers.crm.crypto import new_key
 from handlers.crm.services import crm_services
 from handlers.errors import PermanentError, RetryableError
-from handlers.providers.kommo import (
-    GrantRefused,
-    Kommo,
-    KommoClient,
-    OutcomeUnknown,
-    origin,
-)
+from handlers.providers.kommo import Kommo, KommoClient, OutcomeUnknown
+from handlers.providers.kommo_accounts import origin
+from handlers.providers.kommo_http import next_page
+from handlers.providers.kommo_oauth import GrantRefused
 from streams.settings import load_settings
 from tests.support.crm import APP, MemoryTokens, config
 from tests.support.kommo_server import (
@@ -236,12 +233,10 @@ def test_an_account_url_is_an_origin_and_next_links_stay_on_it() -> None:
     for bad in ("ftp://acme.kommo.com", "https://acme.kommo.com/api", "https://u:p@a.com"):
         with pytest.raises(ValueError):
             origin(bad)
-    client = KommoClient.__new__(KommoClient)
-    client.base_url = "https://acme.kommo.com"
     current = "https://acme.kommo.com/api/v4/leads/custom_fields?page=1&limit=250"
 
     def following(href: str) -> str | None:
-        return client._next_page({"_links": {"next": {"href": href}}}, current)
+        return next_page({"_links": {"next": {"href": href}}}, current, "https://acme.kommo.com")
 
     assert following("https://acme.kommo.com/api/v4/x?page=2") == (
         "https://acme.kommo.com/api/v4/x?page=2"

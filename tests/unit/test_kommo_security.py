@@ -15,7 +15,8 @@ import pytest
 from aiohttp import web
 
 from handlers.errors import PermanentError, RetryableError
-from handlers.providers.kommo import GrantRefused, Kommo, OAuthApp
+from handlers.providers.kommo import Kommo
+from handlers.providers.kommo_oauth import GrantRefused, OAuthApp
 from tests.support.crm import APP, MemoryTokens, config
 from tests.support.http import serve
 from tests.support.kommo_server import Fault, KommoServer, kommo_server, make_pipelines

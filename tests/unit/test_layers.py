@@ -27,8 +27,8 @@ KAFKA = ("faust", "mode", "aiokafka", "confluent_kafka")
 CLI = ("rich", "argparse")
 # What the console may not import: the worker's engine.
 ENGINE_MODULES = (
-    "runner pool agents consumer lifecycle app worker crashguard isolation publish mirror retry"
-    " offsets runtime decode report"
+    "runner pool pool_queue pool_flow agents consumer lifecycle app worker crashguard isolation"
+    " publish mirror retry offsets runtime decode report"
 )
 ENGINE = (*(f"streams.{m}" for m in ENGINE_MODULES.split()), "faust", "mode")
 

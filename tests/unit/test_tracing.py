@@ -22,7 +22,7 @@ from handlers.errors import PermanentError, RetryableError
 from handlers.types import Outcome
 from schemas import jobs
 from schemas.envelope import JobEnvelope
-from streams.commands import dlq
+from streams.commands import dlq_replay
 from streams.commands.submit import JobProducer, publish
 from streams.publish import RecordPublisher
 from streams.records import Record
@@ -196,8 +196,8 @@ async def replay(t: Traced | None, row: dict[str, Any]) -> dict[str, Any]:
     """``conveyor dlq replay``'s publish of ``row``; the record it produced."""
     confluent = RecordingConfluent()
     prod = JobProducer(confluent, t.tracing if t else OFF)  # type: ignore[arg-type]
-    report = dlq.ReplayReport()
-    assert dlq._publish(prod, [row], report) == [row["id"]]  # type: ignore[list-item]
+    report = dlq_replay.ReplayReport()
+    assert dlq_replay._publish(prod, [row], report) == [row["id"]]  # type: ignore[list-item]
     [record] = confluent.produced
     return record
 
@@ -276,7 +276,7 @@ async def test_with_tracing_off_the_producers_context_passes_through_unchanged()
 
 NO_OTEL = """
 import asyncio, sys
-from streams.commands import cli, dlq, run, submit, demo
+from streams.commands import cli, dlq, dlq_replay, run, submit, demo
 from streams import app, lifecycle, runner, tracing
 from streams.settings import Settings
 from handlers import tracing as handler_tracing
