@@ -157,6 +157,13 @@ def check_usable(kafka: KafkaSettings) -> None:
             raise KafkaSecurityError(f"kafka.{name} {path} {reason}")
 
 
+class Unreachable(str):
+    """A problem that may pass by itself: nothing answered (a service restarting, a
+    failover); a refused login, a bad certificate or a missing topic does not."""
+
+    __slots__ = ()
+
+
 def connection_problem(kafka: KafkaSettings, timeout_s: float = CHECK_TIMEOUT_S) -> str | None:
     """Why no client can talk to the brokers (one line), or None when one could.
 
@@ -189,8 +196,11 @@ def connection_problem(kafka: KafkaSettings, timeout_s: float = CHECK_TIMEOUT_S)
         if time.monotonic() >= deadline:
             cause = errors[-1] if errors else last
             detail = f": {_describe(cause)}" if cause is not None else ""
-            return mask(
-                f"no answer from Kafka at {kafka.bootstrap_servers} within {timeout_s:g} s{detail}"
+            return Unreachable(
+                mask(
+                    f"no answer from Kafka at {kafka.bootstrap_servers} within {timeout_s:g} s"
+                    f"{detail}"
+                )
             )
 
 

@@ -295,6 +295,13 @@ class WorkerSettings(_Group):
     drain_timeout_s: float = Field(25.0, gt=0, description="< Helm terminationGracePeriodSeconds")
     hard_exit_after_s: float = Field(10.0, gt=0, description="extra time after the drain")
     rebalance_drain_timeout_s: float = Field(10.0, ge=0)
+    preflight_wait_s: float = Field(
+        30.0,
+        ge=0,
+        description="how long a starting worker tries again to reach Kafka and Postgres before "
+        "it exits 1 (a restart or failover passes without a crash loop); a refused login, a "
+        "bad certificate or a missing topic or table exits at once",
+    )
     isolation_block_s: float = Field(
         10.0,
         gt=0,

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
+from streams.kafka_config import Unreachable
 from streams.settings import Settings
 
 
@@ -27,7 +28,7 @@ async def missing_table(settings: Settings, table: str) -> str | None:
             settings.postgres.dsn.get_secret_value(), timeout=settings.postgres.connect_timeout_s
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        return f"cannot reach Postgres: {type(exc).__name__}: {exc}"
+        return Unreachable(f"cannot reach Postgres: {type(exc).__name__}: {exc}")
     try:
         exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table)
     finally:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
 import structlog
 from confluent_kafka import KafkaException
@@ -11,7 +13,7 @@ from streams import alerts, logs, tracing
 from streams.app import build_app
 from streams.commands.postgres import missing_table
 from streams.commands.topics import missing_topics
-from streams.kafka_config import KafkaSecurityError, connection_problem
+from streams.kafka_config import KafkaSecurityError, Unreachable, connection_problem
 from streams.registry import build_registry
 from streams.settings import Settings, secret_values
 from streams.worker import ConveyorWorker
@@ -19,13 +21,15 @@ from streams.worker import ConveyorWorker
 log = structlog.get_logger(__name__)
 
 EXIT_PREFLIGHT = 1
+PREFLIGHT_FIRST_PAUSE_S = 1.0
+PREFLIGHT_MAX_PAUSE_S = 8.0
 
 
 def run_worker(settings: Settings) -> int:
     logs.configure(settings.logging, secret_values(settings), trace_ids=settings.tracing.enabled)
     alerts.init(settings.sentry)
     registry = build_registry(settings)
-    problem = preflight(settings)
+    problem = preflight_until(settings, settings.worker.preflight_wait_s)
     if problem:
         log.error("worker.preflight_failed", reason=problem)
         return EXIT_PREFLIGHT
@@ -54,6 +58,28 @@ def run_worker(settings: Settings) -> int:
     return 0  # pragma: no cover - execute_from_commandline exits
 
 
+def preflight_until(
+    settings: Settings, wait_s: float, check: Callable[[Settings], str | None] | None = None
+) -> str | None:
+    """:func:`preflight`, tried again while its problem is only that Kafka or Postgres did
+    not answer (``Unreachable``), for up to ``wait_s``; the last problem, or None."""
+    check = check or preflight
+    deadline = time.monotonic() + wait_s
+    pause = PREFLIGHT_FIRST_PAUSE_S
+    tries = 1
+    while True:
+        problem = check(settings)
+        left = deadline - time.monotonic()
+        if not isinstance(problem, Unreachable) or left <= 0:
+            return problem
+        log.warning(
+            "worker.preflight_waiting", reason=str(problem), tries=tries, left_s=round(left, 1)
+        )
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, PREFLIGHT_MAX_PAUSE_S)
+        tries += 1
+
+
 def preflight(settings: Settings) -> str | None:
     """A readable reason the worker cannot start, or None."""
     problem = connection_problem(settings.kafka)  # a refused login or TLS fails here, fast
@@ -63,7 +89,7 @@ def preflight(settings: Settings) -> str | None:
     try:
         missing = missing_topics(settings, registry)
     except KafkaException as exc:
-        return f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}"
+        return Unreachable(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}")
     if missing:
         return f"topics missing: {', '.join(missing)}; run `conveyor topics create`"
     return asyncio.run(_check_postgres(settings))
