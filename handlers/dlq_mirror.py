@@ -22,14 +22,22 @@ COLUMNS = """
     dlq_topic, dlq_partition, dlq_offset, original_topic, original_partition, original_offset,
     original_timestamp, consumer_group, job_type, job_id, attempts, first_failure_at,
     last_failure_at, error_class, error_message, error_stack, stage, service_version, host,
-    raw_key, raw_value, headers, payload, mirror_note
+    raw_key, raw_value, headers, payload, mirror_note, status, resolution_note
 """
 
 UPSERT = f"""
 INSERT INTO worker_dlq ({COLUMNS})
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-        $19, $20, $21, $22::jsonb, $23::jsonb, $24)
+        $19, $20, $21, $22::jsonb, $23::jsonb, $24, $25, $26)
 ON CONFLICT (dlq_topic, dlq_partition, dlq_offset) DO NOTHING
+"""
+
+# The first dead letter of the same source record, mirrored earlier: this one is a repeat.
+FIRST_OF_RECORD = """
+SELECT min(id) FROM worker_dlq
+WHERE dlq_topic = $1 AND original_topic = $2 AND original_partition = $3
+  AND original_offset = $4 AND consumer_group IS NOT DISTINCT FROM $5
+  AND (dlq_partition, dlq_offset) <> ($6, $7)
 """
 
 UPSERT_DEGRADED = """
@@ -109,7 +117,9 @@ def omission_note(c: FailureContext) -> str | None:
     )
 
 
-def row_of(record: DeadLetterRecord) -> tuple[Any, ...]:
+def row_of(
+    record: DeadLetterRecord, status: str = "new", resolution_note: str | None = None
+) -> tuple[Any, ...]:
     r, header_note = clean_record(record)
     c = r.context
     payload, payload_note = decoded_payload(r.value)
@@ -139,13 +149,42 @@ def row_of(record: DeadLetterRecord) -> tuple[Any, ...]:
         json.dumps(r.headers),
         payload,
         "; ".join(notes) or None,
+        status,
+        resolution_note,
+    )
+
+
+def repeat_note(first_id: int) -> str:
+    return (
+        f"repeat of dead letter {first_id}: the same record, dead-lettered again after its"
+        " worker stopped before committing it; replay the first"
     )
 
 
 async def mirror(record: DeadLetterRecord, deps: Deps) -> None:
-    """Write one dead-letter record; raises if Postgres is unavailable (the caller retries)."""
+    """Write one dead-letter record; raises if Postgres is unavailable (the caller retries).
+
+    A repeat — a second dead letter of the same source record, written when a worker
+    died between sending the first and committing the record — is stored ``resolved``
+    with a note naming the first, so a replay runs the job once."""
+    c = record.context
     async with deps.db.acquire() as conn:
-        await conn.execute(UPSERT, *row_of(record))
+        first: int | None = None
+        if c.original_topic is not None and c.original_offset is not None:
+            first = await conn.fetchval(
+                FIRST_OF_RECORD,
+                record.dlq_topic,
+                c.original_topic,
+                c.original_partition,
+                c.original_offset,
+                c.consumer_group,
+                record.dlq_partition,
+                record.dlq_offset,
+            )
+        if first is None:
+            await conn.execute(UPSERT, *row_of(record))
+        else:
+            await conn.execute(UPSERT, *row_of(record, "resolved", repeat_note(first)))
 
 
 async def mirror_degraded(record: DeadLetterRecord, deps: Deps, reason: str) -> None:
