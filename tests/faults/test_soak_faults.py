@@ -48,6 +48,7 @@ from tests.support.services import Endpoints
 from tests.support.soak_evidence import (
     Backlog,
     Sample,
+    diagnosis,
     gather,
     job_figures,
     lag_by_topic,
@@ -263,7 +264,13 @@ async def _soak(
     verdict = judge(evidence)
     report += _report(played, evidence, verdict, fleet)
     print("\n".join(report[1:]), flush=True)
-    return "" if verdict.ok else verdict.text()
+    if verdict.ok:
+        return ""
+    # Where it hung, in the assertion itself: a CI run keeps its output, not the logs.
+    played_lines = "" if LONG else "\n".join(report[1:-1]) + "\n"
+    found = await asyncio.to_thread(diagnosis, stack, fleet)
+    report.append("[fault-soak] at the end:\n" + found)
+    return f"{verdict.text()}\n{played_lines}at the end:\n{found}"
 
 
 async def _play(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from streams.commands.lag import group_lag
+from streams.commands.lag import group_consumer, group_lag, partition_lags
 from tests.support.kafka import read_topic
 from tests.support.kommo_server import KommoServer
 from tests.support.messages import notes_per_key, sent_today
@@ -256,3 +257,57 @@ def schedule_lines(executed: list[Executed], t0: float, backlog: Backlog) -> lis
             + (f" ERROR {entry.error}" if entry.error else "")
         )
     return lines
+
+
+# -- what to look at when the fleet did not drain --------------------------------------------
+
+# aiokafka's connection chatter: thousands of lines during an outage, none of them telling.
+_CHATTER = ("Unable connect to node", "Unable to update metadata", "Failed fetch messages")
+_SHOWN_EVENTS = 8
+
+
+def diagnosis(stack: Stack, fleet: Fleet) -> str:
+    """The group, the partitions still behind and what each worker did last: printed with a
+    failed verdict, so a run whose worker logs are gone (a CI clone) still says where it hung."""
+    lines = []
+    try:
+        lag = group_lag(stack.settings(), stack.registry())
+        lines.append(f"group {lag.group_id}: {lag.state}, {lag.members} members")
+        consumer = group_consumer(stack.settings())
+        try:
+            behind = [
+                p for t in lag.topics if t.lag for p in partition_lags(consumer, t.topic) if p.lag
+            ]
+        finally:
+            consumer.close()
+        lines += [f"  {p.topic}:{p.partition} at {p.committed} of {p.end}" for p in behind]
+    except Exception as exc:  # a diagnosis must never hide the verdict
+        lines.append(f"group: unreadable ({type(exc).__name__}: {exc})")
+    now = time.time()
+    for m in fleet.members:
+        if m.exit_code is not None and not m.alive:
+            continue
+        events = [
+            e for e in list(m.process.events) if not str(e.get("event", "")).startswith(_CHATTER)
+        ]
+        assigned = [e for e in events if e.get("event") == "worker.partitions_assigned"]
+        last_job = max(
+            (_when(e) or 0.0 for e in events if str(e.get("event", "")).startswith("job.")),
+            default=0.0,
+        )
+        head = (
+            f"{m.name} (alive, {m.fate or 'unsignalled'}, started {now - m.started_at:.0f} s ago)"
+        )
+        if assigned:
+            a = assigned[-1]
+            head += f": generation {a.get('generation')}, {a.get('partitions')} partitions"
+        head += f"; last job event {now - last_job:.0f} s ago" if last_job else "; no job event"
+        lines.append(head)
+        for e in events[-_SHOWN_EVENTS:]:
+            extra = {
+                k: v for k, v in e.items() if k not in ("event", "timestamp", "level", "logger")
+            }
+            lines.append(
+                f"    {e.get('timestamp', '')} {str(e.get('event'))[:100]} {str(extra)[:160]}"
+            )
+    return "\n".join(lines)
