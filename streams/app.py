@@ -8,6 +8,7 @@ from typing import Any
 
 import faust
 
+from streams.assignor import ConveyorAssignor
 from streams.consumer import TrackedTransport
 from streams.kafka_config import faust_options
 from streams.lifecycle import Conveyor
@@ -56,6 +57,9 @@ def build_app(settings: Settings, registry: Registry, tracing: Tracing = OFF) ->
         broker_commit_every=1_000_000_000,
         broker_session_timeout=kafka.session_timeout_s,
         broker_heartbeat_interval=kafka.heartbeat_interval_s,
+        consumer_metadata_max_age_ms=int(kafka.metadata_max_age_s * 1000),
+        # A leader that assigned from incomplete metadata makes the group rebalance again.
+        PartitionAssignor=ConveyorAssignor,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_max_request_size=kafka.max_message_bytes,

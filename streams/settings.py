@@ -73,6 +73,13 @@ class KafkaSettings(_Group):
     heartbeat_interval_s: float = Field(
         3.0, gt=0, description="how often a member tells the group it lives; < session_timeout_s"
     )
+    metadata_max_age_s: float = Field(
+        30.0,
+        ge=1,
+        le=300,
+        description="the consumer refreshes topic metadata at least this often: a change"
+        " (or partitions an assignment missed) leads to a rebalance within it",
+    )
     buffer_per_partition: int = Field(64, ge=1, description="prefetched messages per partition")
     max_poll_records: int = Field(500, ge=1, description="records handed over per fetch")
     backlog_records: int = Field(

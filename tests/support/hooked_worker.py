@@ -8,7 +8,11 @@ by starting the worker through this module instead of ``streams.commands.cli``::
 
 Each delay option wraps one method of the worker process with an
 ``asyncio.sleep`` before the original runs; nothing else changes.
-``--extraction-probe FILE`` runs ``tests.support.extraction_probe.attack`` in
+``--hide-topic-at-first-assignment TOPIC`` makes the first assignment this
+worker performs as the group's leader see cluster metadata without TOPIC, and
+the metadata keep hiding it until the next metadata answer: what a broker
+that has just restarted can answer (docs/RELIABILITY.md, "Assignments from
+incomplete metadata"). ``--extraction-probe FILE`` runs ``tests.support.extraction_probe.attack`` in
 one of the worker's extraction processes once they started (as a parser
 exploit would run there) and writes its report to FILE as JSON. No setting or environment
 variable of the service can turn these on: only a test that starts this
@@ -27,6 +31,8 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from aiokafka.cluster import ClusterMetadata
+from aiokafka.consumer.group_coordinator import GroupCoordinator
 from mode.utils.queues import FlowControlQueue
 
 from handlers.cpu_pool import ProcessCpuPool
@@ -62,6 +68,42 @@ def install(commit_delay_s: float = 0.0, queue_put_delay_s: float = 0.0) -> None
         )
 
 
+def hide_topic_at_first_assignment(topic: str) -> None:
+    """The leader's first assignment, and the metadata until its next update, lack ``topic``."""
+    state = {"hiding": False, "done": False}
+    partitions_for_topic = ClusterMetadata.partitions_for_topic
+    update_metadata = ClusterMetadata.update_metadata
+    perform_assignment = GroupCoordinator._perform_assignment
+
+    def hidden(self: ClusterMetadata, name: str) -> set[int] | None:
+        return None if state["hiding"] and name == topic else partitions_for_topic(self, name)
+
+    def updated(self: ClusterMetadata, metadata: Any) -> None:
+        state["hiding"] = False  # the next answer is complete again
+        update_metadata(self, metadata)
+
+    async def assigning(self: GroupCoordinator, response: Any) -> Any:
+        if state["done"]:
+            return await perform_assignment(self, response)
+        state["done"] = True
+        client = self._client
+        wait = client._maybe_wait_metadata
+
+        async def waited() -> None:  # the metadata the assignor reads next is incomplete
+            await wait()
+            state["hiding"] = True
+
+        client._maybe_wait_metadata = waited
+        try:
+            return await perform_assignment(self, response)
+        finally:
+            del client._maybe_wait_metadata
+
+    ClusterMetadata.partitions_for_topic = hidden  # type: ignore[method-assign]
+    ClusterMetadata.update_metadata = updated  # type: ignore[method-assign]
+    GroupCoordinator._perform_assignment = assigning  # type: ignore[method-assign]
+
+
 def probe_extraction(report: Path) -> None:
     """After the extraction processes started, run the attack in one of them.
 
@@ -90,9 +132,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--commit-delay-s", type=float, default=0.0)
     parser.add_argument("--queue-put-delay-s", type=float, default=0.0)
     parser.add_argument("--extraction-probe", type=Path, default=None)
+    parser.add_argument("--hide-topic-at-first-assignment", default=None)
     parser.add_argument("conveyor_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     install(args.commit_delay_s, args.queue_put_delay_s)
+    if args.hide_topic_at_first_assignment:
+        hide_topic_at_first_assignment(args.hide_topic_at_first_assignment)
     if args.extraction_probe is not None:
         probe_extraction(args.extraction_probe)
     rest = [a for a in args.conveyor_args if a != "--"] or ["run"]
