@@ -56,6 +56,9 @@ log = structlog.get_logger(__name__)
 MIN_WINDOW = 4
 UNKNOWN_END = 2**62  # no end offset known: every reserved record is a suspect
 MAX_WINDOW = 2048
+# A statement stuck this long (a lock held by a session that went away unseen) is
+# cancelled and tried again; the guard's own statements take milliseconds.
+STATEMENT_S = 30.0
 LOST_GRACE_S = 30.0  # a partition lost this long while still assigned: the worker is not ready
 
 CLAIM = "SELECT * FROM job_journal_claim_fenced($1, $2, $3, $4, $5, $6, $7, $8)"
@@ -421,7 +424,10 @@ class CrashGuard:
         """Run one statement, waiting out an outage (jobs wait for it; nothing is skipped).
 
         Every failure is waited out: these statements carry no record's data,
-        so no database error can be a record's fault.
+        so no database error can be a record's fault. Errors outside the
+        driver's usual classes (asyncpg's client and protocol errors) are
+        waited out too: the claim and reservation tasks must never die, or
+        the records of every partition they serve would wait for good.
         """
         failures = 0
         while True:
@@ -431,10 +437,10 @@ class CrashGuard:
                     if conn is None or conn.is_closed():
                         conn = self._conn = await self._connect()
                     if fetch:
-                        return list(await conn.fetch(sql, self._group, *args))
-                    await conn.execute(sql, self._group, *args)
+                        return list(await conn.fetch(sql, self._group, *args, timeout=STATEMENT_S))
+                    await conn.execute(sql, self._group, *args, timeout=STATEMENT_S)
                     return []
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:
                 failures += 1
                 wait_s = dependency_wait_s(failures)
                 log.warning("crashguard.write_failed", error=describe_db_error(exc), delay_s=wait_s)
@@ -443,7 +449,7 @@ class CrashGuard:
 
     async def _drop_connection_after(self, exc: BaseException) -> None:
         """A connection that failed this way is not reused (a read-only or broken session)."""
-        if isinstance(exc, asyncpg.PostgresError) and self._conn is not None:
+        if not isinstance(exc, OSError | asyncpg.InterfaceError) and self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.close(timeout=1)
             self._conn = None

@@ -8,6 +8,7 @@ here has ``max_crashes`` 3: a record runs alone from its 2nd death on.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -243,3 +244,43 @@ async def test_records_written_after_a_death_are_not_suspects(
     second = await started(guards(), 0, end=2)  # only offsets 0 and 1 existed
     await enter(second, 0)
     assert second._parts[TOPIC].suspects == {0: 1, 1: 1}
+
+
+class _FlakyClient(CrashGuard):
+    """A guard whose driver fails its next connections outside its usual error classes
+    (a protocol error): the fault is injected where the guard meets asyncpg."""
+
+    failures = 0
+
+    async def _connect(self) -> asyncpg.Connection:
+        if self.failures:
+            self.failures -= 1
+            raise asyncpg.exceptions.ProtocolError("unexpected message from the server")
+        return await super()._connect()
+
+
+async def test_a_driver_error_of_no_usual_class_is_waited_out_and_the_claim_lands(
+    services: Endpoints, db: asyncpg.Pool
+) -> None:
+    """Before, ``_write`` waited out only OSError, PostgresError and InterfaceError: any
+    other error killed the claim task, and every record of the partition waited for good."""
+    guard = _FlakyClient(
+        services.dsn, f"g-{uuid.uuid4().hex[:8]}", {"jobs": MAX_CRASHES}, Isolation(), "t"
+    )
+    try:
+        await guard.open()
+        assert guard._conn is not None
+        await guard._conn.close()  # the claim below connects again, and fails twice
+        guard.failures = 2
+        guard.assigned({TOPIC: 0}, {TOPIC: 10_000}, generation=1)
+        entry = await asyncio.wait_for(enter(guard, 0), timeout=30)
+        assert entry.crashes == 0 and not entry.alone
+        assert guard._parts[TOPIC].claimed and guard.failures == 0
+        owner = await db.fetchval(
+            "SELECT owner FROM job_journal WHERE group_id = $1 AND topic = $2",
+            guard._group,
+            TOPIC.topic,
+        )
+        assert owner == guard._owner
+    finally:
+        await guard.close()
